@@ -1,0 +1,24 @@
+"""Selection methods; importing this package registers every one of them."""
+
+from . import attn_max, attn_mean, attn_rms, omp, random, snapkv, window  # noqa: F401
+from .base import (
+    SELECTORS,
+    SelectionInput,
+    Selector,
+    available_methods,
+    make_selector,
+    rank_by_score,
+    register,
+    selector_params,
+)
+
+__all__ = [
+    "SELECTORS",
+    "SelectionInput",
+    "Selector",
+    "available_methods",
+    "make_selector",
+    "rank_by_score",
+    "register",
+    "selector_params",
+]
