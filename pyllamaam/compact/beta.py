@@ -128,7 +128,8 @@ def _pgd(Phi, y, mask, lo, hi, max_iter, tol) -> WeightFit:
     G = np.matmul(P.transpose(0, 2, 1), P)  # [H, t, t], entries >= 0
     b = np.einsum("hnt,hn->ht", P, y)
     L = _perron_bound(G) * 1.01 + 1e-300
-    ulo, uhi = np.where(live, D * lo, 0.0), np.where(live, D * hi, 0.0)
+    ulo = np.where(live, D * lo, 0.0)
+    uhi = np.where(live, D, 0.0) * hi if np.isfinite(hi) else np.where(live, np.inf, 0.0)
     # Start from the best uniform weight: every kept key stands for the same mass.
     s1 = np.einsum("hnt,ht->hn", Phi, mask.astype(np.float64))
     c = np.einsum("hn,hn->h", s1, y) / np.maximum(np.einsum("hn,hn->h", s1, s1), 1e-300)
@@ -138,7 +139,8 @@ def _pgd(Phi, y, mask, lo, hi, max_iter, tol) -> WeightFit:
     done = np.zeros(H, dtype=bool)
     for it in range(1, max_iter + 1):
         g = np.matmul(G, z[:, :, None])[:, :, 0] - b
-        u = np.clip(z - g / L[:, None], ulo, uhi)
+        # A converged head stays put, so a head's result does not depend on its batch.
+        u = np.where(done[:, None], u_prev, np.clip(z - g / L[:, None], ulo, uhi))
         step = np.abs(u - u_prev).max(axis=1)
         # Adaptive restart when momentum points uphill (O'Donoghue & Candes).
         restart = np.einsum("hi,hi->h", z - u, u - u_prev) > 0

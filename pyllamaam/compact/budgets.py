@@ -74,7 +74,7 @@ def proportions_array(props: Mapping[str, float], n_layer: int, n_head_kv: int) 
             raise ConfigError(f"head key {key!r} outside {n_layer} layers x {n_head_kv} heads")
         out[layer, head] = _proportion(key, p)
     if np.isnan(out).any():
-        missing = [f"L{i}H{j}" for i, j in zip(*np.nonzero(np.isnan(out)))]
+        missing = [f"L{i}H{j}" for i, j in zip(*np.nonzero(np.isnan(out)), strict=True)]
         raise ConfigError(f"head budgets miss {missing[:5]}{'...' if len(missing) > 5 else ''}")
     if not math.isclose(out.sum(), 1.0, abs_tol=1e-3):
         raise ConfigError(f"head proportions must sum to 1, got {out.sum():.6f}")

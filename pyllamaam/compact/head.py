@@ -169,11 +169,13 @@ def _fit_beta(K, Q, scale, stats, ranking, idx, mask, valid, opts: FitOptions):
     idx, mask = idx.copy(), mask.copy()
     n_valid = valid.sum(axis=1)
     ptr = mask.sum(axis=1)  # next unused position in each ranking
+    # Relative weighting divides both sides of query i's equation by its mass y_i.
+    row = 1.0 / stats.mass if opts.mass_weighting == "relative" else None
     for round_ in range(opts.refill_rounds + 1):
         Phi = phi_matrix(Q, _gather(K, idx, mask), scale, stats.shift)
         fit = fit_weights(
-            Phi,
-            stats.mass,
+            Phi if row is None else Phi * row[:, :, None],
+            stats.mass if row is None else np.ones_like(stats.mass),
             mask,
             bounds=opts.beta_bounds,
             solver=opts.nnls_solver,

@@ -57,12 +57,12 @@ def attention_errors(
         result = CompactedLayer(
             result.indices[None], result.beta[None], result.values[None], np.zeros(1, int)
         )
-    O, logm = attend(K, V, Q, scale, prior_bias)
+    out0, logm = attend(K, V, Q, scale, prior_bias)
     live = result.kept.any(axis=1)
     beta = np.where(live[:, None], result.beta, 0.0)  # an empty head: error 1, not NaN
     Oc, logmc = attend(result.keys(K), result.values, Q, scale, beta)
     Oc[~live], logmc[~live] = 0.0, -np.inf
-    out = np.linalg.norm((Oc - O).reshape(len(O), -1), axis=1)
-    out /= np.maximum(np.linalg.norm(O.reshape(len(O), -1), axis=1), 1e-300)
+    out = np.linalg.norm((Oc - out0).reshape(len(out0), -1), axis=1)
+    out /= np.maximum(np.linalg.norm(out0.reshape(len(out0), -1), axis=1), 1e-300)
     mass = np.abs(np.expm1(logmc - logm)).mean(axis=1)
     return AttentionErrors(out, mass)

@@ -31,6 +31,10 @@ class FitOptions:
         keys and refit (up to ``refill_rounds`` times, then drop what is still zero),
         drop them (padding slots), or keep them with ``beta = beta_floor``.
     refill_rounds : int
+    mass_weighting : {"relative", "absolute"}
+        Weight each query's mass equation by ``1 / y_i`` (every query's relative mass
+        error counts the same) or not (plain least squares, as in the reference code,
+        dominated by queries with diffuse attention).
     beta_floor : float
     nnls_solver : {"pgd", "active-set"}
     nnls_max_iter : int
@@ -56,6 +60,7 @@ class FitOptions:
     beta_bounds: tuple[float, float] | None = None
     zero_weights: str = "refill"
     refill_rounds: int = 2
+    mass_weighting: str = "relative"
     beta_floor: float = -8.0
     nnls_solver: str = "pgd"
     nnls_max_iter: int = 1000
@@ -70,6 +75,7 @@ class FitOptions:
 
     def __post_init__(self) -> None:
         _choice("zero_weights", self.zero_weights, ZERO_WEIGHT_POLICIES)
+        _choice("mass_weighting", self.mass_weighting, ("relative", "absolute"))
         _choice("nnls_solver", self.nnls_solver, SOLVERS)
         _choice("ridge_target", self.ridge_target, RIDGE_TARGETS)
         _choice("beta_dtype", self.beta_dtype, ("float32", "float16"))

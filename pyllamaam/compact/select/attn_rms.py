@@ -1,6 +1,7 @@
 """``attn-rms``: keep the keys with the highest rms attention weight.
 
-Score = the root mean square over queries of each key's softmax weight (the Attention Matching default).
+Score = the root mean square over queries of each key's softmax weight
+(the Attention Matching default).
 """
 
 from __future__ import annotations
