@@ -95,7 +95,7 @@ def attention_stats(
     n = Q.shape[1]
     shift = np.empty((H, n))
     mass = np.empty((H, n))
-    output = np.empty((H, n, d))
+    output = np.empty((H, n, V.shape[2]))
     sq = np.zeros((H, T))
     sm = np.zeros((H, T))
     mx = np.zeros((H, T))
