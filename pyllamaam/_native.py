@@ -1,0 +1,396 @@
+"""The only module that touches the compiled library.
+
+One patched libllama serves llama-cpp-python and pyllamaam: llama-cpp-python's ctypes binding
+loads it, and a cffi binding of exactly the functions in ``llama-kvc.h`` (plus the log hook)
+opens the same file, so both see one library instance. Everything else in pyllamaam calls the
+small functions below; native logs go to the ``pyllamaam.native`` logger.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cffi import FFI
+
+from .errors import ModelError, NativeError
+
+log = logging.getLogger("pyllamaam.native")
+
+CDEF = """
+struct llama_model;
+struct llama_context;
+struct llama_context_params;
+struct ggml_tensor;
+
+typedef void (*ggml_log_callback)(int level, const char * text, void * user_data);
+typedef bool (*ggml_backend_sched_eval_callback)(struct ggml_tensor * t, bool ask, void * user_data);
+
+void llama_log_set(ggml_log_callback log_callback, void * user_data);
+
+int32_t llama_kvc_api_version(void);
+struct llama_context * llama_kvc_init_from_model(
+    struct llama_model * model, const struct llama_context_params * params, uint32_t flags);
+uint32_t llama_kvc_get_flags(const struct llama_context * ctx);
+int32_t llama_kvc_layout(const struct llama_context * ctx);
+int32_t llama_kvc_check(const struct llama_context * ctx, char * reason, size_t reason_size);
+int32_t llama_kvc_layer_flags(const struct llama_context * ctx, int32_t il);
+int32_t llama_kvc_layer_shape(const struct llama_context * ctx, int32_t il,
+    int32_t * n_head, int32_t * n_head_kv, int32_t * head_dim_k, int32_t * head_dim_v);
+float llama_kvc_layer_kq_scale(const struct llama_context * ctx, int32_t il);
+int32_t llama_kvc_probe_layer(const struct ggml_tensor * t);
+int64_t llama_kvc_probe_read(const struct ggml_tensor * t, float * dst, int64_t n_dst, int64_t * ne);
+"""
+
+API_VERSION = 1
+
+FLAG_BIAS = 1
+FLAG_QUERY_PROBE = 2
+
+LAYOUTS = {0: "none", 1: "kv", 2: "iswa", 3: "hybrid", 4: "recurrent", 5: "other"}
+
+LAYER_BIAS_CACHE, LAYER_SWA, LAYER_RECURRENT, LAYER_BIASED = 1, 2, 4, 8
+
+# ggml_type ids of the KV cache types we accept
+KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "bf16": 30}
+
+_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+
+ffi = FFI()
+ffi.cdef(CDEF)
+
+
+class _Lib:
+    """The loaded library: ``C`` is llama-cpp-python's ctypes module, ``ext`` our cffi handle."""
+
+    def __init__(self) -> None:
+        from llama_cpp import llama_cpp as C
+
+        self.C = C
+        self.path = Path(C._lib._name)
+        self.ext = ffi.dlopen(str(self.path))
+        try:
+            version = self.ext.llama_kvc_api_version()
+        except AttributeError as err:
+            raise NativeError(
+                "llama_kvc_api_version",
+                -1,
+                f"{self.path} is not the patched libllama; run `make build`",
+            ) from err
+        if version != API_VERSION:
+            raise NativeError("llama_kvc_api_version", version, f"expected {API_VERSION}")
+        self.recent_errors: collections.deque[str] = collections.deque(maxlen=20)
+        self._line: list[str] = []
+        self._level = logging.INFO
+        self._log_cb = ffi.callback("void(int, const char *, void *)", self._on_log)
+        self.ext.llama_log_set(self._log_cb, ffi.NULL)
+        C.llama_backend_init()
+
+    def _on_log(self, level: int, text: Any, _ud: Any) -> None:
+        if level != 5:  # GGML_LOG_LEVEL_CONT continues the previous message
+            self._level = _LEVELS.get(level, logging.INFO)
+        self._line.append(ffi.string(text).decode("utf-8", "replace"))
+        msg = "".join(self._line)
+        if msg.endswith("\n"):
+            self._line.clear()
+            msg = msg.rstrip()
+            if self._level >= logging.WARNING:
+                self.recent_errors.append(msg)
+            log.log(self._level, "%s", msg)
+
+
+_lib: _Lib | None = None
+_lock = threading.Lock()
+
+
+def lib() -> _Lib:
+    global _lib
+    with _lock:
+        if _lib is None:
+            _lib = _Lib()
+        return _lib
+
+
+def _last_errors() -> str:
+    errs = list(lib().recent_errors)[-3:]
+    return "; ".join(errs)
+
+
+# --- model ---------------------------------------------------------------------------------
+
+
+def model_load(path: Path, n_gpu_layers: int = 0, use_mmap: bool = True) -> int:
+    L = lib()
+    L.recent_errors.clear()
+    params = L.C.llama_model_default_params()
+    params.n_gpu_layers = n_gpu_layers
+    params.use_mmap = use_mmap
+    ptr = L.C.llama_model_load_from_file(str(path).encode(), params)
+    if not ptr:
+        raise ModelError(f"llama.cpp could not load {path}: {_last_errors() or 'unknown error'}")
+    return int(ptr)
+
+
+def model_free(model: int) -> None:
+    lib().C.llama_model_free(ctypes.c_void_p(model))
+
+
+def model_info(model: int) -> dict[str, Any]:
+    C = lib().C
+    m = ctypes.c_void_p(model)
+    vocab = C.llama_model_get_vocab(m)
+
+    def meta(key: str) -> str | None:
+        buf = ctypes.create_string_buffer(512)
+        n = C.llama_model_meta_val_str(m, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    desc = ctypes.create_string_buffer(256)
+    C.llama_model_desc(m, desc, len(desc))
+    return {
+        "arch": meta("general.architecture") or "?",
+        "name": meta("general.name"),
+        "desc": desc.value.decode("utf-8", "replace"),
+        "n_layer": C.llama_model_n_layer(m),
+        "n_embd": C.llama_model_n_embd(m),
+        "n_ctx_train": C.llama_model_n_ctx_train(m),
+        "n_vocab": C.llama_vocab_n_tokens(vocab),
+        "n_params": C.llama_model_n_params(m),
+        "size": C.llama_model_size(m),
+        "bos": C.llama_vocab_bos(vocab),
+        "eos": C.llama_vocab_eos(vocab),
+        "add_bos": bool(C.llama_vocab_get_add_bos(vocab)),
+        "is_recurrent": bool(C.llama_model_is_recurrent(m)),
+        "is_hybrid": bool(C.llama_model_is_hybrid(m)),
+        "n_swa": C.llama_model_n_swa(m),
+        "chat_template": (C.llama_model_chat_template(m, None) or b"").decode("utf-8", "replace"),
+    }
+
+
+def tokenize(model: int, text: str, add_special: bool, parse_special: bool = False) -> list[int]:
+    C = lib().C
+    vocab = C.llama_model_get_vocab(ctypes.c_void_p(model))
+    raw = text.encode("utf-8")
+    n_max = len(raw) + 8
+    for _ in range(2):
+        toks = (C.llama_token * n_max)()
+        n = C.llama_tokenize(vocab, raw, len(raw), toks, n_max, add_special, parse_special)
+        if n >= 0:
+            return list(toks[:n])
+        n_max = -n
+    raise NativeError("llama_tokenize", n)
+
+
+def detokenize(model: int, tokens: list[int]) -> str:
+    C = lib().C
+    vocab = C.llama_model_get_vocab(ctypes.c_void_p(model))
+    out = bytearray()
+    buf = ctypes.create_string_buffer(256)
+    for t in tokens:
+        n = C.llama_token_to_piece(vocab, int(t), buf, len(buf), 0, False)
+        if n < 0:
+            raise NativeError("llama_token_to_piece", n)
+        out += buf.raw[:n]
+    return out.decode("utf-8", "replace")
+
+
+def is_eog(model: int, token: int) -> bool:
+    C = lib().C
+    return bool(C.llama_vocab_is_eog(C.llama_model_get_vocab(ctypes.c_void_p(model)), int(token)))
+
+
+# --- context ---------------------------------------------------------------------------------
+
+# bool(ggml_tensor *, ask, user_data): one trampoline for all contexts, keyed by user_data
+_probes: dict[int, Callable[[Any, bool], bool]] = {}
+
+
+@ffi.callback("bool(struct ggml_tensor *, bool, void *)")
+def _on_eval(t: Any, ask: bool, ud: Any) -> bool:
+    fn = _probes.get(int(ffi.cast("uintptr_t", ud)))
+    if fn is None:
+        return not ask
+    try:
+        return fn(t, ask)
+    except Exception:  # an exception must not unwind through C
+        log.exception("query probe failed")
+        return not ask
+
+
+def probe_read(t: Any) -> tuple[int, np.ndarray] | None:
+    """Inside a probe callback: (layer, q as float32 [n_tokens, n_head, head_dim]) or None."""
+    ext = lib().ext
+    il = ext.llama_kvc_probe_layer(t)
+    if il < 0:
+        return None
+    ne = ffi.new("int64_t[4]")
+    n = ext.llama_kvc_probe_read(t, ffi.NULL, 0, ne)
+    out = np.empty(n, dtype=np.float32)
+    ext.llama_kvc_probe_read(t, ffi.cast("float *", out.ctypes.data), n, ffi.NULL)
+    d, h, n_tok = int(ne[0]), int(ne[1]), int(ne[2])
+    return il, out.reshape(n_tok, h, d)
+
+
+def probe_is_query(t: Any) -> bool:
+    return lib().ext.llama_kvc_probe_layer(t) >= 0
+
+
+def context_new(
+    model: int,
+    *,
+    n_ctx: int,
+    n_batch: int,
+    n_threads: int,
+    flash_attn: bool,
+    kv_type: str,
+    flags: int,
+    probe: Callable[[Any, bool], bool] | None = None,
+    probe_key: int = 0,
+) -> int:
+    L = lib()
+    C = L.C
+    L.recent_errors.clear()
+    p = C.llama_context_default_params()
+    p.n_ctx = n_ctx
+    p.n_batch = n_batch
+    p.n_ubatch = n_batch
+    p.n_seq_max = 1
+    p.n_threads = n_threads
+    p.n_threads_batch = n_threads
+    p.type_k = KV_TYPES[kv_type]
+    p.type_v = KV_TYPES[kv_type]
+    p.flash_attn_type = 1 if flash_attn else 0
+    p.no_perf = True
+    if probe is not None:
+        _probes[probe_key] = probe
+        p.cb_eval = C.ggml_backend_sched_eval_callback(int(ffi.cast("uintptr_t", _on_eval)))
+        p.cb_eval_user_data = ctypes.c_void_p(probe_key)
+    ctx = L.ext.llama_kvc_init_from_model(
+        ffi.cast("struct llama_model *", model),
+        ffi.cast("struct llama_context_params *", ctypes.addressof(p)),
+        flags,
+    )
+    if ctx == ffi.NULL:
+        _probes.pop(probe_key, None)
+        raise NativeError("llama_kvc_init_from_model", 0, _last_errors() or "context creation failed")
+    return int(ffi.cast("uintptr_t", ctx))
+
+
+def context_free(ctx: int, probe_key: int = 0) -> None:
+    lib().C.llama_free(ctypes.c_void_p(ctx))
+    _probes.pop(probe_key, None)
+
+
+def _cctx(ctx: int) -> Any:
+    return ffi.cast("struct llama_context *", ctx)
+
+
+def layout(ctx: int) -> str:
+    return LAYOUTS.get(lib().ext.llama_kvc_layout(_cctx(ctx)), "other")
+
+
+def gate(ctx: int) -> tuple[int, str]:
+    buf = ffi.new("char[512]")
+    code = lib().ext.llama_kvc_check(_cctx(ctx), buf, 512)
+    return int(code), ffi.string(buf).decode("utf-8", "replace")
+
+
+def layer_info(ctx: int, il: int) -> dict[str, Any]:
+    ext = lib().ext
+    shape = ffi.new("int32_t[4]")
+    if ext.llama_kvc_layer_shape(_cctx(ctx), il, shape, shape + 1, shape + 2, shape + 3) != 0:
+        raise NativeError("llama_kvc_layer_shape", -1, f"layer {il} out of range")
+    return {
+        "flags": int(ext.llama_kvc_layer_flags(_cctx(ctx), il)),
+        "n_head": int(shape[0]),
+        "n_head_kv": int(shape[1]),
+        "head_dim_k": int(shape[2]),
+        "head_dim_v": int(shape[3]),
+        "kq_scale": float(ext.llama_kvc_layer_kq_scale(_cctx(ctx), il)),
+    }
+
+
+def decode(ctx: int, tokens: np.ndarray, pos0: int, n_batch: int, logits_all: bool) -> np.ndarray | None:
+    """Decode ``tokens`` at positions pos0.. in sequence 0; logits of every token or of the last."""
+    C = lib().C
+    c = ctypes.c_void_p(ctx)
+    n = len(tokens)
+    out = []
+    batch = C.llama_batch_init(n_batch, 0, 1)
+    try:
+        for s in range(0, n, n_batch):
+            m = min(n_batch, n - s)
+            np.ctypeslib.as_array(batch.token, shape=(m,))[:] = tokens[s : s + m]
+            np.ctypeslib.as_array(batch.pos, shape=(m,))[:] = np.arange(pos0 + s, pos0 + s + m)
+            np.ctypeslib.as_array(batch.n_seq_id, shape=(m,))[:] = 1
+            want = np.zeros(m, dtype=np.int8)
+            if logits_all:
+                want[:] = 1
+            elif s + m == n:
+                want[-1] = 1
+            np.ctypeslib.as_array(batch.logits, shape=(m,))[:] = want
+            for i in range(m):
+                batch.seq_id[i][0] = 0
+            batch.n_tokens = m
+            rc = C.llama_decode(c, batch)
+            if rc != 0:
+                raise NativeError("llama_decode", rc, _last_errors())
+            if want.any():
+                n_vocab = C.llama_vocab_n_tokens(C.llama_model_get_vocab(C.llama_get_model(c)))
+                for i in np.flatnonzero(want):
+                    ptr = C.llama_get_logits_ith(c, int(i))
+                    out.append(np.ctypeslib.as_array(ptr, shape=(n_vocab,)).copy())
+    finally:
+        C.llama_batch_free(batch)
+    return np.stack(out) if out else None
+
+
+def seq_pos_max(ctx: int) -> int:
+    C = lib().C
+    return int(C.llama_memory_seq_pos_max(C.llama_get_memory(ctypes.c_void_p(ctx)), 0))
+
+
+def seq_rm(ctx: int, p0: int, p1: int) -> bool:
+    C = lib().C
+    return bool(C.llama_memory_seq_rm(C.llama_get_memory(ctypes.c_void_p(ctx)), 0, p0, p1))
+
+
+def memory_clear(ctx: int) -> None:
+    C = lib().C
+    C.llama_memory_clear(C.llama_get_memory(ctypes.c_void_p(ctx)), True)
+
+
+def state_get(ctx: int) -> bytes:
+    C = lib().C
+    c = ctypes.c_void_p(ctx)
+    size = C.llama_state_seq_get_size(c, 0)
+    buf = (ctypes.c_uint8 * max(size, 1))()
+    n = C.llama_state_seq_get_data(c, buf, size, 0)
+    if n != size:
+        raise NativeError("llama_state_seq_get_data", int(n), f"expected {size} bytes")
+    return ctypes.string_at(buf, n)
+
+
+def state_set(ctx: int, blob: bytes) -> None:
+    """Restore sequence 0 from ``blob``; raises NativeError (the sequence is then empty)."""
+    C = lib().C
+    L = lib()
+    L.recent_errors.clear()
+    buf = (ctypes.c_uint8 * max(len(blob), 1)).from_buffer_copy(blob or b"\0")
+    n = C.llama_state_seq_set_data(ctypes.c_void_p(ctx), buf, len(blob), 0)
+    if n == 0 and len(blob) > 0:
+        raise NativeError("llama_state_seq_set_data", 0, _last_errors() or "restore failed")
+
+
+def library_path() -> Path:
+    return lib().path
+
+
+def system_info() -> str:
+    return lib().C.llama_print_system_info().decode("utf-8", "replace")

@@ -1,0 +1,414 @@
+"""Model and Session: one native handle each, freed by ``close()`` or ``with``.
+
+A Session is one llama.cpp context holding one sequence (id 0). Its KV cache carries the
+per-(layer, KV head, cell) bias of the patched library, and a query probe that captures the q
+that attention really uses when asked.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import _native, catalog, statefile
+from .errors import ConfigError, NativeError, PyllamaamError, StateError, UnsupportedLayout
+from .kv import KVState, build_seq_state, parse_seq_state
+
+
+def load_model(path: str | os.PathLike | None = None, **opts: Any) -> Model:
+    """Load a GGUF model.
+
+    ``None`` is the default model (SmolLM2-135M-Instruct Q4_1), ``"gemma3-270m"`` the catalog's
+    Gemma-3-270M; any other string is a path to a .gguf file. ``opts``: ``n_gpu_layers`` (0),
+    ``use_mmap`` (True).
+    """
+    return Model(catalog.resolve_model(path), **opts)
+
+
+class Model:
+    """A loaded GGUF model (``llama_model``)."""
+
+    def __init__(self, path: str | os.PathLike, *, n_gpu_layers: int = 0, use_mmap: bool = True) -> None:
+        self.path = catalog.check_gguf(path)
+        self._ptr: int | None = _native.model_load(self.path, n_gpu_layers, use_mmap)
+        self.info = _native.model_info(self._ptr)
+        self.n_gpu_layers = n_gpu_layers
+
+    # --- handle ---
+    @property
+    def ptr(self) -> int:
+        if self._ptr is None:
+            raise PyllamaamError("the model is closed")
+        return self._ptr
+
+    def close(self) -> None:
+        if self._ptr is not None:
+            _native.model_free(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # --- facts ---
+    @property
+    def arch(self) -> str:
+        return self.info["arch"]
+
+    @property
+    def n_layer(self) -> int:
+        return self.info["n_layer"]
+
+    @property
+    def n_vocab(self) -> int:
+        return self.info["n_vocab"]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the weights, stored in saved sessions."""
+        i = self.info
+        return {k: i[k] for k in ("arch", "n_layer", "n_embd", "n_vocab", "n_params", "size")}
+
+    def tokenize(self, text: str, add_bos: bool = False, special: bool = False) -> list[int]:
+        return _native.tokenize(self.ptr, text, add_bos, special)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return _native.detokenize(self.ptr, list(tokens))
+
+    def session(
+        self,
+        n_ctx: int = 4096,
+        flash_attn: bool = False,
+        n_threads: int | None = None,
+        kv_type: str = "f16",
+        n_batch: int = 512,
+    ) -> Session:
+        return Session(self, n_ctx=n_ctx, flash_attn=flash_attn, n_threads=n_threads, kv_type=kv_type, n_batch=n_batch)
+
+    def load_session(self, path: str | os.PathLike, **opts: Any) -> Session:
+        """A new session holding the state saved by :meth:`Session.save`."""
+        saved = statefile.read(path)
+        statefile.check_model(saved, self.fingerprint(), path)
+        h = saved.header
+        opts.setdefault("n_ctx", h["n_ctx"])
+        opts.setdefault("flash_attn", h["flash_attn"])
+        opts.setdefault("kv_type", h["kv_type"])
+        s = self.session(**opts)
+        try:
+            s._restore(saved)
+        except BaseException:
+            s.close()
+            raise
+        return s
+
+
+class Session:
+    """One llama.cpp context with one sequence; see :meth:`Model.session`."""
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        n_ctx: int = 4096,
+        flash_attn: bool = False,
+        n_threads: int | None = None,
+        kv_type: str = "f16",
+        n_batch: int = 512,
+    ) -> None:
+        if kv_type not in _native.KV_TYPES:
+            raise ConfigError(f"kv_type must be one of {sorted(_native.KV_TYPES)}, not {kv_type!r}")
+        if kv_type == "q8_0" and not flash_attn:
+            raise ConfigError("a quantized KV cache (q8_0) needs flash_attn=True")
+        if n_ctx < 16:
+            raise ConfigError(f"n_ctx must be at least 16, not {n_ctx}")
+        self.model = model
+        self.n_ctx = int(n_ctx)
+        self.flash_attn = bool(flash_attn)
+        self.kv_type = kv_type
+        self.n_batch = int(min(n_batch, n_ctx))
+        self.n_threads = int(n_threads or os.cpu_count() or 1)
+        # query capture: layer -> list of [n_tokens, n_head, head_dim]
+        self._capture: dict[int, list[np.ndarray]] | None = None
+        self._ctx: int | None = _native.context_new(
+            model.ptr,
+            n_ctx=self.n_ctx,
+            n_batch=self.n_batch,
+            n_threads=self.n_threads,
+            flash_attn=self.flash_attn,
+            kv_type=kv_type,
+            flags=_native.FLAG_BIAS | _native.FLAG_QUERY_PROBE,
+            probe=self._on_probe,
+            probe_key=id(self),
+        )
+        self._tokens: list[int] = []
+        self._n_cells = 0
+        self._last_logits: np.ndarray | None = None
+        self.layers = [_native.layer_info(self._ctx, il) for il in range(model.n_layer)]
+
+    # --- handle ---
+    @property
+    def ctx(self) -> int:
+        if self._ctx is None:
+            raise PyllamaamError("the session is closed")
+        return self._ctx
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            _native.context_free(self._ctx, id(self))
+            self._ctx = None
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # --- bookkeeping ---
+    @property
+    def n_past(self) -> int:
+        """The next logical position (one past the last token's position)."""
+        return _native.seq_pos_max(self.ctx) + 1
+
+    @property
+    def n_cells(self) -> int:
+        """Physical cells in use in the compactable cache."""
+        return self._n_cells
+
+    @property
+    def tokens(self) -> list[int]:
+        """The tokens fed so far (the logical context, also after compaction)."""
+        return list(self._tokens)
+
+    @property
+    def memory_layout(self) -> str:
+        return _native.layout(self.ctx)
+
+    @property
+    def can_compact(self) -> bool:
+        return _native.gate(self.ctx)[0] == 0
+
+    @property
+    def gate_reason(self) -> str:
+        return _native.gate(self.ctx)[1]
+
+    def compact_layers(self) -> list[int]:
+        """Model layers whose cells live in the compactable (biased) cache."""
+        return [il for il, li in enumerate(self.layers) if li["flags"] & _native.LAYER_BIAS_CACHE]
+
+    def kq_scale(self, il: int) -> float:
+        return self.layers[il]["kq_scale"]
+
+    # --- decoding ---
+    def _as_tokens(self, text_or_ids: str | Sequence[int], bos: bool) -> list[int]:
+        if isinstance(text_or_ids, str):
+            return self.model.tokenize(text_or_ids, add_bos=bos and self.model.info["add_bos"])
+        toks = [int(t) for t in text_or_ids]
+        if any(t < 0 or t >= self.model.n_vocab for t in toks):
+            raise ConfigError(f"token ids must be in [0, {self.model.n_vocab})")
+        return toks
+
+    def _check_room(self, n: int) -> None:
+        if self._n_cells + n > self.n_ctx:
+            raise ConfigError(
+                f"{n} more tokens do not fit: {self._n_cells} of {self.n_ctx} cells in use "
+                "(compact the session or use a larger n_ctx)"
+            )
+
+    def prefill(self, text_or_token_ids: str | Sequence[int]) -> int:
+        """Feed text (tokenized, BOS first on an empty session) or token ids; returns the count."""
+        toks = self._as_tokens(text_or_token_ids, bos=self.n_past == 0)
+        if not toks:
+            return 0
+        self._check_room(len(toks))
+        logits = _native.decode(self.ctx, np.asarray(toks, dtype=np.int32), self.n_past, self.n_batch, False)
+        self._last_logits = logits[-1]
+        self._tokens += toks
+        self._n_cells += len(toks)
+        return len(toks)
+
+    def logits(self) -> np.ndarray:
+        """Next-token logits (float32 [n_vocab]) after the last token fed."""
+        if self._last_logits is None:
+            raise PyllamaamError("no logits yet: prefill something first")
+        return self._last_logits.copy()
+
+    def eval_logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Logits after each of ``token_ids`` appended (float32 [n, n_vocab]); the session is unchanged."""
+        toks = self._as_tokens(token_ids, bos=False)
+        if not toks:
+            return np.zeros((0, self.model.n_vocab), dtype=np.float32)
+        self._check_room(len(toks))
+        pos0 = self.n_past
+        # a plain cache drops the new cells; iSWA and recurrent state change in place: snapshot
+        snapshot = None if self.memory_layout == "kv" else _native.state_get(self.ctx)
+        try:
+            return _native.decode(self.ctx, np.asarray(toks, dtype=np.int32), pos0, self.n_batch, True)
+        finally:
+            if snapshot is None:
+                _native.seq_rm(self.ctx, pos0, -1)
+            else:
+                _native.state_set(self.ctx, snapshot)
+
+    def score(self, text: str | Sequence[int]) -> float:
+        """Mean negative log-likelihood per token of ``text`` given the current state (nats)."""
+        toks = self._as_tokens(text, bos=False)
+        if not toks:
+            raise ConfigError("score() needs at least one token")
+        logits = np.concatenate([self.logits()[None], self.eval_logits(toks[:-1])]).astype(np.float64)
+        m = logits.max(axis=1)
+        lse = m + np.log(np.exp(logits - m[:, None]).sum(axis=1))
+        return float(np.mean(lse - logits[np.arange(len(toks)), toks]))
+
+    def generate(
+        self,
+        prompt: str | Sequence[int] = "",
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+    ) -> str:
+        """Feed ``prompt``, then decode up to ``max_tokens`` (greedy at temperature 0)."""
+        if prompt:
+            self.prefill(prompt)
+        rng = np.random.default_rng(seed)
+        out: list[int] = []
+        text = ""
+        for _ in range(max_tokens):
+            logits = self.logits().astype(np.float64)
+            if temperature <= 0:
+                tok = int(np.argmax(logits))
+            else:
+                p = np.exp((logits - logits.max()) / temperature)
+                tok = int(rng.choice(len(p), p=p / p.sum()))
+            if _native.is_eog(self.model.ptr, tok):
+                break
+            if self._n_cells + 1 > self.n_ctx:
+                break
+            self.prefill([tok])
+            out.append(tok)
+            text = self.model.detokenize(out)
+            if stop and any(s in text for s in stop):
+                text = text[: min(text.index(s) for s in stop if s in text)]
+                break
+        return text
+
+    # --- query probe ---
+    def _on_probe(self, t: Any, ask: bool) -> bool:
+        if self._capture is None:
+            return not ask
+        if ask:
+            return _native.probe_is_query(t)
+        got = _native.probe_read(t)
+        if got is not None:
+            self._capture.setdefault(got[0], []).append(got[1])
+        return True
+
+    def capture_queries(self, text_or_token_ids: str | Sequence[int]) -> dict[int, np.ndarray]:
+        """Prefill and return the q each layer's attention used: {layer: [n_tokens, n_head, head_dim]}."""
+        self._capture = {}
+        try:
+            self.prefill(text_or_token_ids)
+            return {il: np.concatenate(qs) for il, qs in sorted(self._capture.items())}
+        finally:
+            self._capture = None
+
+    # --- KV state ---
+    def _snapshot(self) -> bytes:
+        return _native.state_get(self.ctx)
+
+    def get_kv(self) -> KVState:
+        """The compactable cells of the sequence as float32 arrays (see :class:`KVState`)."""
+        layers = self.compact_layers()
+        if not layers:
+            raise UnsupportedLayout(self.gate_reason)
+        heads = {il: self.layers[il]["n_head_kv"] for il in layers}
+        return parse_seq_state(self._snapshot(), layers, heads)
+
+    def set_kv(self, state: KVState) -> None:
+        """Write ``state`` back (any subset of the cells, new values and biases).
+
+        The cell at position ``n_past - 1`` must be kept: llama.cpp continues after it. On any
+        failure the previous state is restored and :class:`StateError` is raised.
+        """
+        last = self.n_past - 1
+        pos = np.asarray(state.positions)
+        if last >= 0 and last not in set(pos.tolist()):
+            raise StateError(
+                f"set_kv must keep the cell at position n_past-1 = {last}: decoding continues after it"
+            )
+        if len(np.unique(pos)) != len(pos):
+            raise StateError("set_kv: positions must be distinct")
+        if pos.size and (pos.min() < 0 or pos.max() > last):
+            raise StateError(f"set_kv: positions must lie in [0, {last}]")
+        if len(pos) > self.n_ctx:
+            raise StateError(f"set_kv: {len(pos)} cells do not fit in n_ctx={self.n_ctx}")
+        for il in state.layers:
+            li = self.layers[il]
+            k, v, b = state.keys[il], state.values[il], state.bias[il]
+            if k.shape != (len(pos), li["n_head_kv"], li["head_dim_k"]) or v.shape[:2] != k.shape[:2]:
+                raise StateError(f"set_kv: layer {il} has keys {k.shape} / values {v.shape}")
+            if b.shape != k.shape[:2]:
+                raise StateError(f"set_kv: layer {il} bias has shape {b.shape}, expected {k.shape[:2]}")
+            if not (np.isfinite(k).all() and np.isfinite(v).all()):
+                raise StateError(f"set_kv: layer {il} keys or values are not finite")
+        blob = build_seq_state(state)
+        self._write_blob(blob, len(pos))
+
+    def _write_blob(self, blob: bytes, n_cells: int) -> None:
+        old = self._snapshot()
+        try:
+            _native.state_set(self.ctx, blob)
+        except NativeError as err:
+            _native.state_set(self.ctx, old)
+            raise StateError(f"the KV state was refused and the previous one restored: {err}") from err
+        self._n_cells = n_cells
+
+    # --- save / restore ---
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the session to ``path`` atomically (state with bias, bookkeeping, fingerprint)."""
+        if self._last_logits is None:
+            raise PyllamaamError("nothing to save: the session is empty")
+        header = {
+            "model": self.model.fingerprint(),
+            "n_ctx": self.n_ctx,
+            "flash_attn": self.flash_attn,
+            "kv_type": self.kv_type,
+            "n_cells": self._n_cells,
+            "n_past": self.n_past,
+            "tokens": self._tokens,
+        }
+        return statefile.write(path, header, self._snapshot(), self._last_logits)
+
+    def restore(self, path: str | os.PathLike) -> None:
+        """Replace this session's state with the one saved at ``path``; untouched on any error."""
+        saved = statefile.read(path)
+        statefile.check_model(saved, self.model.fingerprint(), path)
+        for key in ("flash_attn", "kv_type"):
+            if saved.header[key] != getattr(self, key):
+                raise StateError(f"{path}: saved with {key}={saved.header[key]!r}, this session has {getattr(self, key)!r}")
+        self._restore(saved)
+
+    def _restore(self, saved: statefile.Saved) -> None:
+        h = saved.header
+        if h["n_cells"] > self.n_ctx:
+            raise StateError(f"the saved state has {h['n_cells']} cells, n_ctx is {self.n_ctx}")
+        self._write_blob(saved.blob, int(h["n_cells"]))
+        self._tokens = [int(t) for t in h["tokens"]]
+        self._last_logits = saved.logits
