@@ -3,6 +3,7 @@
 Layout of the first (compactable) section of ``llama_state_seq_get_data`` for one sequence, as
 written by the patched ``llama_kv_cache::state_write`` (all little-endian)::
 
+    u32 magic 0xAF143CD8, i32 seq_id      (llama_context's header)
     u32 n_stream
     per stream: u32 cell_count
       per cell (cell-index order): i32 pos, u32 n_seq_id, i32 seq_id * n_seq_id
@@ -31,6 +32,7 @@ import numpy as np
 from .errors import StateError
 
 BIAS_FLAG = 0x100
+SEQ_MAGIC = 0xAF143CD8
 
 # ggml types we convert directly; other (quantized) types go through gguf.quants
 GGML_F32, GGML_F16, GGML_Q8_0, GGML_BF16 = 0, 1, 8, 30
@@ -53,6 +55,7 @@ class KVState:
     v_types: dict[int, int] = field(default_factory=dict)
     v_trans: bool = True
     seq_id: int = 0
+    blob_seq: int = 0
     tail: bytes = b""  # the other sections of the blob (SWA / recurrent), verbatim
 
     @property
@@ -75,6 +78,7 @@ class KVState:
             v_types=dict(self.v_types),
             v_trans=self.v_trans,
             seq_id=self.seq_id,
+            blob_seq=self.blob_seq,
             tail=self.tail,
         )
 
@@ -142,6 +146,9 @@ def parse_seq_state(blob: bytes, layer_ids: list[int], n_head_kv: dict[int, int]
     n_head_kv : KV heads of each of those layers.
     """
     r = _Reader(blob)
+    if r.u32() != SEQ_MAGIC:
+        raise StateError("not a llama.cpp sequence state (bad magic)")
+    blob_seq = r.i32()
     n_stream = r.u32()
     if n_stream != 1:
         raise StateError(f"state has {n_stream} streams; only one is supported")
@@ -154,7 +161,7 @@ def parse_seq_state(blob: bytes, layer_ids: list[int], n_head_kv: dict[int, int]
         if n_seq != 1:
             raise StateError(f"cell {i} belongs to {n_seq} sequences; expected 1")
         seq_id = r.i32()
-    empty = KVState(positions, {}, {}, {}, seq_id=seq_id)
+    empty = KVState(positions, {}, {}, {}, seq_id=seq_id, blob_seq=blob_seq)
     if n == 0:
         empty.tail = bytes(r.buf[r.off :])
         return empty
@@ -167,7 +174,7 @@ def parse_seq_state(blob: bytes, layer_ids: list[int], n_head_kv: dict[int, int]
     if n_layer != len(layer_ids):
         raise StateError(f"state has {n_layer} layers, the model section has {len(layer_ids)}")
 
-    st = KVState(positions, {}, {}, {}, v_trans=bool(v_trans), seq_id=seq_id)
+    st = KVState(positions, {}, {}, {}, v_trans=bool(v_trans), seq_id=seq_id, blob_seq=blob_seq)
     for il in layer_ids:
         t = r.i32()
         row = r.u64()
@@ -200,7 +207,7 @@ def parse_seq_state(blob: bytes, layer_ids: list[int], n_head_kv: dict[int, int]
 def build_seq_state(st: KVState) -> bytes:
     """The blob for ``llama_state_seq_set_data``: ``st`` as the first section, then ``st.tail``."""
     n = st.n_cells
-    out = [struct.pack("<II", 1, n)]
+    out = [struct.pack("<IiII", SEQ_MAGIC, st.blob_seq, 1, n)]
     for p in st.positions.tolist():
         out.append(struct.pack("<iIi", int(p), 1, st.seq_id))
     if n > 0:
