@@ -46,6 +46,11 @@ int32_t llama_kvc_layer_shape(const struct llama_context * ctx, int32_t il,
 float llama_kvc_layer_kq_scale(const struct llama_context * ctx, int32_t il);
 int32_t llama_kvc_probe_layer(const struct ggml_tensor * t);
 int64_t llama_kvc_probe_read(const struct ggml_tensor * t, float * dst, int64_t n_dst, int64_t * ne);
+
+const char * ggml_get_name(const struct ggml_tensor * tensor);
+int64_t ggml_nelements(const struct ggml_tensor * tensor);
+size_t ggml_nbytes(const struct ggml_tensor * tensor);
+void ggml_backend_tensor_get(const struct ggml_tensor * tensor, void * data, size_t offset, size_t size);
 """
 
 API_VERSION = 1
@@ -241,6 +246,25 @@ def probe_is_query(t: Any) -> bool:
     return lib().ext.llama_kvc_probe_layer(t) >= 0
 
 
+def node_name(t: Any) -> str:
+    return ffi.string(lib().ext.ggml_get_name(t)).decode()
+
+
+def node_read_f32(t: Any) -> np.ndarray | None:
+    """Inside an eval callback: an F32 graph node as a flat array (None if it is not 4 bytes/elt)."""
+    ext = lib().ext
+    n = int(ext.ggml_nelements(t))
+    if int(ext.ggml_nbytes(t)) != 4 * n:
+        return None
+    out = np.empty(n, dtype=np.float32)
+    ext.ggml_backend_tensor_get(t, ffi.cast("void *", out.ctypes.data), 0, 4 * n)
+    return out
+
+
+def n_ctx(ctx: int) -> int:
+    return int(lib().C.llama_n_ctx(ctypes.c_void_p(ctx)))
+
+
 def context_new(
     model: int,
     *,
@@ -267,6 +291,7 @@ def context_new(
     p.type_v = KV_TYPES[kv_type]
     p.flash_attn_type = 1 if flash_attn else 0
     p.no_perf = True
+    p.swa_full = False  # sliding-window layers keep their window only
     if probe is not None:
         _probes[probe_key] = probe
         p.cb_eval = C.ggml_backend_sched_eval_callback(int(ffi.cast("uintptr_t", _on_eval)))

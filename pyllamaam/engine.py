@@ -7,6 +7,7 @@ that attention really uses when asked.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -140,6 +141,7 @@ class Session:
         self.n_threads = int(n_threads or os.cpu_count() or 1)
         # query capture: layer -> list of [n_tokens, n_head, head_dim]
         self._capture: dict[int, list[np.ndarray]] | None = None
+        self._nodes: dict[str, list[np.ndarray]] | None = None
         self._ctx: int | None = _native.context_new(
             model.ptr,
             n_ctx=self.n_ctx,
@@ -151,6 +153,7 @@ class Session:
             probe=self._on_probe,
             probe_key=id(self),
         )
+        self.n_ctx = _native.n_ctx(self._ctx)  # llama.cpp may round it up
         self._tokens: list[int] = []
         self._n_cells = 0
         self._last_logits: np.ndarray | None = None
@@ -311,6 +314,13 @@ class Session:
 
     # --- query probe ---
     def _on_probe(self, t: Any, ask: bool) -> bool:
+        if self._nodes is not None:
+            if ask:
+                return _native.node_name(t) in self._nodes
+            data = _native.node_read_f32(t)
+            if data is not None:
+                self._nodes[_native.node_name(t)].append(data)
+            return True
         if self._capture is None:
             return not ask
         if ask:
@@ -319,6 +329,16 @@ class Session:
         if got is not None:
             self._capture.setdefault(got[0], []).append(got[1])
         return True
+
+    def capture_nodes(self, names: Sequence[str], token_ids: Sequence[int]) -> dict[str, np.ndarray]:
+        """Debugging aid: eval ``token_ids`` (session unchanged) and return the named F32 graph
+        nodes (e.g. ``"kqv_out-0"``, the attention output of layer 0), flat, one row per ubatch."""
+        self._nodes = {n: [] for n in names}
+        try:
+            self.eval_logits(token_ids)
+            return {n: np.stack(v) for n, v in self._nodes.items() if v}
+        finally:
+            self._nodes = None
 
     def capture_queries(self, text_or_token_ids: str | Sequence[int]) -> dict[int, np.ndarray]:
         """Prefill and return the q each layer's attention used: {layer: [n_tokens, n_head, head_dim]}."""
@@ -368,6 +388,8 @@ class Session:
                 raise StateError(f"set_kv: layer {il} bias has shape {b.shape}, expected {k.shape[:2]}")
             if not (np.isfinite(k).all() and np.isfinite(v).all()):
                 raise StateError(f"set_kv: layer {il} keys or values are not finite")
+        # KVState holds V untransposed; the blob must match this context's V layout
+        state = dataclasses.replace(state, v_trans=not self.flash_attn)
         blob = build_seq_state(state)
         self._write_blob(blob, len(pos))
 

@@ -204,14 +204,19 @@ def parse_seq_state(blob: bytes, layer_ids: list[int], n_head_kv: dict[int, int]
     return st
 
 
-def build_seq_state(st: KVState) -> bytes:
-    """The blob for ``llama_state_seq_set_data``: ``st`` as the first section, then ``st.tail``."""
+def build_seq_state(st: KVState, with_bias: bool = True) -> bytes:
+    """The blob for ``llama_state_seq_set_data``: ``st`` as the first section, then ``st.tail``.
+
+    ``with_bias=False`` omits the bias section (for a context without bias storage); the
+    biases must then all be zero.
+    """
     n = st.n_cells
     out = [struct.pack("<IiII", SEQ_MAGIC, st.blob_seq, 1, n)]
     for p in st.positions.tolist():
         out.append(struct.pack("<iIi", int(p), 1, st.seq_id))
     if n > 0:
-        out.append(struct.pack("<II", int(st.v_trans) | BIAS_FLAG, len(st.keys)))
+        flags = int(st.v_trans) | (BIAS_FLAG if with_bias else 0)
+        out.append(struct.pack("<II", flags, len(st.keys)))
         for il, k in st.keys.items():
             if k.shape[0] != n:
                 raise StateError(f"keys of layer {il} have {k.shape[0]} cells, positions {n}")
@@ -230,6 +235,10 @@ def build_seq_state(st: KVState) -> bytes:
             out.append(raw)
         for il, b in st.bias.items():
             b = np.asarray(b, dtype=np.float32)
+            if not with_bias:
+                if np.any(b != 0):
+                    raise StateError(f"layer {il} has a non-zero bias but the context has no bias storage")
+                continue
             if np.isnan(b).any() or np.isposinf(b).any():
                 raise StateError(f"bias of layer {il} holds NaN or +inf")
             out.append(struct.pack("<I", b.shape[1]))
