@@ -1,0 +1,161 @@
+"""``pyllamaam`` command line: demo, doctor, compact, ask, serve, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from typing import Any
+
+from .errors import PyllamaamError
+
+
+def _demo_text() -> str:
+    import pydoc_data.topics
+
+    t = pydoc_data.topics.topics
+    return "\n\n".join(t[k] for k in ("assert", "if", "while", "for", "try"))
+
+
+def _kl(p_logits: Any, q_logits: Any) -> float:
+    import numpy as np
+
+    p = p_logits.astype(np.float64)
+    q = q_logits.astype(np.float64)
+    lp = p - np.logaddexp.reduce(p, axis=-1, keepdims=True)
+    lq = q - np.logaddexp.reduce(q, axis=-1, keepdims=True)
+    return float((np.exp(lp) * (lp - lq)).sum(axis=-1).mean())
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Show the model, its layout gate, the bias identities and (if available) a compaction."""
+    import numpy as np
+
+    from . import load_model
+
+    t0 = time.perf_counter()
+    model = load_model(args.model)
+    print(f"model   {model.path.name}  ({model.info['desc']}, {model.n_layer} layers)")
+    text = _demo_text()
+    with model.session(n_ctx=args.n_ctx) as s:
+        print(f"layout  {s.memory_layout}; can compact: {s.can_compact} ({s.gate_reason})")
+        toks = model.tokenize(text, add_bos=True)[: args.n_ctx - 160]
+        split = len(toks) - 64
+        ctx_toks, probe = toks[:split], toks[split:]
+        t1 = time.perf_counter()
+        s.prefill(ctx_toks)
+        prefill_s = time.perf_counter() - t1
+        print(f"prefill {len(ctx_toks)} tokens in {prefill_s:.1f} s ({len(ctx_toks) / prefill_s:.0f} tok/s)")
+        if not s.can_compact:
+            print("this model cannot be compacted: " + s.gate_reason)
+            return 0
+        ref = s.eval_logits(probe)
+        st = s.get_kv()
+        s.set_kv(st)
+        same = np.array_equal(s.eval_logits(probe), ref)
+        print(f"check   extract -> write back unchanged gives identical logits: {same}")
+        masked = st.subset(np.arange(st.n_cells))
+        for il in masked.layers:
+            masked.bias[il][0, :] = math.log(2.0)
+        s.set_kv(masked)
+        print(f"check   bias log 2 on the first cell moves the logits by KL {_kl(ref, s.eval_logits(probe)):.4f}")
+        s.set_kv(st)
+        nll_full = s.score(probe)
+        print(f"full    NLL of the next {len(probe)} tokens: {nll_full:.3f} nats/token")
+        if not hasattr(s, "compact"):
+            print("(compaction is not available in this build)")
+            return 0
+        snapshot = s.get_kv()
+        for method in ("am", "window"):
+            s.set_kv(snapshot)
+            rep = s.compact(ratio=args.ratio, method=method)
+            nll = s.score(probe)
+            print(f"{method:7s} {rep.cells_before} -> {rep.cells_after} cells in {sum(rep.seconds.values()):.1f} s: "
+                  f"NLL {nll:.3f} (+{nll - nll_full:.3f}), KL {_kl(ref, s.eval_logits(probe)):.4f}"
+                  + (f"  [fell back: {rep.reason}]" if rep.fell_back else ""))
+    print(f"done in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Report the library build, the patch API, the devices and the models found."""
+    from . import _native, catalog
+
+    info: dict[str, Any] = {}
+    try:
+        lib = _native.lib()
+        info["library"] = str(lib.path)
+        info["kvc_api_version"] = int(lib.ext.llama_kvc_api_version())
+        info["gpu_offload"] = bool(lib.C.llama_supports_gpu_offload())
+        info["system"] = _native.system_info().strip()
+        from pathlib import Path
+
+        marker = Path(sys.prefix) / "pyllamaam-libllama.key"
+        info["build_key"] = marker.read_text().strip() if marker.exists() else None
+    except PyllamaamError as err:
+        info["library_error"] = str(err)
+    info["models"] = [
+        {"name": m.name, "installed": m.installed, "path": str(m.path) if m.path else None}
+        for m in catalog.list_models()
+    ]
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for k, v in info.items():
+            if k == "models":
+                for m in v:
+                    print(f"model      {m['name']:14s} {'ok' if m['installed'] else 'missing'}  {m['path'] or ''}")
+            else:
+                print(f"{k:10s} {v}")
+    return 0 if "library_error" not in info else 1
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "kernel":
+        from . import cli_bench_kernel
+
+        return cli_bench_kernel.main(["--quick"] if args.quick else [])
+    from . import bench_native
+
+    bench_native.main(quick=args.quick, model=args.model, n_tokens=args.n_tokens)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="pyllamaam", description="KV-cache compaction for llama.cpp")
+    ap.add_argument("-v", "--verbose", action="count", default=0, help="-v: info logs, -vv: native debug logs")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("demo", help="run the main job on the default model")
+    p.add_argument("--model", default=None, help="model name or GGUF path (default: SmolLM2-135M)")
+    p.add_argument("--n-ctx", type=int, default=2048)
+    p.add_argument("--ratio", type=float, default=10.0)
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("doctor", help="library build, patch version, devices, models")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_doctor)
+
+    p = sub.add_parser("bench", help="benchmarks (JSON)")
+    p.add_argument("what", choices=["native", "kernel"], nargs="?", default="native")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--model", default=None)
+    p.add_argument("--n-tokens", type=int, default=None)
+    p.set_defaults(fn=cmd_bench)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose < 2:
+        logging.getLogger("pyllamaam.native").setLevel(max(level, logging.WARNING))
+    try:
+        return int(args.fn(args) or 0)
+    except PyllamaamError as err:
+        print(f"pyllamaam: error: {err}", file=sys.stderr)
+        return 2
