@@ -24,7 +24,7 @@ $(VENV)/.deps-stamp: pyproject.toml | $(VPY)
 	touch $@
 
 models: $(VENV)/.deps-stamp
-	$(VPY) native/fetch_models.py
+	$(VPY) native/fetch_models.py --gemma
 
 setup: build $(VENV)/.deps-stamp models
 
