@@ -1,0 +1,467 @@
+"""Sessions behind the HTTP API: one model, many KV sessions, one native worker thread.
+
+libllama is not thread-safe per model, so every native call runs on a single worker thread
+(decoding is CPU-bound anyway). Requests on one session are serialized by its lock, with a
+bounded number waiting; other sessions interleave token by token on the worker. At most
+``max_sessions`` named sessions hold a native context; the least recently used idle one is
+saved to ``swap_dir`` and loaded back on its next request. Anonymous requests share a few
+unnamed sessions that are never saved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pyllamaam.errors import CompactionError, ConfigError, PyllamaamError
+
+from .metrics import Metrics
+from .sampling import Sampler, StopScanner, is_eog
+from .settings import Settings
+
+log = logging.getLogger("pyllamaam.server")
+T = TypeVar("T")
+N_ANONYMOUS = 2
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
+
+
+class ApiError(PyllamaamError):
+    """An error with its HTTP status, raised by the server itself (not by the library)."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+        self.status = status
+        self.kind = kind
+        super().__init__(message)
+
+
+class Worker:
+    """The one thread that runs native calls, in submission order."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="pyllamaam-native")
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        # a cancelled await leaves the job running; later jobs queue behind it, so the session
+        # is never touched by two calls at once
+        return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+@dataclass
+class Slot:
+    """A session id and what holds its state: a live Session, a swap file, or nothing yet."""
+
+    id: str
+    session: Any = None
+    swap: Path | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0  # requests holding or waiting for the lock
+    anonymous: bool = False
+    compactable: bool = False  # the library has compact() and the layout gate allows it
+    auto: bool = False  # auto-compaction is on for this session
+
+
+@dataclass
+class Params:
+    """What one generation needs besides the prompt."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    feed_eog: bool = False  # chat: keep the end-of-turn token in the cache, as the template will
+
+
+@dataclass
+class Result:
+    """The end of one generation."""
+
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    compactions: list[dict[str, Any]]
+
+    def usage(self) -> dict[str, Any]:
+        u: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+        }
+        if self.compactions:
+            u["compaction"] = self.compactions
+        return u
+
+
+def report_dict(report: Any) -> dict[str, Any]:
+    """A CompactionReport as JSON-able data."""
+    if hasattr(report, "to_dict"):
+        return report.to_dict()
+    import json
+
+    return json.loads(report.to_json())
+
+
+class SessionManager:
+    """Owns the model's sessions; every method is called from the event loop."""
+
+    def __init__(self, model: Any, settings: Settings, metrics: Metrics, worker: Worker) -> None:
+        self.model = model
+        self.settings = settings
+        self.metrics = metrics
+        self.worker = worker
+        self._named: OrderedDict[str, Slot] = OrderedDict()  # least recently used first
+        self._anonymous: list[Slot] = []
+        self._pending = 0
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if settings.swap_dir is not None:
+            self.swap_dir = Path(settings.swap_dir)
+        else:
+            self._tmp = tempfile.TemporaryDirectory(prefix="pyllamaam-swap-")
+            self.swap_dir = Path(self._tmp.name)
+        self.swap_dir.mkdir(parents=True, exist_ok=True)
+
+    # --- lifecycle ---
+    async def close(self) -> None:
+        for slot in [*self._named.values(), *self._anonymous]:
+            if slot.session is not None:
+                await self.worker.run(slot.session.close)
+                slot.session = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def describe(self, sid: str) -> dict[str, Any]:
+        slot = self._named.get(sid)
+        if slot is None:
+            raise ApiError(404, f"unknown session {sid!r}", "not_found_error")
+        s = slot.session
+        d: dict[str, Any] = {"id": sid, "live": s is not None, "busy": slot.lock.locked(), "compactable": slot.compactable}
+        if s is not None:
+            d.update(n_cells=s.n_cells, n_ctx=s.n_ctx, n_tokens=len(s.tokens))
+        return d
+
+    def list_ids(self) -> list[str]:
+        return list(self._named)
+
+    @property
+    def n_live(self) -> int:
+        return sum(s.session is not None for s in self._named.values())
+
+    # --- native sessions ---
+    def _session_opts(self) -> dict[str, Any]:
+        st = self.settings
+        return {"n_ctx": st.n_ctx, "flash_attn": st.flash_attn, "n_threads": st.n_threads, "kv_type": st.kv_type, "n_batch": st.n_batch}
+
+    def _setup(self, session: Any, slot: Slot) -> Any:
+        """Turn on auto-compaction when the library and the memory layout allow it (worker)."""
+        st = self.settings
+        slot.compactable = hasattr(session, "compact") and bool(session.can_compact)
+        slot.auto = False
+        if slot.compactable and st.compact_threshold > 0 and hasattr(session, "auto_compact"):
+            opts = {k: v for k, v in (("method", st.compact_method), ("queries", st.compact_queries)) if v}
+            session.auto_compact(st.compact_threshold, st.compact_ratio, **opts)
+            slot.auto = True
+        return session
+
+    def _new_session(self, slot: Slot) -> Any:
+        return self._setup(self.model.session(**self._session_opts()), slot)
+
+    def _load_session(self, path: Path, slot: Slot) -> Any:
+        return self._setup(self.model.load_session(path, **self._session_opts()), slot)
+
+    def _save_and_close(self, slot: Slot) -> None:
+        s, slot.session = slot.session, None
+        try:
+            if s.tokens:
+                slot.swap = s.save(self.swap_dir / f"{slot.id}.session")
+        finally:
+            s.close()
+
+    async def _make_live(self, slot: Slot) -> None:
+        if slot.session is not None:
+            return
+        if not slot.anonymous:
+            await self._evict_for_room(slot)
+        if slot.swap is not None:
+            path, slot.swap = slot.swap, None
+            slot.session = await self.worker.run(self._load_session, path, slot)
+            path.unlink(missing_ok=True)
+            self.metrics.inc("pyllamaam_sessions_reloaded_total")
+        else:
+            slot.session = await self.worker.run(self._new_session, slot)
+        self.metrics.set("pyllamaam_sessions_live", self.n_live)
+
+    async def _evict_for_room(self, keep: Slot) -> None:
+        while self.n_live >= self.settings.max_sessions:
+            idle = [s for s in self._named.values() if s is not keep and s.session is not None and s.users == 0]
+            if not idle:
+                raise ApiError(503, f"all {self.settings.max_sessions} live sessions are busy; retry later", "server_busy")
+            victim = idle[0]  # least recently used
+            await self.worker.run(self._save_and_close, victim)
+            self.metrics.inc("pyllamaam_sessions_evicted_total")
+            log.info("session %s saved to disk to make room", victim.id)
+
+    # --- queueing ---
+    def _slot_for(self, sid: str | None, prompt: list[int] | None, create: bool) -> Slot:
+        if sid is None:
+            return self._anonymous_slot(prompt or [])
+        slot = self._named.get(sid)
+        if slot is None:
+            if not create:
+                raise ApiError(404, f"unknown session {sid!r}", "not_found_error")
+            slot = self._named[sid] = Slot(sid)
+        self._named.move_to_end(sid)
+        return slot
+
+    def _anonymous_slot(self, prompt: list[int]) -> Slot:
+        free = [s for s in self._anonymous if not s.lock.locked()]
+        if free:
+            return max(free, key=lambda s: _common_prefix(s.session.tokens if s.session else [], prompt))
+        if len(self._anonymous) < N_ANONYMOUS:
+            self._anonymous.append(Slot(f"~anonymous-{len(self._anonymous)}", anonymous=True))
+            return self._anonymous[-1]
+        return min(self._anonymous, key=lambda s: s.users)
+
+    async def _enter(self, slot: Slot) -> None:
+        """Wait for the slot's lock within the queue bounds; on success the caller must _leave."""
+        if self._pending >= self.settings.max_pending:
+            self.metrics.inc("pyllamaam_requests_rejected_total", reason="server")
+            raise ApiError(503, f"the server has {self._pending} requests in flight; retry later", "server_busy")
+        if slot.users > self.settings.queue_size:
+            self.metrics.inc("pyllamaam_requests_rejected_total", reason="session")
+            raise ApiError(429, f"session {slot.id!r} has {slot.users - 1} requests waiting; retry later", "rate_limit_error")
+        slot.users += 1
+        self._pending += 1
+        self.metrics.set("pyllamaam_requests_in_flight", self._pending)
+        try:
+            await slot.lock.acquire()
+        except BaseException:
+            self._leave(slot, locked=False)
+            raise
+
+    def _leave(self, slot: Slot, locked: bool = True) -> None:
+        if locked:
+            slot.lock.release()
+        slot.users -= 1
+        self._pending -= 1
+        self.metrics.set("pyllamaam_requests_in_flight", self._pending)
+
+    async def _locked(self, sid: str | None, fn: Callable[[Slot], Awaitable[T]], create: bool = False) -> T:
+        slot = self._slot_for(sid, None, create)
+        await self._enter(slot)
+        try:
+            return await fn(slot)
+        finally:
+            self._leave(slot)
+
+    # --- session endpoints ---
+    async def delete(self, sid: str) -> None:
+        async def drop(slot: Slot) -> None:
+            if slot.session is not None:
+                await self.worker.run(slot.session.close)
+                slot.session = None
+            if slot.swap is not None:
+                slot.swap.unlink(missing_ok=True)
+            self._named.pop(sid, None)
+            self.metrics.set("pyllamaam_sessions_live", self.n_live)
+
+        await self._locked(sid, drop)
+
+    async def compact(self, sid: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        async def run(slot: Slot) -> dict[str, Any]:
+            await self._make_live(slot)
+            if not hasattr(slot.session, "compact"):
+                raise ApiError(400, "compaction is not available in this build of pyllamaam")
+            if "ratio" not in kwargs and "target_cells" not in kwargs:
+                kwargs["ratio"] = self.settings.compact_ratio
+            t0 = time.perf_counter()
+            try:
+                report = await self.worker.run(slot.session.compact, **kwargs)
+            except TypeError as err:  # an option this library version does not know
+                raise ConfigError(f"bad compaction parameters: {err}") from err
+            self.metrics.observe_compaction(report, "manual", time.perf_counter() - t0)
+            return report_dict(report)
+
+        return await self._locked(sid, run)
+
+    async def save(self, sid: str, path: Path) -> dict[str, Any]:
+        async def run(slot: Slot) -> dict[str, Any]:
+            await self._make_live(slot)
+            s = slot.session
+            if not s.tokens:
+                raise ApiError(409, f"session {sid!r} is empty: nothing to save", "conflict_error")
+            await self.worker.run(s.save, path)
+            return {"id": sid, "name": path.name, "n_tokens": len(s.tokens), "n_cells": s.n_cells}
+
+        return await self._locked(sid, run)
+
+    async def restore(self, sid: str, path: Path) -> dict[str, Any]:
+        if not path.is_file():
+            raise ApiError(404, f"no saved session named {path.name!r}", "not_found_error")
+
+        async def run(slot: Slot) -> dict[str, Any]:
+            new = await self.worker.run(self._load_session, path, slot)
+            if slot.session is not None:
+                await self.worker.run(slot.session.close)
+                slot.session = None
+            if slot.swap is not None:
+                slot.swap.unlink(missing_ok=True)
+                slot.swap = None
+            await self._evict_for_room(slot)
+            slot.session = new
+            self.metrics.set("pyllamaam_sessions_live", self.n_live)
+            return {"id": sid, "name": path.name, "n_tokens": len(new.tokens), "n_cells": new.n_cells}
+
+        return await self._locked(sid, run, create=True)
+
+    # --- generation ---
+    async def generate(
+        self,
+        sid: str | None,
+        prompt: list[int],
+        params: Params,
+        cancelled: Callable[[], Awaitable[bool]] | None = None,
+    ) -> AsyncIterator[str | Result]:
+        """Yield ``""`` once the prompt is in the cache, then text pieces, then one Result.
+
+        Errors before the first yield (queue full, prompt too long) are raised to the caller;
+        the session lock is held from the first step until the generator ends or is closed.
+        """
+        if not prompt:
+            raise ConfigError("the prompt is empty")
+        slot = self._slot_for(sid, prompt, create=True)
+        await self._enter(slot)
+        try:
+            await self._make_live(slot)
+            cached, n_auto0 = await self._feed_prompt(slot, prompt, cancelled)
+            self.metrics.inc("pyllamaam_prompt_tokens_total", len(prompt))
+            self.metrics.inc("pyllamaam_prompt_tokens_reused_total", cached)
+            yield ""
+            s = slot.session
+            sampler = Sampler(params.temperature, params.top_p, params.seed)
+            scanner = StopScanner(params.stop)
+            out: list[int] = []
+            finish, by_string = "length", False
+            for _ in range(params.max_tokens):
+                if cancelled is not None and await cancelled():
+                    self.metrics.inc("pyllamaam_requests_cancelled_total")
+                    finish = "cancelled"
+                    break
+                tok, text = await self.worker.run(self._step, slot, sampler, out, params.feed_eog)
+                if tok is None:
+                    finish = text
+                    break
+                piece, by_string = scanner.push(text)
+                if piece:
+                    yield piece
+                if by_string:
+                    finish = "stop"
+                    break
+            if finish != "cancelled" and not by_string:
+                tail = scanner.flush()
+                if tail:
+                    yield tail
+            self.metrics.inc("pyllamaam_completion_tokens_total", len(out))
+            reports = (getattr(s, "auto_reports", None) or [])[n_auto0:]
+            for r in reports:
+                self.metrics.observe_compaction(r, "auto", getattr(r, "total_seconds", 0.0))
+            yield Result(finish, len(prompt), len(out), cached, [report_dict(r) for r in reports])
+        except asyncio.CancelledError:
+            self.metrics.inc("pyllamaam_requests_cancelled_total")
+            raise
+        finally:
+            self._leave(slot)
+
+    async def _feed_prompt(
+        self, slot: Slot, prompt: list[int], cancelled: Callable[[], Awaitable[bool]] | None
+    ) -> tuple[int, int]:
+        """Reuse the cache when it holds a prefix of ``prompt``, start over otherwise, and prefill
+        the rest in batches. Returns (tokens reused, auto-compaction reports so far)."""
+        s = slot.session
+        have = s.tokens
+        n = _common_prefix(have, prompt)
+        if n < len(have) or n == 0:  # the cache holds tokens the prompt does not: start over
+            await self.worker.run(s.close)
+            slot.session = s = await self.worker.run(self._new_session, slot)
+            n = 0
+        n_auto0 = len(getattr(s, "auto_reports", None) or [])
+        if n == len(prompt):
+            return n, n_auto0  # the whole prompt is cached and its logits are the session's
+        step = max(1, self.settings.n_batch)
+        for i in range(n, len(prompt), step):
+            if cancelled is not None and await cancelled():
+                raise asyncio.CancelledError()
+            await self.worker.run(self._prefill, slot, prompt[i : i + step])
+        return n, n_auto0
+
+    def _prefill(self, slot: Slot, toks: list[int]) -> None:
+        """Prefill on the worker; the session compacts itself first when auto-compaction is on."""
+        s = slot.session
+        if not slot.auto and s.n_cells + len(toks) > s.n_ctx:
+            why = "is off" if slot.compactable else "is not available for this model or build"
+            raise ApiError(
+                400,
+                f"the prompt does not fit: {s.n_cells} cells in use + {len(toks)} new tokens > n_ctx "
+                f"{s.n_ctx}, and automatic compaction {why}",
+                "context_length_exceeded",
+            )
+        try:
+            s.prefill(toks)
+        except CompactionError as err:
+            raise ApiError(
+                400, f"the prompt does not fit in n_ctx {s.n_ctx} even after compaction: {err}", "context_length_exceeded"
+            ) from err
+
+    def _step(self, slot: Slot, sampler: Sampler, out: list[int], feed_eog: bool) -> tuple[int | None, str]:
+        """Sample one token and feed it (worker): (token, text so far) or (None, finish reason)."""
+        s = slot.session
+        tok = sampler.sample(s.logits())
+        if is_eog(self.model, tok):
+            if feed_eog and s.n_cells < s.n_ctx:
+                s.prefill([tok])
+            return None, "stop"
+        if not slot.auto and s.n_cells + 1 > s.n_ctx:
+            return None, "length"
+        try:
+            s.prefill([tok])
+        except CompactionError:  # the cache is full and cannot shrink: end like a length limit
+            log.warning("session %s: compaction failed mid-generation; stopping", slot.id, exc_info=True)
+            return None, "length"
+        out.append(tok)
+        return tok, self.model.detokenize(out)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def resolve_name(state_dir: Path | None, name: str) -> Path:
+    """The file for ``name`` inside ``state_dir``; anything that could escape it is refused."""
+    if state_dir is None:
+        raise ApiError(400, "no state folder is configured (start the server with --state-dir)")
+    if not NAME_PATTERN.match(name) or name in (".", ".."):
+        raise ApiError(400, f"bad name {name!r}: use letters, digits, '.', '_' and '-' (no folders)")
+    root = Path(state_dir).resolve()
+    path = (root / name).resolve()
+    if path.parent != root or os.path.islink(root / name):
+        raise ApiError(400, f"the name {name!r} escapes the state folder")
+    return path
