@@ -94,13 +94,16 @@ def _default_loader(settings: Settings) -> Any:
 
 
 def _probe_layout(model: Any, settings: Settings) -> dict[str, Any]:
-    with model.session(n_ctx=min(settings.n_ctx, 256), flash_attn=settings.flash_attn, kv_type=settings.kv_type) as s:
+    s = model.session(n_ctx=min(settings.n_ctx, 256), flash_attn=settings.flash_attn, kv_type=settings.kv_type)
+    try:
         return {
             "memory_layout": s.memory_layout,
             "can_compact": bool(s.can_compact),
             "gate_reason": s.gate_reason,
             "compaction_available": hasattr(s, "compact"),
         }
+    finally:
+        s.close()
 
 
 def create_app(settings: Settings | None = None, load_model: Callable[[Settings], Any] | None = None) -> FastAPI:

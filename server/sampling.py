@@ -13,7 +13,7 @@ class Sampler:
     def __init__(self, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None) -> None:
         self.temperature = temperature
         self.top_p = top_p
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(None if seed is None else seed % (1 << 64))  # OpenAI seeds may be negative
 
     def sample(self, logits: np.ndarray) -> int:
         """``logits``: float [n_vocab]."""
