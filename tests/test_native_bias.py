@@ -17,11 +17,12 @@ import math
 import numpy as np
 import pytest
 
-from conftest import CONT, TEXT, kl, max_rel
+from conftest import CONT, QUANTIZED, TEXT, kl, max_rel
 
 pytestmark = pytest.mark.native
 
 MODELS = ["llama", "gemma3", "hybrid", "smollm2"]
+# Gemma-3-270M (Q4_K_M): only the exact checks; its f16 noise is of the size of a one-cell effect
 PATHS = [(False, "f32"), (False, "f16"), (True, "f16")]
 # the cell the identities act on: the first token, an attention sink, so that the effect of the
 # bias stands well above the f16 / Q8-activation noise of quantized models
@@ -55,7 +56,7 @@ def assert_same(got, want, without, path, exact=True):
         assert dev < 0.02 and dev < 0.5 * effect, (dev, effect)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", [*MODELS, "gemma3-270m"])
 def test_round_trip_is_exact(models, name, path):
     m = models[name]
     with _session(m, path) as s:
@@ -107,7 +108,7 @@ def test_duplicate_cell_equals_bias_log2(models, name, path):
     with _session(m, path) as s:
         doubled, biased, plain = _with_duplicate(s.get_kv(), dup=SINK)
         want, got, without = (_logits(s, x, cont) for x in (doubled, biased, plain))
-    assert_same(got, want, without, path, exact=name != "smollm2")
+    assert_same(got, want, without, path, exact=name not in QUANTIZED)
 
 
 @pytest.mark.parametrize("name", ["llama", "smollm2"])
@@ -119,7 +120,7 @@ def test_duplicate_identity_per_kv_head(models, name, path):
         for h in range(st.bias[st.layers[0]].shape[1]):
             doubled, biased, plain = _with_duplicate(st, dup=SINK, head=h)
             want, got, without = (_logits(s, x, cont) for x in (doubled, biased, plain))
-            assert_same(got, want, without, path, exact=name != "smollm2")
+            assert_same(got, want, without, path, exact=name not in QUANTIZED)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -138,7 +139,7 @@ def test_minus_inf_bias_equals_deleting_the_cell(models, name, path):
         got = s.eval_logits(cont)
         s.set_kv(st)
         full = s.eval_logits(cont)
-    assert_same(got, want, full, path, exact=name != "smollm2")
+    assert_same(got, want, full, path, exact=name not in QUANTIZED)
 
 
 @pytest.mark.parametrize("flash_attn", [False, True], ids=["noflash", "flash"])

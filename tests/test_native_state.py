@@ -23,7 +23,7 @@ def _biased_session(model, flash=False):
     return s
 
 
-@pytest.mark.parametrize("name", ["llama", "gemma3", "hybrid", "smollm2"])
+@pytest.mark.parametrize("name", ["llama", "gemma3", "hybrid", "smollm2", "gemma3-270m"])
 @pytest.mark.parametrize("flash", [False, True], ids=["regular", "flash"])
 def test_save_load_gives_identical_logits(models, name, flash, tmp_path):
     m = models[name]
@@ -145,6 +145,16 @@ def test_gate_on_smollm2_and_kq_scale(smollm2):
     with smollm2.session(n_ctx=256) as s:
         assert (s.memory_layout, s.can_compact) == ("kv", True)
         assert s.kq_scale(0) == pytest.approx(1 / np.sqrt(64))
+
+
+def test_gate_on_gemma3_270m_compacts_global_layers_only(gemma3_270m):
+    with gemma3_270m.session(n_ctx=1024) as s:
+        assert (s.memory_layout, s.can_compact) == ("iswa", True)
+        layers = s.compact_layers()
+        swa = [il for il, li in enumerate(s.layers) if li["flags"] & 2]
+        assert layers and swa and not set(layers) & set(swa)
+        assert sorted(layers + swa) == list(range(gemma3_270m.n_layer))
+        assert s.kq_scale(layers[0]) == pytest.approx(1.0)  # Gemma pre-scales q
 
 
 def test_a_blob_without_bias_section_loads_with_bias_zero(models):
