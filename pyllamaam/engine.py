@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ class Model:
         self._ptr: int | None = _native.model_load(self.path, n_gpu_layers, use_mmap)
         self.info = _native.model_info(self._ptr)
         self.n_gpu_layers = n_gpu_layers
+        # sessions hold contexts on this model: they are freed before it
+        self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
 
     # --- handle ---
     @property
@@ -48,6 +51,8 @@ class Model:
 
     def close(self) -> None:
         if self._ptr is not None:
+            for s in list(self._sessions):
+                s.close()
             _native.model_free(self._ptr)
             self._ptr = None
 
@@ -117,6 +122,10 @@ class Model:
 class Session:
     """One llama.cpp context with one sequence; see :meth:`Model.session`."""
 
+    # opt-in modes (class defaults: off); see capture_context_queries() and auto_compact()
+    _ctx_queries: Any = None
+    _auto: dict[str, Any] | None = None
+
     def __init__(
         self,
         model: Model,
@@ -154,6 +163,7 @@ class Session:
             probe_key=id(self),
         )
         self.n_ctx = _native.n_ctx(self._ctx)  # llama.cpp may round it up
+        model._sessions.add(self)
         self._tokens: list[int] = []
         self._n_cells = 0
         self._last_logits: np.ndarray | None = None
@@ -239,7 +249,13 @@ class Session:
         toks = self._as_tokens(text_or_token_ids, bos=self.n_past == 0)
         if not toks:
             return 0
+        if self._auto is not None:
+            from . import pipeline
+
+            return pipeline.auto_prefill(self, toks)
         self._check_room(len(toks))
+        if self._ctx_queries is not None and self._capture is None:
+            return self._prefill_capturing_context(toks)
         logits = _native.decode(self.ctx, np.asarray(toks, dtype=np.int32), self.n_past, self.n_batch, False)
         self._last_logits = logits[-1]
         self._tokens += toks
@@ -348,6 +364,63 @@ class Session:
             return {il: np.concatenate(qs) for il, qs in sorted(self._capture.items())}
         finally:
             self._capture = None
+
+    # --- compaction ---
+    def capture_context_queries(self, cap: int = 4096) -> None:
+        """Keep the queries of every later prefill (at most ``cap`` tokens per layer, evenly
+        subsampled) as the free ``queries="context"`` source of :meth:`compact`."""
+        from .queries.context import QueryBuffer
+
+        self._ctx_queries = QueryBuffer(cap)
+
+    def _prefill_capturing_context(self, toks: list[int]) -> int:
+        self._capture = {}
+        try:
+            buf, self._ctx_queries = self._ctx_queries, None
+            n = self.prefill(toks)
+            buf.add(self._capture)
+        finally:
+            self._capture, self._ctx_queries = None, buf
+        return n
+
+    def compact(
+        self,
+        ratio: float | None = None,
+        target_cells: int | None = None,
+        method: str = "am",
+        queries: str = "repeat",
+        keep_first: int = 4,
+        keep_last: int = 32,
+        budgets: Any = None,
+        task: str | None = None,
+        verify: bool = True,
+        **options: Any,
+    ) -> Any:
+        """Compact the KV cache in place; returns a :class:`~pyllamaam.report.CompactionReport`.
+
+        ``ratio`` = span cells before / after (or ``target_cells`` = all cells after); ``method``
+        ``"am"`` (Attention Matching, attn-rms selection) or any selection method of
+        :func:`pyllamaam.compact.available_methods` (baselines keep original values); ``queries``
+        ``"repeat"``, ``"context"``, ``"self-study"``, ``"task"`` or a mix like
+        ``"repeat+context"``. The first ``keep_first`` and last ``keep_last`` cells stay verbatim.
+        Gates (``max_kl``, ``max_attention_error``) and kernel options go in ``options``. On any
+        failure the original cache is restored and the report says ``fell_back=True``.
+        Raises UnsupportedLayout for memories that cannot be compacted, ConfigError for bad
+        arguments (the cache is then unchanged too).
+        """
+        from . import pipeline
+
+        return pipeline.compact(
+            self, ratio, target_cells, method, queries, keep_first, keep_last, budgets, task, verify, **options
+        )
+
+    def auto_compact(self, threshold: float | None = 0.9, ratio: float = 4.0, **compact_options: Any) -> None:
+        """Compact automatically whenever prefill()/generate() would pass ``threshold * n_ctx``
+        cells, so the session runs past n_ctx; ``threshold=None`` turns it off. Reports of the
+        automatic compactions accumulate in ``self.auto_reports``."""
+        from . import pipeline
+
+        pipeline.set_auto(self, threshold, ratio, compact_options)
 
     # --- KV state ---
     def _snapshot(self) -> bytes:
