@@ -265,6 +265,10 @@ class SessionManager:
         slot = self._slot_for(sid, None, create)
         await self._enter(slot)
         try:
+            if self._named.get(sid) is not slot:  # deleted while we waited
+                if not create:
+                    raise ApiError(404, f"unknown session {sid!r}", "not_found_error")
+                self._named[sid] = slot
             return await fn(slot)
         finally:
             self._leave(slot)
@@ -347,6 +351,8 @@ class SessionManager:
         slot = self._slot_for(sid, prompt, create=True)
         await self._enter(slot)
         try:
+            if sid is not None and self._named.get(sid) is not slot:  # deleted while we waited
+                self._named[sid] = slot
             await self._make_live(slot)
             cached, n_auto0 = await self._feed_prompt(slot, prompt, cancelled)
             self.metrics.inc("pyllamaam_prompt_tokens_total", len(prompt))
@@ -396,6 +402,7 @@ class SessionManager:
         have = s.tokens
         n = _common_prefix(have, prompt)
         if n < len(have) or n == 0:  # the cache holds tokens the prompt does not: start over
+            slot.session = None
             await self.worker.run(s.close)
             slot.session = s = await self.worker.run(self._new_session, slot)
             n = 0
