@@ -409,6 +409,7 @@ class SessionManager:
         n_auto0 = len(getattr(s, "auto_reports", None) or [])
         if n == len(prompt):
             return n, n_auto0  # the whole prompt is cached and its logits are the session's
+        self._check_fits(slot, len(prompt) - n)
         step = max(1, self.settings.n_batch)
         for i in range(n, len(prompt), step):
             if cancelled is not None and await cancelled():
@@ -416,17 +417,21 @@ class SessionManager:
             await self.worker.run(self._prefill, slot, prompt[i : i + step])
         return n, n_auto0
 
-    def _prefill(self, slot: Slot, toks: list[int]) -> None:
-        """Prefill on the worker; the session compacts itself first when auto-compaction is on."""
+    def _check_fits(self, slot: Slot, n_new: int) -> None:
         s = slot.session
-        if not slot.auto and s.n_cells + len(toks) > s.n_ctx:
+        if not slot.auto and s.n_cells + n_new > s.n_ctx:
             why = "is off" if slot.compactable else "is not available for this model or build"
             raise ApiError(
                 400,
-                f"the prompt does not fit: {s.n_cells} cells in use + {len(toks)} new tokens > n_ctx "
+                f"the prompt does not fit: {s.n_cells} cells in use + {n_new} new tokens > n_ctx "
                 f"{s.n_ctx}, and automatic compaction {why}",
                 "context_length_exceeded",
             )
+
+    def _prefill(self, slot: Slot, toks: list[int]) -> None:
+        """Prefill on the worker; the session compacts itself first when auto-compaction is on."""
+        s = slot.session
+        self._check_fits(slot, len(toks))
         try:
             s.prefill(toks)
         except CompactionError as err:
