@@ -113,6 +113,51 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if "library_error" not in info else 1
 
 
+def _chat_prompt(model: Any, question: str) -> str:
+    """The question as a user turn of the model's chat template (plain text if it has none)."""
+    tmpl = model.info.get("chat_template") or ""
+    if "<|im_start|>" in tmpl:
+        return f"\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+    if "<start_of_turn>" in tmpl:
+        return f"\n<start_of_turn>user\n{question}<end_of_turn>\n<start_of_turn>model\n"
+    return f"\n\nQuestion: {question}\nAnswer:"
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    """Prefill a text file, compact it, save the session."""
+    from pathlib import Path
+
+    from . import load_model
+
+    text = Path(args.file).read_text(encoding="utf-8", errors="replace")
+    model = load_model(args.model)
+    n_tok = len(model.tokenize(text, add_bos=True))
+    n_ctx = args.n_ctx or max(512, n_tok + 256)
+    with model.session(n_ctx=n_ctx, flash_attn=args.flash_attn) as s:
+        t0 = time.perf_counter()
+        s.prefill(text)
+        print(f"prefilled {s.n_cells} tokens in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        rep = s.compact(ratio=args.ratio, method=args.method, queries=args.queries)
+        print(rep.to_json() if args.json else rep)
+        out = s.save(args.output)
+    print(f"saved {out}", file=sys.stderr)
+    return 1 if rep.fell_back else 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    """Answer questions from a saved (compacted) session; the file is never modified."""
+    from . import load_model
+
+    model = load_model(args.model)
+    for q in args.question:
+        with model.load_session(args.session) as s:
+            t0 = time.perf_counter()
+            answer = s.generate(_chat_prompt(model, q), max_tokens=args.max_tokens, stop=["<|im_end|>", "<end_of_turn>"])
+            dt = time.perf_counter() - t0
+        print(f"Q: {q}\nA: {answer.strip()}\n   ({dt:.1f} s)")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "kernel":
         from . import cli_bench_kernel
@@ -139,6 +184,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_doctor)
 
+    p = sub.add_parser("compact", help="prefill a text file, compact it, save the session")
+    p.add_argument("file")
+    p.add_argument("-o", "--output", required=True, help="the saved session (.pllam)")
+    p.add_argument("--ratio", type=float, default=10.0)
+    p.add_argument("--method", default="am")
+    p.add_argument("--queries", default="repeat")
+    p.add_argument("--model", default=None)
+    p.add_argument("--n-ctx", type=int, default=None)
+    p.add_argument("--flash-attn", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(fn=cmd_compact)
+
+    p = sub.add_parser("ask", help="ask questions of a saved session")
+    p.add_argument("session")
+    p.add_argument("question", nargs="+")
+    p.add_argument("--model", default=None)
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.set_defaults(fn=cmd_ask)
+
+    sub.add_parser("serve", help="OpenAI-compatible HTTP server (`pyllamaam serve --help`)")
+
     p = sub.add_parser("bench", help="benchmarks (JSON)")
     p.add_argument("what", choices=["native", "kernel"], nargs="?", default="native")
     p.add_argument("--quick", action="store_true")
@@ -149,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:  # the server parses its own flags (and PYLLAMAAM_* variables)
+        from server.__main__ import main as serve_main
+
+        return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
