@@ -171,6 +171,7 @@ def _fit_beta(K, Q, scale, stats, ranking, idx, mask, valid, opts: FitOptions):
     ptr = mask.sum(axis=1)  # next unused position in each ranking
     # Relative weighting divides both sides of query i's equation by its mass y_i.
     row = 1.0 / stats.mass if opts.mass_weighting == "relative" else None
+    w0 = None
     for round_ in range(opts.refill_rounds + 1):
         Phi = phi_matrix(Q, _gather(K, idx, mask), scale, stats.shift)
         fit = fit_weights(
@@ -181,6 +182,7 @@ def _fit_beta(K, Q, scale, stats, ranking, idx, mask, valid, opts: FitOptions):
             solver=opts.nnls_solver,
             max_iter=opts.nnls_max_iter,
             tol=opts.nnls_tol,
+            w0=w0,
         )
         w = fit.w
         zero = mask & (w <= 1e-9 * w.max(axis=1, keepdims=True, initial=0.0))
@@ -194,6 +196,8 @@ def _fit_beta(K, Q, scale, stats, ranking, idx, mask, valid, opts: FitOptions):
             changed |= slots.size > 0
         if not changed:
             break
+        # Warm start: the refit keeps the kept keys' weights; refilled slots start at 0.
+        w0 = np.where(zero, 0.0, w)
     if zero.any():
         log.debug("NNLS left %d zero-weight keys (policy %s)", zero.sum(), opts.zero_weights)
     if opts.zero_weights == "floor":
