@@ -1,0 +1,67 @@
+"""Reference query sources for compaction.
+
+A source returns ``{layer: Q}`` with Q float32 ``[n_tokens, n_head, head_dim]``: the q that
+attention really used (captured by the query probe, in the basis of the stored keys). Every
+source except ``"context"`` runs forward passes on a scratch continuation of the sequence and
+restores the session exactly afterwards (:func:`scratch`).
+
+Sources: ``"context"`` (captured during prefill, free), ``"repeat"`` (a repeat-the-text pass),
+``"self-study"`` (the model's own short texts about the context), ``"task"`` (the upcoming task
+prompt); a mixture is ``"repeat+context"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from ._scratch import scratch
+from .context import context_queries
+from .repeat import repeat_queries
+from .selfstudy import selfstudy_queries
+from .task import task_queries
+
+if TYPE_CHECKING:
+    from ..engine import Session
+
+Source = Callable[..., dict[int, np.ndarray]]
+
+SOURCES: dict[str, Source] = {
+    "context": context_queries,
+    "repeat": repeat_queries,
+    "self-study": selfstudy_queries,
+    "task": task_queries,
+}
+
+__all__ = ["SOURCES", "collect", "parse_spec", "scratch"]
+
+
+def parse_spec(spec: str) -> list[str]:
+    """``"repeat+context"`` -> ``["repeat", "context"]`` (checked)."""
+    names = [s.strip() for s in str(spec).split("+") if s.strip()]
+    if not names:
+        raise ConfigError("queries must name at least one source")
+    bad = [n for n in names if n not in SOURCES]
+    if bad:
+        raise ConfigError(f"unknown query source(s) {bad}; known: {', '.join(SOURCES)} (mix with '+')")
+    return names
+
+
+def collect(session: Session, spec: str, span: tuple[int, int], **kw: Any) -> dict[int, np.ndarray]:
+    """Queries of every source in ``spec`` concatenated per layer.
+
+    Parameters
+    ----------
+    session : the session (unchanged afterwards).
+    spec : source names joined by ``+``.
+    span : (first, last) position of the compactable span (inclusive).
+    **kw : options of the sources (``task``, ``repeat_prompt``, ``max_room`` ...).
+    """
+    out: dict[int, list[np.ndarray]] = {}
+    for name in parse_spec(spec):
+        for il, q in SOURCES[name](session, span, **kw).items():
+            out.setdefault(il, []).append(q)
+    return {il: np.concatenate(qs) for il, qs in out.items()}

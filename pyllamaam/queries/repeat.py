@@ -1,0 +1,51 @@
+"""``"repeat"``: queries from a pass that repeats the context after it.
+
+The model reads a "repeat the previous text" prompt and then the span's own tokens, at
+positions that continue after the context; the queries of the repeated tokens look back at the
+context the way a reader recalling it would (DESIGN.md section 8: the best source we measured).
+When the span does not fit in the free cells, it is repeated in chunks, one scratch pass each.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from ._scratch import room, scratch
+
+if TYPE_CHECKING:
+    from ..engine import Session
+
+REPEAT_PROMPT = "\n\nRepeat the previous text verbatim.\n\n"
+
+
+def repeat_queries(
+    session: Session,
+    span: tuple[int, int],
+    *,
+    repeat_prompt: str = REPEAT_PROMPT,
+    repeat_max_tokens: int | None = None,
+    **_: Any,
+) -> dict[int, np.ndarray]:
+    """Queries of the repeated span tokens, ``{layer: [n, n_head, head_dim]}``."""
+    toks = session._tokens[span[0] : span[1] + 1]
+    if repeat_max_tokens is not None and len(toks) > repeat_max_tokens:
+        # an evenly spread set of contiguous pieces would be better; the head is the simplest
+        toks = toks[:repeat_max_tokens]
+    prompt = session.model.tokenize(repeat_prompt) if repeat_prompt else []
+    chunk = room(session) - len(prompt)
+    if chunk < 16:
+        raise ConfigError(
+            f"queries='repeat' needs free cells for a scratch pass: {room(session)} free of "
+            f"{session.n_ctx} (use a larger n_ctx, a lower auto_compact threshold or queries='context')"
+        )
+    out: dict[int, list[np.ndarray]] = {}
+    for i in range(0, len(toks), chunk):
+        with scratch(session):
+            if prompt:
+                session.prefill(prompt)
+            for il, q in session.capture_queries(toks[i : i + chunk]).items():
+                out.setdefault(il, []).append(q)
+    return {il: np.concatenate(qs) for il, qs in out.items()}

@@ -1,0 +1,26 @@
+"""``"task"``: queries of the upcoming task prompt (Latent Briefing's query source)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from ._scratch import room, scratch
+
+if TYPE_CHECKING:
+    from ..engine import Session
+
+
+def task_queries(
+    session: Session, span: tuple[int, int], *, task: str | None = None, **_: Any
+) -> dict[int, np.ndarray]:
+    """Queries of ``task`` read after the context, ``{layer: [n, n_head, head_dim]}``."""
+    if not task:
+        raise ConfigError("queries='task' needs task='the prompt that will follow'")
+    toks = session.model.tokenize(task)
+    if len(toks) > room(session):
+        raise ConfigError(f"the task prompt ({len(toks)} tokens) does not fit in {room(session)} free cells")
+    with scratch(session):
+        return session.capture_queries(toks)

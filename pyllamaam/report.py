@@ -1,0 +1,75 @@
+"""CompactionReport: what one compaction did, how long each stage took, how good it is."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+STAGES = ("queries", "extract", "fit", "write", "verify")
+
+
+@dataclass
+class CompactionReport:
+    """The outcome of :meth:`Session.compact`.
+
+    Attributes
+    ----------
+    method, queries : what was asked for.
+    cells_before, cells_after : cells of the compactable cache (all of it, sinks and window too).
+    span_before, span_after : cells of the compacted span (``ratio = span_before / span_after``).
+    keys_kept : keys kept over all (layer, KV head) slots of the span (padding excluded).
+    ratio : the achieved cell ratio over the span.
+    seconds : per stage (queries, extract, fit, write, verify).
+    attention_error : mean relative attention-output error on held-out queries (None if unknown).
+    kl : mean KL(before || after) of next-token distributions on the probe (nats; None if unknown).
+    fell_back : True when the original cache was restored; ``reason`` says why.
+    """
+
+    method: str
+    queries: str
+    cells_before: int = 0
+    cells_after: int = 0
+    span_before: int = 0
+    span_after: int = 0
+    keys_kept: int = 0
+    ratio: float = 1.0
+    n_queries: int = 0
+    layers: list[int] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    attention_error: float | None = None
+    attention_error_worst: float | None = None
+    kl: float | None = None
+    fell_back: bool = False
+    reason: str = ""
+
+    @property
+    def total_seconds(self) -> float:
+        return float(sum(self.seconds.values()))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["total_seconds"] = self.total_seconds
+        return d
+
+    def to_json(self, **kw: object) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    def __str__(self) -> str:
+        head = f"compaction {self.method} / queries {self.queries}: "
+        if self.fell_back:
+            head += f"FELL BACK ({self.reason}); the cache is unchanged"
+        else:
+            head += (
+                f"{self.cells_before} -> {self.cells_after} cells "
+                f"(span {self.span_before} -> {self.span_after}, {self.ratio:.1f}x), "
+                f"{self.keys_kept} keys kept"
+            )
+        err = "n/a" if self.attention_error is None else f"{self.attention_error:.3f}"
+        if self.attention_error_worst is not None:
+            err += f" (worst layer {self.attention_error_worst:.3f})"
+        kl = "n/a" if self.kl is None else f"{self.kl:.4f} nats"
+        times = ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items())
+        return (
+            f"{head}\n  held-out attention error {err}; probe KL {kl}\n"
+            f"  {self.n_queries} reference queries; {times} (total {self.total_seconds:.2f}s)"
+        )
