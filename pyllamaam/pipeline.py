@@ -1,0 +1,365 @@
+"""compact(): extract KV -> reference queries -> fit per layer -> write back -> verify/rollback.
+
+The math lives in :mod:`pyllamaam.compact`, the query sources in :mod:`pyllamaam.queries`;
+this module only wires them to a :class:`~pyllamaam.engine.Session` (DESIGN.md section 2).
+
+Cells of the compactable cache, in position order, split into three parts: the first
+``keep_first`` (attention sinks) and the last ``keep_last`` (recent window, which holds the
+cell decoding continues after) stay verbatim; the span between them is replaced by
+``t`` cells per (layer, KV head) fitted by Attention Matching or chosen by a baseline.
+The compacted cells take evenly spaced distinct positions inside the span: positions only
+decide masking of later queries (all later), and keys keep their own RoPE phase.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import queries as qsources
+from .compact import (
+    allocate_budgets,
+    attention_errors,
+    available_methods,
+    compact_layer,
+    keep_mask_topk,
+    load_head_budgets,
+    proportions_array,
+    task_position_scores,
+)
+from .compact.result import CompactedLayer
+from .compact.select import SELECTORS
+from .errors import CompactionError, ConfigError, UnsupportedLayout
+from .kv import KVState
+from .queries.repeat import REPEAT_PROMPT
+from .report import CompactionReport
+
+if TYPE_CHECKING:
+    from .engine import Session
+
+log = logging.getLogger(__name__)
+
+#: Options of :func:`compact` that are not kernel options, with their defaults.
+PIPELINE_DEFAULTS: dict[str, Any] = {
+    "max_kl": 1.0,  # mean KL(before || after) on the probe, nats
+    # mean held-out relative output error over layers; None: 0.9 for fitted methods, no gate for
+    # eviction baselines (their span-only error often exceeds 1 without harm: see the report)
+    "max_attention_error": None,
+    "probe_tokens": 24,  # span tokens re-read after the repeat prompt for the KL probe
+    "max_queries": 2048,  # fitted query rows per KV head (evenly subsampled by token)
+    "heldout": 0.2,  # fraction of query tokens held out for the attention-error gate
+    "budget_cap": 2.0,  # with budgets: largest head budget, in multiples of the uniform t
+}
+#: Options passed to the query sources.
+QUERY_OPTIONS = ("repeat_prompt", "repeat_max_tokens", "selfstudy_prompts", "selfstudy_tokens")
+#: Kernel defaults that keep the fit fast (DESIGN.md section 8: NNLS dominates otherwise).
+KERNEL_DEFAULTS: dict[str, Any] = {"nnls_max_iter": 300, "nnls_tol": 1e-4, "refill_rounds": 1}
+
+
+@dataclass
+class _Split:
+    sinks: np.ndarray  # cell indices into the KVState, position order
+    span: np.ndarray
+    recent: np.ndarray
+
+
+class _GateFailed(Exception):
+    """A verification gate failed (internal: always turned into a fallback)."""
+
+
+def compact(
+    session: Session,
+    ratio: float | None = None,
+    target_cells: int | None = None,
+    method: str = "am",
+    queries: str = "repeat",
+    keep_first: int = 4,
+    keep_last: int = 32,
+    budgets: Mapping[str, float] | str | Path | None = None,
+    task: str | None = None,
+    verify: bool = True,
+    **options: Any,
+) -> CompactionReport:
+    """Compact ``session``'s cache in place; see :meth:`Session.compact`."""
+    layers = _check_gate(session)
+    selector = _selector(method)
+    qspec = "+".join(qsources.parse_spec(queries))
+    pipe = {k: options.pop(k, v) for k, v in PIPELINE_DEFAULTS.items()}
+    qopts = {k: options.pop(k) for k in QUERY_OPTIONS if k in options}
+    if selector in ("attn-rms", "attn-mean", "attn-max", "omp", "keep"):
+        options = {**KERNEL_DEFAULTS, **options}
+    _check_args(ratio, target_cells, keep_first, keep_last)
+    if pipe["max_attention_error"] is None:
+        fits = options.get("fit", SELECTORS[selector].fits)
+        pipe["max_attention_error"] = 0.9 if fits else float("inf")
+    rep = CompactionReport(method=method, queries=qspec, layers=layers, cells_before=session.n_cells)
+    blob, n_cells0 = session._snapshot(), session.n_cells
+
+    clock = time.perf_counter()
+    kv = session.get_kv()
+    split = _split(kv, keep_first, keep_last)
+    T = len(split.span)
+    t = _target(T, ratio, target_cells, keep_first, keep_last)
+    rep.seconds["extract"] = time.perf_counter() - clock
+    span_pos = kv.positions[split.span]
+    probe = _probe_tokens(session, int(span_pos[0]), pipe["probe_tokens"], qopts) if verify else []
+    before = session.eval_logits(probe) if probe else None
+    try:
+        clock = time.perf_counter()
+        Q = qsources.collect(session, qspec, (int(span_pos[0]), int(span_pos[-1])), task=task, **qopts)
+        rep.seconds["queries"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        fit_q, held_q = _split_queries(Q, pipe["heldout"], pipe["max_queries"], session)
+        rep.n_queries = int(sum(len(q) for q in next(iter(fit_q.values()))))
+        per_head = _head_budgets(budgets, layers, kv, T, t, pipe["budget_cap"])
+        if selector == "keep" and "keep" not in options:
+            options["keep"] = _briefing_mask(session, kv, split, fit_q, layers, t)
+        fitted = {
+            il: compact_layer(
+                *_span_arrays(kv, il, split),
+                fit_q[il],
+                per_head[il],
+                session.kq_scale(il),
+                method=selector,
+                prior_bias=_prior(kv, il, split),
+                **options,
+            )
+            for il in layers
+        }
+        rep.seconds["fit"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        new = _assemble(kv, split, fitted)
+        session.set_kv(new)
+        rep.seconds["write"] = time.perf_counter() - clock
+        rep.span_before, rep.span_after = T, new.n_cells - len(split.sinks) - len(split.recent)
+        rep.ratio = T / max(1, rep.span_after)
+        rep.keys_kept = int(sum(int(r.keys_kept.sum()) for r in fitted.values()))
+        rep.cells_after = session.n_cells
+
+        clock = time.perf_counter()
+        _verify(session, kv, split, fitted, held_q, probe, before, pipe, rep, verify)
+        rep.seconds["verify"] = time.perf_counter() - clock
+    except ConfigError:
+        session._write_blob(blob, n_cells0)
+        raise
+    except BaseException as err:  # crash-safe: whatever happened, the original cache returns
+        session._write_blob(blob, n_cells0)
+        if not isinstance(err, Exception):
+            raise
+        rep.fell_back, rep.cells_after = True, n_cells0
+        rep.reason = str(err) if isinstance(err, _GateFailed) else f"{type(err).__name__}: {err}"
+        log.warning("compaction fell back, cache restored: %s", rep.reason)
+    return rep
+
+
+# --- checks and sizes ---
+def _check_gate(session: Session) -> list[int]:
+    if not session.can_compact:
+        raise UnsupportedLayout(f"cannot compact a {session.memory_layout!r} memory: {session.gate_reason}")
+    layers = session.compact_layers()
+    if not layers:
+        raise UnsupportedLayout(f"the {session.memory_layout!r} memory has no compactable attention layers")
+    return layers
+
+
+def _selector(method: str) -> str:
+    sel = "attn-rms" if method == "am" else method
+    if sel not in available_methods():
+        raise ConfigError(f"unknown method {method!r}; known: am, {', '.join(available_methods())}")
+    return sel
+
+
+def _check_args(ratio, target_cells, keep_first, keep_last) -> None:
+    if (ratio is None) == (target_cells is None):
+        raise ConfigError("give exactly one of ratio= and target_cells=")
+    if ratio is not None and not (isinstance(ratio, (int, float)) and ratio > 1):
+        raise ConfigError(f"ratio must be a number > 1, not {ratio!r}")
+    if keep_first < 0 or keep_last < 1:
+        raise ConfigError("keep_first must be >= 0 and keep_last >= 1 (the last cell must stay)")
+
+
+def _split(kv: KVState, keep_first: int, keep_last: int) -> _Split:
+    order = np.argsort(kv.positions, kind="stable")
+    n = len(order)
+    if n <= keep_first + keep_last + 1:
+        raise ConfigError(
+            f"nothing to compact: {n} cells, keep_first={keep_first} and keep_last={keep_last} keep them all"
+        )
+    return _Split(order[:keep_first], order[keep_first : n - keep_last], order[n - keep_last :])
+
+
+def _target(T: int, ratio, target_cells, keep_first: int, keep_last: int) -> int:
+    t = round(T / ratio) if ratio is not None else int(target_cells) - keep_first - keep_last
+    if not 1 <= t < T:
+        raise ConfigError(f"the span has {T} cells; a target of {t} compacted cells is out of range [1, {T})")
+    return t
+
+
+# --- queries ---
+def _probe_tokens(session: Session, first_pos: int, n: int, qopts: dict) -> list[int]:
+    """The repeat prompt and the span's first tokens: a recall probe of compacted content."""
+    prompt = session.model.tokenize(qopts.get("repeat_prompt", REPEAT_PROMPT))
+    toks = prompt + session._tokens[first_pos : first_pos + n]
+    return toks[: max(0, session.n_ctx - session.n_cells)]
+
+
+def _split_queries(Q, heldout: float, max_rows: int, session: Session):
+    """Per layer: (fit, held-out) queries grouped by KV head, [H, n * r, d] each."""
+    n_tok = len(next(iter(Q.values())))
+    if n_tok < 2:
+        raise ConfigError(f"only {n_tok} reference query tokens: too few to fit and verify")
+    step = max(2, round(1 / heldout)) if heldout > 0 else n_tok + 1
+    held = np.arange(n_tok) % step == step - 1
+    fit_tok, held_tok = np.flatnonzero(~held), np.flatnonzero(held)
+    fit, out = {}, {}
+    for il, q in Q.items():
+        H, r = session.layers[il]["n_head_kv"], q.shape[1] // session.layers[il]["n_head_kv"]
+        cap = max(1, max_rows // r)
+        f = fit_tok[np.linspace(0, len(fit_tok) - 1, min(cap, len(fit_tok))).round().astype(int)]
+        h = held_tok[np.linspace(0, len(held_tok) - 1, min(cap, len(held_tok))).round().astype(int)] if len(held_tok) else held_tok
+        fit[il], out[il] = _group(q[f], H), _group(q[h], H)
+    return fit, out
+
+
+def _group(q: np.ndarray, H: int) -> np.ndarray:
+    """[n, n_head, d] -> [H, n * r, d]: query head j belongs to KV head j // r (token-major rows)."""
+    n, n_head, d = q.shape
+    r = n_head // H
+    return np.ascontiguousarray(q.reshape(n, H, r, d).transpose(1, 0, 2, 3).reshape(H, n * r, d))
+
+
+# --- fit ---
+def _span_arrays(kv: KVState, il: int, split: _Split) -> tuple[np.ndarray, np.ndarray]:
+    K = kv.keys[il][split.span].transpose(1, 0, 2)
+    V = kv.values[il][split.span].transpose(1, 0, 2)
+    return np.ascontiguousarray(K), np.ascontiguousarray(V)
+
+
+def _prior(kv: KVState, il: int, split: _Split) -> np.ndarray | None:
+    b = kv.bias[il][split.span].T
+    return np.ascontiguousarray(b) if np.any(b != 0) else None
+
+
+def _head_budgets(budgets, layers, kv: KVState, T: int, t: int, cap: float) -> dict[int, Any]:
+    if budgets is None:
+        return {il: t for il in layers}
+    props = load_head_budgets(budgets) if isinstance(budgets, (str, Path)) else dict(budgets)
+    H = {kv.keys[il].shape[1] for il in layers}
+    if len(H) != 1:
+        raise ConfigError("head budgets need the same number of KV heads in every compacted layer")
+    n_layer = 1 + max(max(layers), *(int(k[1:].split("H")[0]) for k in props))
+    p = proportions_array(props, n_layer, H.pop())[layers]
+    plan = allocate_budgets(p / p.sum(), T, T / t, cap=min(T, max(t, round(cap * t))))
+    return {il: plan.budgets[i] for i, il in enumerate(layers)}
+
+
+def _briefing_mask(session, kv, split, fit_q, layers, t) -> np.ndarray:
+    """Latent Briefing: one keep mask for every head, top-t by task-query attention."""
+    per_layer = ((_span_arrays(kv, il, split)[0], fit_q[il], session.kq_scale(il)) for il in layers)
+    return keep_mask_topk(task_position_scores(per_layer), t)
+
+
+# --- write back ---
+def _assemble(kv: KVState, split: _Split, fitted: dict[int, CompactedLayer]) -> KVState:
+    """Sinks + compacted slots + recent window as one KVState (padding: bias -inf, zeros)."""
+    t = max(r.indices.shape[1] for r in fitted.values())
+    span_pos = kv.positions[split.span]
+    slot_pos = span_pos[np.linspace(0, len(span_pos) - 1, t).round().astype(int)] if t > 1 else span_pos[:1]
+    out = kv.subset(np.concatenate([split.sinks, split.recent]))
+    ns = len(split.sinks)
+    out.positions = np.concatenate([kv.positions[split.sinks], slot_pos, kv.positions[split.recent]]).astype(np.int32)
+    for il, res in fitted.items():
+        K, _ = _span_arrays(kv, il, split)
+        H, tl = res.indices.shape
+        C1 = np.zeros((t, H, K.shape[2]), np.float32)
+        C2 = np.zeros((t, H, res.values.shape[2]), np.float32)
+        beta = np.full((t, H), -np.inf, np.float32)
+        C1[:tl] = res.keys(K).transpose(1, 0, 2)
+        C2[:tl] = res.values.transpose(1, 0, 2)
+        beta[:tl] = res.beta.T
+        if np.isnan(beta).any() or not np.isfinite(C2).all():
+            raise CompactionError(f"layer {il}: non-finite fitted values or NaN bias")
+        for name, mid in (("keys", C1), ("values", C2), ("bias", beta)):
+            arr = getattr(out, name)[il]
+            getattr(out, name)[il] = np.concatenate([arr[:ns], mid, arr[ns:]])
+    return out
+
+
+# --- verify ---
+def _verify(session, kv, split, fitted, held_q, probe, before, pipe, rep, verify) -> None:
+    errs = []
+    for il, res in fitted.items():
+        if held_q[il].shape[1] == 0:
+            continue
+        K, V = _span_arrays(kv, il, split)
+        e = attention_errors(K, V, held_q[il], session.kq_scale(il), res, _prior(kv, il, split))
+        errs.append(float(np.mean(e.output)))
+    if errs:
+        rep.attention_error, rep.attention_error_worst = float(np.mean(errs)), float(np.max(errs))
+    if not verify:
+        return
+    if errs and not rep.attention_error <= pipe["max_attention_error"]:
+        raise _GateFailed(
+            f"held-out attention error {rep.attention_error:.3f} > gate {pipe['max_attention_error']}"
+        )
+    if before is not None:
+        after = session.eval_logits(probe)
+        if not np.isfinite(after).all():
+            raise _GateFailed("non-finite logits after write-back")
+        rep.kl = mean_kl(before, after)
+        if not rep.kl <= pipe["max_kl"]:
+            raise _GateFailed(f"probe KL {rep.kl:.4f} nats > gate {pipe['max_kl']}")
+
+
+def mean_kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
+    """Mean over rows of KL(softmax(p) || softmax(q)), nats."""
+    lp = p_logits.astype(np.float64)
+    lq = q_logits.astype(np.float64)
+    lp = lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)
+    lq = lq - np.logaddexp.reduce(lq, axis=1, keepdims=True)
+    return float((np.exp(lp) * (lp - lq)).sum(axis=1).mean())
+
+
+# --- automatic compaction ---
+def set_auto(session: Session, threshold: float | None, ratio: float, options: dict[str, Any]) -> None:
+    """Turn automatic compaction on (or off with ``threshold=None``)."""
+    if threshold is None:
+        session._auto = None
+        return
+    if not 0 < threshold <= 1:
+        raise ConfigError(f"threshold must be in (0, 1], not {threshold!r}")
+    _check_gate(session)
+    _check_args(ratio, None, options.get("keep_first", 4), options.get("keep_last", 32))
+    session._auto = {"limit": int(threshold * session.n_ctx), "ratio": ratio, "options": dict(options)}
+    session.auto_reports = []
+
+
+def auto_prefill(session: Session, toks: list[int]) -> int:
+    """Prefill ``toks`` in pieces, compacting whenever the cells reach the limit."""
+    auto = session._auto
+    limit = auto["limit"]
+    session._auto = None  # inner prefills and compactions run in the plain mode
+    try:
+        done = 0
+        while done < len(toks):
+            if session.n_cells >= limit:
+                rep = compact(session, ratio=auto["ratio"], **auto["options"])
+                session.auto_reports.append(rep)
+                if rep.fell_back:
+                    raise CompactionError(f"automatic compaction fell back: {rep.reason}")
+                if session.n_cells >= limit:
+                    raise CompactionError(f"automatic compaction left {session.n_cells} cells (limit {limit})")
+            n = min(len(toks) - done, limit - session.n_cells)
+            session.prefill(toks[done : done + n])
+            done += n
+    finally:
+        session._auto = auto
+    return len(toks)
