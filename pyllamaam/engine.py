@@ -92,6 +92,10 @@ class Model:
     def detokenize(self, tokens: Sequence[int]) -> str:
         return _native.detokenize(self.ptr, list(tokens))
 
+    def is_eog(self, token: int) -> bool:
+        """True for end-of-generation tokens (EOS, EOT, ...)."""
+        return _native.is_eog(self.ptr, token)
+
     def session(
         self,
         n_ctx: int = 4096,
@@ -316,7 +320,7 @@ class Session:
             else:
                 p = np.exp((logits - logits.max()) / temperature)
                 tok = int(rng.choice(len(p), p=p / p.sum()))
-            if _native.is_eog(self.model.ptr, tok):
+            if self.model.is_eog(tok):
                 break
             if self._n_cells + 1 > self.n_ctx:
                 break

@@ -71,10 +71,5 @@ class StopScanner:
 
 
 def is_eog(model: Any, token: int) -> bool:
-    """End of generation (EOS, end of turn...). Model has no is_eog() yet, so ask the library
-    layer directly when it is there; fakes answer with their own ``is_eog``."""
-    if hasattr(model, "is_eog"):
-        return bool(model.is_eog(token))
-    from pyllamaam import _native
-
-    return _native.is_eog(model.ptr, token)
+    """End of generation (EOS, end of turn...)."""
+    return bool(model.is_eog(token))
