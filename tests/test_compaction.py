@@ -1,0 +1,299 @@
+"""End-to-end compaction through Session.compact: gating, fallback, methods, queries, quality."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from pydoc_data.topics import topics
+
+from pyllamaam import pipeline
+from pyllamaam.compact import available_methods
+from pyllamaam.errors import ConfigError, UnsupportedLayout
+from pyllamaam.pipeline import mean_kl
+
+pytestmark = pytest.mark.native
+
+TEXT = topics["attribute-access"]  # public-domain-licensed Python docs, offline, deterministic
+LENIENT = {"max_kl": float("inf"), "max_attention_error": float("inf")}
+
+
+def _ids(n: int, seed: int = 0) -> list[int]:
+    return [int(t) for t in np.random.default_rng(seed).integers(10, 500, n)]
+
+
+@pytest.fixture
+def llama(tiny_models):
+    s = tiny_models["llama"].session(n_ctx=512)
+    s.capture_context_queries(512)
+    s.prefill(_ids(200))
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2):
+    """SmolLM2 holding 400 tokens of TEXT; tests restore it (state blob) when they change it."""
+    toks = smollm2.tokenize(TEXT, add_bos=True)[:400]
+    s = smollm2.session(n_ctx=1024)
+    s.capture_context_queries(1024)
+    s.prefill(toks)
+    yield s
+    s.close()
+
+
+def _state(s):
+    return s._snapshot(), s.n_cells, s.n_past
+
+
+def _restore(s, st):
+    s._write_blob(st[0], st[1])
+
+
+# --- the basic contract ---
+def test_compaction_shrinks_cells_and_decoding_continues_at_the_same_position(llama):
+    n_past, cells = llama.n_past, llama.n_cells
+    rep = llama.compact(ratio=5, queries="repeat", **LENIENT)
+    assert not rep.fell_back, rep.reason
+    assert llama.n_past == n_past
+    assert rep.span_before == cells - 4 - 32
+    assert rep.span_after == round(rep.span_before / 5)
+    assert llama.n_cells == rep.cells_after == 4 + rep.span_after + 32
+    assert rep.ratio == pytest.approx(5, rel=0.05)
+    assert np.isfinite(llama.eval_logits(_ids(3, 1))).all()
+    llama.generate(max_tokens=4)
+    assert llama.n_past == n_past + 4
+    assert set(rep.seconds) == {"queries", "extract", "fit", "write", "verify"}
+    assert json.loads(rep.to_json())["cells_after"] == rep.cells_after
+    assert "5.0x" in str(rep)
+
+
+def test_compaction_at_5x_on_smollm2_keeps_next_position_and_close_logits(smol):
+    st = _state(smol)
+    probe = smol.model.tokenize(" The method")
+    before = smol.eval_logits(probe)
+    try:
+        rep = smol.compact(ratio=5, queries="context")
+        assert not rep.fell_back, rep.reason
+        assert smol.n_past == st[2] and smol.n_cells < st[1] / 3
+        assert rep.kl is not None and rep.kl < 1.0
+        assert mean_kl(before, smol.eval_logits(probe)) < 1.0
+    finally:
+        _restore(smol, st)
+
+
+# --- crash safety ---
+def _assert_unchanged(s, st, logits_before, probe):
+    assert s._snapshot() == st[0]
+    assert (s.n_cells, s.n_past) == st[1:]
+    np.testing.assert_array_equal(s.eval_logits(probe), logits_before)
+
+
+def test_failed_kl_gate_restores_the_cache_exactly(llama):
+    st, probe = _state(llama), _ids(4, 2)
+    logits = llama.eval_logits(probe)
+    rep = llama.compact(ratio=5, queries="context", max_kl=-1.0)
+    assert rep.fell_back and "KL" in rep.reason and rep.cells_after == st[1]
+    _assert_unchanged(llama, st, logits, probe)
+
+
+def _boom(*a, **k):
+    raise RuntimeError("injected")
+
+
+@pytest.mark.parametrize(
+    "target, fake",
+    [
+        ("compact_layer", _boom),  # fit
+        ("compact_layer", "nan"),  # NaN values
+        ("_assemble", _boom),  # before write-back
+        ("_verify", _boom),  # after write-back
+    ],
+)
+def test_fault_at_any_stage_restores_the_cache_exactly(llama, monkeypatch, target, fake):
+    st, probe = _state(llama), _ids(4, 3)
+    logits = llama.eval_logits(probe)
+    if fake == "nan":
+        real = pipeline.compact_layer
+
+        def fake(*a, **k):
+            res = real(*a, **k)
+            res.values[...] = np.nan
+            return res
+
+    monkeypatch.setattr(pipeline, target, fake)
+    rep = llama.compact(ratio=4, queries="context")
+    assert rep.fell_back and rep.reason
+    _assert_unchanged(llama, st, logits, probe)
+
+
+def test_a_refused_write_back_restores_the_cache(llama, monkeypatch):
+    st, probe = _state(llama), _ids(4, 4)
+    logits = llama.eval_logits(probe)
+
+    def bad_assemble(kv, split, fitted):
+        out = pipeline_assemble(kv, split, fitted)
+        out.positions = out.positions[:-1]  # drops the last cell: set_kv must refuse it
+        for d in (out.keys, out.values, out.bias):
+            for il in d:
+                d[il] = d[il][:-1]
+        return out
+
+    pipeline_assemble = pipeline._assemble
+    monkeypatch.setattr(pipeline, "_assemble", bad_assemble)
+    rep = llama.compact(ratio=4, queries="context")
+    assert rep.fell_back and "StateError" in rep.reason
+    _assert_unchanged(llama, st, logits, probe)
+
+
+def test_bad_arguments_raise_and_leave_the_cache(llama):
+    st = _state(llama)
+    with pytest.raises(ConfigError):
+        llama.compact(ratio=5, target_cells=50)
+    with pytest.raises(ConfigError):
+        llama.compact(ratio=5, method="nope")
+    with pytest.raises(ConfigError):
+        llama.compact(ratio=5, queries="nope")
+    with pytest.raises(ConfigError):
+        llama.compact(target_cells=500)
+    with pytest.raises(ConfigError):
+        llama.compact(ratio=5, queries="task")  # task= missing
+    assert _state(llama) == st
+
+
+# --- every method and every query source ---
+@pytest.mark.parametrize("method", ["am", *available_methods()])
+def test_every_method_runs(llama, method):
+    extra = {"queries": "task", "task": "a short task prompt"} if method == "keep" else {}
+    extra.setdefault("queries", "context")
+    rep = llama.compact(ratio=4, method=method, **extra, **LENIENT)
+    assert not rep.fell_back, rep.reason
+    assert rep.span_after <= round(rep.span_before / 4)
+    assert rep.keys_kept > 0
+    assert np.isfinite(llama.eval_logits(_ids(2, 5))).all()
+
+
+@pytest.mark.parametrize("queries", ["context", "repeat", "self-study", "task", "repeat+context"])
+def test_every_query_source_runs_and_leaves_no_trace(llama, queries):
+    tokens, last = llama.tokens, llama.logits()
+    rep = llama.compact(
+        ratio=4, queries=queries, task="What did the text say?", selfstudy_tokens=8, **LENIENT
+    )
+    assert not rep.fell_back, rep.reason
+    assert rep.n_queries > 0
+    assert llama.tokens == tokens and llama.n_past == len(tokens)
+    np.testing.assert_array_equal(llama.logits(), last)
+
+
+# --- layouts ---
+def test_iswa_compacts_global_layers_only_and_keeps_the_swa_section(tiny_models):
+    with tiny_models["gemma3"].session(n_ctx=512) as s:
+        s.prefill(_ids(200, 6))
+        kv0 = s.get_kv()
+        assert s.memory_layout == "iswa" and kv0.layers == s.compact_layers() == [1, 3]
+        rep = s.compact(ratio=4, queries="repeat", **LENIENT)
+        assert not rep.fell_back, rep.reason
+        kv1 = s.get_kv()
+        assert rep.layers == [1, 3] and kv1.n_cells == rep.cells_after < kv0.n_cells
+        assert kv1.tail == kv0.tail  # sliding-window section byte for byte
+        assert np.isfinite(s.eval_logits(_ids(3, 7))).all()
+
+
+def test_hybrid_compacts_attention_layers_and_keeps_the_recurrent_state(tiny_models):
+    with tiny_models["hybrid"].session(n_ctx=512) as s:
+        s.prefill(_ids(200, 8))
+        kv0 = s.get_kv()
+        rep = s.compact(ratio=4, queries="repeat", **LENIENT)
+        assert not rep.fell_back, rep.reason
+        assert rep.layers == s.compact_layers() == [1, 3]
+        assert s.get_kv().tail == kv0.tail
+        assert s.n_past == 200
+
+
+def test_recurrent_memory_is_refused_with_the_reason(tiny_models):
+    with tiny_models["recurrent"].session(n_ctx=256) as s:
+        s.prefill(_ids(50, 9))
+        blob = s._snapshot()
+        with pytest.raises(UnsupportedLayout) as e:
+            s.compact(ratio=4)
+        assert "recurrent" in str(e.value) and e.value.reason
+        assert s._snapshot() == blob
+        with pytest.raises(UnsupportedLayout):
+            s.auto_compact()
+
+
+# --- iterative and automatic ---
+def test_compacting_twice_includes_the_existing_bias(llama, monkeypatch):
+    rep1 = llama.compact(ratio=3, queries="context", **LENIENT)
+    assert not rep1.fell_back
+    llama.prefill(_ids(100, 10))
+    seen = []
+    real = pipeline.compact_layer
+
+    def spy(*a, **k):
+        seen.append(k["prior_bias"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(pipeline, "compact_layer", spy)
+    rep2 = llama.compact(ratio=3, queries="context", **LENIENT)
+    assert not rep2.fell_back, rep2.reason
+    assert all(p is not None and np.isinf(p).any() | (p != 0).any() for p in seen)
+    assert llama.n_past == 300 and llama.n_cells == rep2.cells_after < rep1.cells_after + 100
+
+
+def test_eviction_baseline_keeps_the_prior_bias_of_kept_cells(llama):
+    llama.compact(ratio=3, queries="context", **LENIENT)
+    kv1 = llama.get_kv()
+    rep = llama.compact(ratio=2, method="random", queries="context", **LENIENT)
+    assert not rep.fell_back
+    kv2 = llama.get_kv()
+    # every (layer, head, kept key) of the second pass carries a bias the first pass produced
+    for il in kv2.layers:
+        old = {(round(float(k), 3), float(b)) for k, b in zip(kv1.keys[il][:, 0, 0], kv1.bias[il][:, 0])}
+        new = [(round(float(k), 3), float(b)) for k, b in zip(kv2.keys[il][:, 0, 0], kv2.bias[il][:, 0])]
+        assert all(pair in old for pair in new if np.isfinite(pair[1]))
+
+
+def test_auto_compact_runs_past_n_ctx(tiny_models):
+    with tiny_models["llama"].session(n_ctx=256) as s:
+        s.auto_compact(threshold=0.8, ratio=4, queries="repeat", max_kl=float("inf"))
+        s.prefill(_ids(600, 11))
+        assert s.n_past == 600 > s.n_ctx
+        assert s.auto_reports and not any(r.fell_back for r in s.auto_reports)
+        out = s.generate(max_tokens=40)
+        assert s.n_past == 600 + len(s.model.tokenize(out)) or s.n_past > 600
+        assert s.n_cells <= 0.8 * s.n_ctx
+        s.auto_compact(None)
+        assert s._auto is None
+
+
+# --- kv types ---
+def test_q8_0_cache_compacts_and_continues(smollm2):
+    toks = smollm2.tokenize(TEXT, add_bos=True)[:200]
+    with smollm2.session(n_ctx=512, flash_attn=True, kv_type="q8_0") as s:
+        s.capture_context_queries(256)
+        s.prefill(toks)
+        probe = smollm2.tokenize(" The method")
+        before = s.eval_logits(probe)
+        rep = s.compact(ratio=4, queries="context")
+        assert not rep.fell_back, rep.reason
+        assert mean_kl(before, s.eval_logits(probe)) < 1.0
+        assert s.get_kv().k_types[0] == 8
+
+
+# --- quality (SmolLM2, real text) ---
+def test_am_with_repeat_queries_beats_the_window_baseline_on_recall(smol):
+    """A recall continuation (quote the text's beginning, now compacted) after 5x compaction."""
+    st = _state(smol)
+    toks = smol.tokens
+    cont = smol.model.tokenize("\n\nQuote the text above from its start:\n\n") + toks[4:52]
+    nll0, ref = smol.score(cont), smol.eval_logits(cont)
+    got = {}
+    for method in ("am", "window"):
+        rep = smol.compact(ratio=5, method=method, queries="repeat", **LENIENT)
+        assert not rep.fell_back, rep.reason
+        got[method] = (mean_kl(ref, smol.eval_logits(cont)), smol.score(cont) - nll0)
+        _restore(smol, st)
+    assert got["am"][0] < 0.8 * got["window"][0], got
+    assert got["am"][1] < got["window"][1], got
