@@ -18,8 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scipy.linalg import cho_factor, cho_solve
-
 from ..errors import CompactionError, ConfigError
 
 RIDGE_TARGETS = ("zero", "original")
@@ -101,8 +99,7 @@ def fit_values(
     # A query that sees none of the kept keys (underflow) cannot inform the fit.
     X = np.divide(X, z, out=np.zeros_like(X), where=z > 0)
     Yd = np.where(z > 0, Y, 0.0)
-    # Per head, so that BLAS sees X^T X and uses syrk (half the flops of a stacked gemm).
-    A = np.stack([X[h].T @ X[h] for h in range(H)])
+    A = np.matmul(X.transpose(0, 2, 1), X)
     B = np.matmul(X.transpose(0, 2, 1), Yd)
     counts = np.maximum(mask.sum(axis=1), 1)
     lam = ridge * np.trace(A, axis1=1, axis2=2) / counts
@@ -113,8 +110,8 @@ def fit_values(
         A[~mask] = 0.0
         A[np.broadcast_to(~mask[:, :, None], A.shape) & np.eye(t, dtype=bool)] = 1.0
         B[~mask] = 0.0
-        try:  # A + lam I is symmetric positive definite: Cholesky, not LU
-            C2 = np.stack([_spd_solve(A[h], B[h]) for h in range(H)])
+        try:
+            C2 = np.linalg.solve(A, B)
         except np.linalg.LinAlgError as e:
             raise CompactionError(f"value solve failed: {e}") from None
     else:
@@ -130,7 +127,3 @@ def fit_values(
         big = np.abs(C2).reshape(H, -1).max(axis=1) > limit
     bad = ~finite | big
     return ValueFit(C2.astype(np.float32), bad, lam)
-
-
-def _spd_solve(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    return cho_solve(cho_factor(A, lower=True, check_finite=False), B, check_finite=False)
