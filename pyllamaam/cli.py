@@ -204,9 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_ask)
 
     sub.add_parser("serve", help="OpenAI-compatible HTTP server (`pyllamaam serve --help`)")
+    sub.add_parser("eval", help="quality harness: tasks, KL, NLL over methods x ratios (`pyllamaam eval --help`)")
 
-    p = sub.add_parser("bench", help="benchmarks (JSON)")
-    p.add_argument("what", choices=["native", "kernel"], nargs="?", default="native")
+    p = sub.add_parser("bench", help="cost harness (`pyllamaam bench --help`); `bench native|kernel` (JSON)")
+    p.add_argument("what", choices=["native", "kernel"])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--model", default=None)
     p.add_argument("--n-tokens", type=int, default=None)
@@ -220,6 +221,14 @@ def main(argv: list[str] | None = None) -> int:
         from server.__main__ import main as serve_main
 
         return serve_main(argv[1:])
+    if argv[:1] == ["eval"]:  # quality harness: its own flags
+        from .evaluation.cli import eval_main
+
+        return eval_main(argv[1:])
+    if argv[:1] == ["bench"] and argv[1:2] not in (["native"], ["kernel"]):  # cost harness
+        from .evaluation.cli import bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
