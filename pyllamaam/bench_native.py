@@ -2,9 +2,9 @@
 
 The same patched library serves both: a context created without ``LLAMA_KVC_FLAG_BIAS``
 builds exactly upstream's graphs (no bias tensors, no extra nodes). A third configuration adds
-the Python query-probe callback that sessions install. Configurations are interleaved over
-rounds so that machine noise hits them alike; the result is JSON with ratios to the
-unpatched path.
+the Python query-probe callback that sessions install. Configurations are interleaved step by
+step so that machine noise hits them alike; the result is JSON with ratios to the unpatched
+path.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ def _filler(model: Model, n: int) -> np.ndarray:
     return np.asarray(toks[:n], dtype=np.int32)
 
 
-def _run(model: Model, cfg: dict[str, Any], toks: np.ndarray, n_ctx: int, n_decode: int, n_threads: int) -> dict[str, float]:
+def _context(model: Model, name: str, cfg: dict[str, Any], n_ctx: int, n_threads: int) -> int:
     probe = (lambda t, ask: False if ask else True) if cfg["probe"] else None
-    ctx = _native.context_new(
+    return _native.context_new(
         model.ptr,
         n_ctx=n_ctx,
         n_batch=512,
@@ -46,54 +46,75 @@ def _run(model: Model, cfg: dict[str, Any], toks: np.ndarray, n_ctx: int, n_deco
         kv_type="f16",
         flags=cfg["flags"],
         probe=probe,
-        probe_key=id(cfg),
+        probe_key=hash(name),
     )
-    try:
-        t0 = time.perf_counter()
-        logits = _native.decode(ctx, toks, 0, 512, False)
-        t1 = time.perf_counter()
-        pos = len(toks)
-        for i in range(n_decode):
-            tok = np.array([int(np.argmax(logits[-1]))], dtype=np.int32)
-            logits = _native.decode(ctx, tok, pos + i, 512, False)
-        t2 = time.perf_counter()
-    finally:
-        _native.context_free(ctx, id(cfg))
-    return {"prefill_tps": len(toks) / (t1 - t0), "decode_tps": n_decode / (t2 - t1)}
 
 
-def run(model_name: str | None = None, n_tokens: int = 4096, n_decode: int = 64, rounds: int = 2, n_threads: int | None = None) -> dict[str, Any]:
+def run(
+    model_name: str | None = None,
+    n_tokens: int = 4096,
+    n_decode: int = 64,
+    n_threads: int | None = None,
+) -> dict[str, Any]:
+    """Prefill ``n_tokens`` and decode ``n_decode`` in every configuration, interleaved step by
+    step (one 512-token chunk or one decoded token per configuration in turn), so that a busy
+    machine slows all of them alike; medians of the per-step times give the ratios."""
     import os
 
     n_threads = n_threads or os.cpu_count() or 1
     model = load_model(model_name)
     toks = _filler(model, n_tokens)
     n_ctx = n_tokens + n_decode + 16
-    res: dict[str, list[dict[str, float]]] = {k: [] for k in CONFIGS}
-    for _ in range(rounds):
-        for name, cfg in CONFIGS.items():
-            res[name].append(_run(model, cfg, toks, n_ctx, n_decode, n_threads))
-    out: dict[str, Any] = {
+    ctxs = {name: _context(model, name, cfg, n_ctx, n_threads) for name, cfg in CONFIGS.items()}
+    pre: dict[str, list[float]] = {k: [] for k in CONFIGS}
+    dec: dict[str, list[float]] = {k: [] for k in CONFIGS}
+    last: dict[str, np.ndarray] = {}
+    try:
+        for s in range(0, n_tokens, 512):
+            for name, ctx in ctxs.items():
+                t0 = time.perf_counter()
+                out = _native.decode(ctx, toks[s : s + 512], s, 512, False)
+                pre[name].append(time.perf_counter() - t0)
+                last[name] = out[-1]
+        # every configuration decodes the same tokens (greedy on the unpatched path's logits)
+        tok = int(np.argmax(last["unpatched_path"]))
+        for i in range(n_decode):
+            for name, ctx in ctxs.items():
+                t0 = time.perf_counter()
+                out = _native.decode(ctx, np.array([tok], dtype=np.int32), n_tokens + i, 512, False)
+                dec[name].append(time.perf_counter() - t0)
+                last[name] = out[-1]
+            tok = int(np.argmax(last["unpatched_path"]))
+    finally:
+        for name, ctx in ctxs.items():
+            _native.context_free(ctx, hash(name))
+    out_: dict[str, Any] = {
         "model": model.arch,
         "model_path": str(model.path),
         "n_tokens": n_tokens,
         "n_decode": n_decode,
-        "rounds": rounds,
         "n_threads": n_threads,
+        "method": "interleaved step by step; prefill tokens/s from the summed chunk times, decode from the median step time; *_paired: median of per-step ratios",
     }
-    for name, runs in res.items():
-        out[name] = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
-    base = out["unpatched_path"]
+    for name in CONFIGS:
+        out_[name] = {
+            "prefill_tps": n_tokens / float(np.sum(pre[name])),
+            "decode_tps": 1.0 / float(np.median(dec[name])),
+        }
+    base = out_["unpatched_path"]
     for name in ("bias", "bias_probe"):
-        out[name]["prefill_ratio"] = out[name]["prefill_tps"] / base["prefill_tps"]
-        out[name]["decode_ratio"] = out[name]["decode_tps"] / base["decode_tps"]
+        out_[name]["prefill_ratio"] = out_[name]["prefill_tps"] / base["prefill_tps"]
+        out_[name]["decode_ratio"] = out_[name]["decode_tps"] / base["decode_tps"]
+        # the ratio of each step to the unpatched step just before it, robust to slow phases
+        out_[name]["decode_ratio_paired"] = float(np.median(np.array(dec["unpatched_path"]) / np.array(dec[name])))
+        out_[name]["prefill_ratio_paired"] = float(np.median(np.array(pre["unpatched_path"]) / np.array(pre[name])))
     model.close()
-    return out
+    return out_
 
 
 def main(quick: bool = False, model: str | None = None, n_tokens: int | None = None) -> None:
     if quick:
-        out = run(model, n_tokens=n_tokens or 256, n_decode=8, rounds=1)
+        out = run(model, n_tokens=n_tokens or 512, n_decode=8)
     else:
         out = run(model, n_tokens=n_tokens or 4096)
     print(json.dumps(out, indent=2))
