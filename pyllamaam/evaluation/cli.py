@@ -1,0 +1,114 @@
+"""``pyllamaam eval`` (quality) and ``pyllamaam bench`` (cost): argument parsing only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from ..errors import PyllamaamError
+from . import grid
+
+#: --quick: tiny sizes that run in well under two minutes on two cores (make test).
+QUICK_EVAL = {"models": ["smollm2-135m"], "n_tokens": [192], "ratios": [4.0], "seeds": [0],
+              "methods": ["full", "am", "snapkv", "window"], "kinds": ["passkey", "kv"], "continuation": 16}
+QUICK_BENCH = {"n_tokens": [128, 256], "ratio": 4.0, "decode_tokens": 8}
+
+
+def _floats(s: str) -> list[float]:
+    return [float(x) for x in s.split(",") if x]
+
+
+def _ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x]
+
+
+def _strs(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    d = grid.GridSpec()
+    ap = argparse.ArgumentParser(prog="pyllamaam eval", description="quality grid: tasks, KL and ΔNLL "
+                                 "over methods x ratios x models x lengths (resumable: finished cells are skipped)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run for make test)")
+    ap.add_argument("--out", type=Path, default=Path("results"), help="results folder (default results/)")
+    ap.add_argument("--models", type=_strs, default=d.models, help="comma list: smollm2-135m, gemma3-270m, a .gguf path")
+    ap.add_argument("--n-tokens", type=_ints, default=d.n_tokens, help="context lengths, comma list")
+    ap.add_argument("--ratios", type=_floats, default=d.ratios)
+    ap.add_argument("--methods", type=_strs, default=d.methods, help=f"comma list of {', '.join(grid.METHODS)}")
+    ap.add_argument("--seeds", type=_ints, default=d.seeds)
+    ap.add_argument("--kinds", type=_strs, default=d.kinds, help="task kinds, comma list")
+    ap.add_argument("--continuation", type=int, default=d.continuation, help="continuation tokens for KL / ΔNLL")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--report-only", action="store_true", help="only rebuild the report from cells.jsonl")
+    ap.add_argument("--no-progress", action="store_true")
+    return ap
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    """Run the quality grid and write cells.jsonl, summary.json, results.md and plots to --out."""
+    args = eval_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("pyllamaam.native").setLevel(logging.ERROR)
+    spec = grid.GridSpec(models=args.models, n_tokens=args.n_tokens, ratios=args.ratios, methods=args.methods,
+                         seeds=args.seeds, kinds=args.kinds, continuation=args.continuation, n_threads=args.threads)
+    if args.quick:
+        spec = grid.GridSpec(**{**spec.__dict__, **QUICK_EVAL})
+    from .report import write_report
+
+    try:
+        clock = time.perf_counter()
+        if not args.report_only:
+            grid.run_grid(spec, args.out, progress=not args.no_progress)
+        summary = write_report(args.out)
+    except PyllamaamError as err:
+        print(f"pyllamaam eval: error: {err}", file=sys.stderr)
+        return 2
+    print((args.out / "results.md").read_text().split("\n### ")[0])
+    print(f"wrote {args.out}/ (cells.jsonl, summary.json, results.md, {len(summary['plots'])} plot(s)) "
+          f"in {time.perf_counter() - clock:.1f} s")
+    return 0
+
+
+def bench_parser() -> argparse.ArgumentParser:
+    from .cost import BenchSpec
+
+    d = BenchSpec()
+    ap = argparse.ArgumentParser(prog="pyllamaam bench", description="cost: prefill, compaction per stage, "
+                                 "compaction/prefill, decode after compaction vs fresh, peak RSS, scaling over N")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run for make test)")
+    ap.add_argument("--out", type=Path, default=Path("results"))
+    ap.add_argument("--model", default=d.model)
+    ap.add_argument("--n-tokens", type=_ints, default=d.n_tokens, help="context lengths N, comma list")
+    ap.add_argument("--ratio", type=float, default=d.ratio)
+    ap.add_argument("--method", default=d.method)
+    ap.add_argument("--queries", default=d.queries)
+    ap.add_argument("--decode-tokens", type=int, default=d.decode_tokens)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-progress", action="store_true")
+    return ap
+
+
+def bench_main(argv: list[str] | None = None) -> int:
+    """Run the cost bench and write bench.json, bench.md and scaling.png to --out."""
+    from .cost import BenchSpec, run_bench
+
+    args = bench_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("pyllamaam.native").setLevel(logging.ERROR)
+    spec = BenchSpec(model=args.model, n_tokens=args.n_tokens, ratio=args.ratio, method=args.method,
+                     queries=args.queries, decode_tokens=args.decode_tokens, n_threads=args.threads)
+    if args.quick:
+        spec = BenchSpec(**{**spec.__dict__, **QUICK_BENCH})
+    try:
+        result = run_bench(spec, args.out, progress=not args.no_progress)
+    except PyllamaamError as err:
+        print(f"pyllamaam bench: error: {err}", file=sys.stderr)
+        return 2
+    print((args.out / "bench.md").read_text())
+    print(json.dumps({"out": str(args.out / "bench.json"), "lengths": len(result["rows"])}))
+    return 0

@@ -1,0 +1,146 @@
+"""The cost of compaction (DESIGN.md section 7), always as ratios from one run.
+
+For each context length N: prefill tokens/s; compaction seconds per stage and over prefill
+seconds; decode tokens/s after r-fold compaction of N tokens vs a fresh context holding the
+same number of cells (the physical limit); peak RSS of the process against the KV cache size.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import tasks
+
+
+@dataclass
+class BenchSpec:
+    model: str = "smollm2-135m"
+    n_tokens: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192])
+    ratio: float = 10.0
+    method: str = "am"
+    queries: str = "repeat"
+    decode_tokens: int = 32
+    n_threads: int | None = None
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, MiB."""
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
+
+
+def _text_tokens(model: Any, n: int) -> list[int]:
+    hay = tasks.haystack_text()
+    toks = model.tokenize(hay, add_bos=model.info["add_bos"])
+    while len(toks) < n:  # repeat the manual for lengths beyond it
+        toks += toks[1:]
+    return toks[:n]
+
+
+def _decode_rate(session: Any, n: int) -> float:
+    """Greedy tokens/s over ``n`` single-token decode steps."""
+    clock = time.perf_counter()
+    for _ in range(n):
+        session.prefill([int(np.argmax(session.logits()))])
+    return n / (time.perf_counter() - clock)
+
+
+def kv_bytes(session: Any) -> int:
+    """Bytes of the compactable cache's K and V at f16 for the cells in use."""
+    per_cell = sum(li["n_head_kv"] * (li["head_dim_k"] + li.get("head_dim_v", li["head_dim_k"])) for li in (session.layers[il] for il in session.compact_layers()))
+    return 2 * per_cell * session.n_cells
+
+
+def bench_one(model: Any, n: int, spec: BenchSpec) -> dict[str, Any]:
+    """Every cost number for one context length."""
+    toks = _text_tokens(model, n)
+    row: dict[str, Any] = {"n_tokens": n, "ratio": spec.ratio, "method": spec.method, "queries": spec.queries}
+    n_ctx = 2 * n + 512 + spec.decode_tokens
+    with model.session(n_ctx=n_ctx, n_threads=spec.n_threads) as s:
+        if "context" in spec.queries:
+            s.capture_context_queries(cap=max(4096, n))
+        clock = time.perf_counter()
+        s.prefill(toks)
+        row["prefill_seconds"] = time.perf_counter() - clock
+        row["prefill_tok_s"] = n / row["prefill_seconds"]
+        row["kv_mb_before"] = kv_bytes(s) / 2**20
+        rss0 = peak_rss_mb()
+        rep = s.compact(ratio=spec.ratio, method=spec.method, queries=spec.queries, verify=False)
+        row["peak_rss_mb"] = peak_rss_mb()
+        row["peak_rss_growth_mb"] = row["peak_rss_mb"] - rss0
+        row["compaction_seconds"] = rep.seconds
+        row["compaction_total_seconds"] = rep.total_seconds
+        row["compaction_over_prefill"] = rep.total_seconds / row["prefill_seconds"]
+        row["cells_after"] = s.n_cells
+        row["fell_back"] = rep.fell_back
+        row["decode_tok_s_compacted"] = _decode_rate(s, spec.decode_tokens)
+    with model.session(n_ctx=row["cells_after"] + spec.decode_tokens + 8, n_threads=spec.n_threads) as f:
+        f.prefill(toks[: row["cells_after"]])
+        row["decode_tok_s_fresh"] = _decode_rate(f, spec.decode_tokens)
+    row["decode_compacted_over_fresh"] = row["decode_tok_s_compacted"] / row["decode_tok_s_fresh"]
+    return row
+
+
+def run_bench(spec: BenchSpec, out: Path, progress: bool = True) -> dict[str, Any]:
+    """Bench every length of ``spec``; writes ``out/bench.json``, ``bench.md``, ``scaling.png``."""
+    import pyllamaam
+    from tqdm import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with pyllamaam.load_model(None if spec.model in ("smollm2-135m", "default") else spec.model) as model:
+        for n in tqdm(spec.n_tokens, disable=not progress, unit="length", desc="bench"):
+            rows.append(bench_one(model, n, spec))
+    result = {"spec": asdict(spec), "rows": rows, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    (out / "bench.json").write_text(json.dumps(result, indent=1))
+    (out / "bench.md").write_text(bench_markdown(rows))
+    plot_scaling(rows, out / "scaling.png")
+    return result
+
+
+def bench_markdown(rows: list[dict[str, Any]]) -> str:
+    stages = list(rows[0]["compaction_seconds"]) if rows else []
+    head = ["N", "prefill tok/s", *[f"{s} s" for s in stages], "compaction s", "compaction/prefill",
+            "decode tok/s compacted", "decode tok/s fresh", "compacted/fresh", "KV MiB", "peak RSS MiB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        vals = [str(r["n_tokens"]), f"{r['prefill_tok_s']:.1f}", *[f"{r['compaction_seconds'][s]:.2f}" for s in stages],
+                f"{r['compaction_total_seconds']:.2f}", f"{r['compaction_over_prefill']:.2f}",
+                f"{r['decode_tok_s_compacted']:.1f}", f"{r['decode_tok_s_fresh']:.1f}",
+                f"{r['decode_compacted_over_fresh']:.2f}", f"{r['kv_mb_before']:.1f}", f"{r['peak_rss_mb']:.0f}"]
+        lines.append("| " + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_scaling(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Compaction seconds per stage over N (stacked), with prefill seconds for reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    n = np.array([r["n_tokens"] for r in rows])
+    bottom = np.zeros(len(rows))
+    for stage in rows[0]["compaction_seconds"] if rows else []:
+        v = np.array([r["compaction_seconds"][stage] for r in rows])
+        ax.bar(range(len(rows)), v, bottom=bottom, label=f"compaction: {stage}")
+        bottom += v
+    ax.plot(range(len(rows)), [r["prefill_seconds"] for r in rows], "k-o", label="prefill")
+    ax.set_xticks(range(len(rows)), [str(x) for x in n])
+    ax.set_xlabel("context tokens N")
+    ax.set_ylabel("seconds")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

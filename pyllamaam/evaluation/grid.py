@@ -1,0 +1,168 @@
+"""The quality grid: methods x ratios x models x context lengths x seeds, resumable.
+
+Each context (model, length, seed) is prefilled once with its queries captured; every
+(method, ratio) cell restores that state from a file, compacts, and is scored on the task
+questions and on the true continuation. One JSON line per finished cell goes to
+``cells.jsonl``; a rerun skips the cells already there.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from . import fidelity, tasks
+
+#: Method name -> keyword arguments of Session.compact (None: the full cache, not compacted).
+#: Eviction baselines read the queries captured during prefill (SnapKV's observation window,
+#: H2O's accumulated attention), so they need no extra pass.
+METHODS: dict[str, dict[str, Any] | None] = {
+    "full": None,
+    "am": {"method": "am", "queries": "repeat"},
+    "am-context": {"method": "am", "queries": "context"},
+    "snapkv": {"method": "snapkv", "queries": "context"},
+    "h2o": {"method": "attn-mean", "queries": "context", "fit": False},
+    "window": {"method": "window", "queries": "context"},
+    "random": {"method": "random", "queries": "context"},
+}
+#: Methods that keep original keys and values (the eviction baselines AM is compared to).
+EVICTION = ("snapkv", "h2o", "window", "random")
+
+
+@dataclass
+class GridSpec:
+    """What to run; every field is recorded with the results."""
+
+    models: list[str] = field(default_factory=lambda: ["smollm2-135m"])
+    n_tokens: list[int] = field(default_factory=lambda: [1024, 2048])
+    ratios: list[float] = field(default_factory=lambda: [2, 5, 10, 20, 50])
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    kinds: list[str] = field(default_factory=lambda: list(tasks.KINDS))
+    continuation: int = 64  # tokens of true continuation for KL / NLL
+    keep_first: int = 4
+    keep_last: int = 32
+    n_threads: int | None = None
+
+    def check(self) -> None:
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise ConfigError(f"unknown method(s) {bad}; known: {', '.join(METHODS)}")
+        if any(r <= 1 for r in self.ratios):
+            raise ConfigError("ratios must be > 1")
+        for k in self.kinds:
+            tasks.make_task(k, 0)
+
+    def cells(self) -> Iterator[tuple[str, int, int, str, float]]:
+        """(model, n_tokens, seed, method, ratio); the full cache has ratio 1."""
+        for model in self.models:
+            for n in self.n_tokens:
+                for seed in self.seeds:
+                    for method in self.methods:
+                        for ratio in [1.0] if method == "full" else self.ratios:
+                            yield model, n, seed, method, float(ratio)
+
+
+def cell_key(model: str, n: int, seed: int, method: str, ratio: float) -> str:
+    return f"{model}|{n}|{seed}|{method}|{float(ratio):g}"
+
+
+def load_cells(path: Path) -> list[dict[str, Any]]:
+    """The finished cells in a results JSONL (a torn last line is ignored)."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def _model_name(name: str) -> str | None:
+    return None if name in ("smollm2-135m", "default") else name
+
+
+def run_grid(spec: GridSpec, out: Path, progress: bool = True) -> Path:
+    """Run every cell of ``spec`` not yet in ``out/cells.jsonl``; returns that path."""
+    import pyllamaam
+
+    spec.check()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "cells.jsonl"
+    (out / "grid.json").write_text(json.dumps(asdict(spec), indent=1))
+    done = {r["key"] for r in load_cells(path)}
+    todo = [c for c in spec.cells() if cell_key(*c) not in done]
+    bar = _bar(len(todo), progress)
+    by_ctx: dict[tuple[str, int, int], list[tuple[str, float]]] = {}
+    for model, n, seed, method, ratio in todo:
+        by_ctx.setdefault((model, n, seed), []).append((method, ratio))
+    with path.open("a") as fh:
+        for model_name in dict.fromkeys(m for m, _, _ in by_ctx):
+            with pyllamaam.load_model(_model_name(model_name)) as model:
+                for (m, n, seed), cells in by_ctx.items():
+                    if m != model_name:
+                        continue
+                    for rec in _run_context(model, model_name, n, seed, cells, spec):
+                        fh.write(json.dumps(rec) + "\n")
+                        fh.flush()
+                        bar.update(1)
+    bar.close()
+    return path
+
+
+def _bar(total: int, on: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=not on, unit="cell", desc="eval")
+
+
+def build_context(model: Any, n_tokens: int, seed: int, kinds: list[str]) -> tasks.Context:
+    """A task suite whose text tokenizes to about ``n_tokens`` with ``model``'s tokenizer."""
+    n_chars = 4 * n_tokens
+    for _ in range(2):  # the inserts tokenize denser than prose: rescale once from a draft
+        ctx = tasks.make_suite(kinds, seed, n_chars)
+        n_chars = int(n_chars * n_tokens / len(model.tokenize(ctx.text)))
+    return tasks.make_suite(kinds, seed, n_chars)
+
+
+def _run_context(model, model_name, n, seed, cells, spec) -> Iterator[dict[str, Any]]:
+    ctx = build_context(model, n, seed, spec.kinds)
+    toks = model.tokenize(ctx.text, add_bos=model.info["add_bos"])
+    cont = model.tokenize(ctx.continuation)[: spec.continuation + 1]
+    questions = [(t, model.tokenize(ctx.prompt(t)), model.tokenize(" " + t.answer)) for t in ctx.tasks]
+    base = {"model": model_name, "n_tokens_target": n, "n_tokens": len(toks), "seed": seed}
+    with model.session(n_ctx=2 * len(toks) + 512, n_threads=spec.n_threads) as s, tempfile.TemporaryDirectory() as tmp:
+        s.capture_context_queries(cap=max(4096, len(toks)))
+        clock = time.perf_counter()
+        s.prefill(toks)
+        prefill_s = time.perf_counter() - clock
+        saved = s.save(Path(tmp) / "full.session")
+        full = fidelity.continuation_logits(s, cont)
+        for method, ratio in cells:
+            rec = {**base, "key": cell_key(model_name, n, seed, method, ratio), "method": method, "ratio": ratio}
+            rec["prefill_seconds"] = prefill_s
+            s.restore(saved)
+            kw = METHODS[method]
+            if kw is not None:
+                kw = {**kw, "seed": seed} if kw["method"] == "random" else kw
+                rep = s.compact(ratio=ratio, keep_first=spec.keep_first, keep_last=spec.keep_last, verify=False, **kw)
+                rec["compaction"] = rep.to_dict()
+                rec["compaction_seconds"] = rep.total_seconds
+            rec["fidelity"] = fidelity.fidelity(full, fidelity.continuation_logits(s, cont), cont[1:])
+            rec["tasks"] = [
+                {"kind": t.kind, "answer": t.answer, **fidelity.answer_check(s, q, a)} for t, q, a in questions
+            ]
+            rec["accuracy"] = sum(t["correct"] for t in rec["tasks"]) / len(rec["tasks"])
+            rec["token_accuracy"] = sum(t["token_accuracy"] for t in rec["tasks"]) / len(rec["tasks"])
+            rec["answer_nll"] = sum(t["answer_nll"] for t in rec["tasks"]) / len(rec["tasks"])
+            rec["cells"] = s.n_cells
+            rec["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            yield rec
