@@ -13,8 +13,8 @@ from ..errors import PyllamaamError
 from . import grid
 
 #: --quick: tiny sizes that run in well under two minutes on two cores (make test).
-QUICK_EVAL = {"models": ["smollm2-135m"], "n_tokens": [192], "ratios": [4.0], "seeds": [0],
-              "methods": ["full", "am", "snapkv", "window"], "kinds": ["passkey", "kv"], "continuation": 16}
+QUICK_EVAL = {"models": ["smollm2-135m"], "n_tokens": [128], "ratios": [4.0], "seeds": [0],
+              "methods": ["full", "am", "snapkv", "window"], "kinds": ["passkey", "kv"], "continuation": 12}
 QUICK_BENCH = {"n_tokens": [128, 256], "ratio": 4.0, "decode_tokens": 8}
 
 
