@@ -13,11 +13,18 @@ from typing import Any
 from .errors import PyllamaamError
 
 
+DEMO_FACT = "Note for the reader: the lighthouse keeper's password is PELICAN-42. "
+DEMO_QUESTIONS = (
+    "What is the lighthouse keeper's password?",
+    "Which Python statement is the text about first?",
+)
+
+
 def _demo_text() -> str:
     import pydoc_data.topics
 
     t = pydoc_data.topics.topics
-    return "\n\n".join(t[k] for k in ("assert", "if", "while", "for", "try"))
+    return DEMO_FACT + "\n\n".join(t[k] for k in ("assert", "if", "while", "for", "try"))
 
 
 def _kl(p_logits: Any, q_logits: Any) -> float:
@@ -30,53 +37,66 @@ def _kl(p_logits: Any, q_logits: Any) -> float:
     return float((np.exp(lp) * (lp - lq)).sum(axis=-1).mean())
 
 
+def _answers(model: Any, path: Any, questions: Any) -> list[tuple[str, float]]:
+    out = []
+    for q in questions:
+        with model.load_session(path) as s:
+            t0 = time.perf_counter()
+            a = s.generate(_chat_prompt(model, q), max_tokens=24, stop=["<|im_end|>", "<end_of_turn>", "\n\n"])
+            out.append((a.strip().replace("\n", " "), time.perf_counter() - t0))
+    return out
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Show the model, its layout gate, the bias identities and (if available) a compaction."""
+    """Compact a bundled text 10x and compare answers and fidelity with the full cache."""
+    import tempfile
+    from pathlib import Path
+
     import numpy as np
 
     from . import load_model
 
-    t0 = time.perf_counter()
+    t_start = time.perf_counter()
     model = load_model(args.model)
-    print(f"model   {model.path.name}  ({model.info['desc']}, {model.n_layer} layers)")
-    text = _demo_text()
+    print(f"model    {model.path.name}  ({model.info['desc']}, {model.n_layer} layers)")
+    toks = model.tokenize(_demo_text(), add_bos=True)[: args.n_ctx - 256]
+    split = len(toks) - 64
+    ctx_toks, probe = toks[:split], toks[split:]
+    tmp = Path(tempfile.mkdtemp(prefix="pyllamaam-demo-"))
     with model.session(n_ctx=args.n_ctx) as s:
-        print(f"layout  {s.memory_layout}; can compact: {s.can_compact} ({s.gate_reason})")
-        toks = model.tokenize(text, add_bos=True)[: args.n_ctx - 160]
-        split = len(toks) - 64
-        ctx_toks, probe = toks[:split], toks[split:]
-        t1 = time.perf_counter()
+        print(f"layout   {s.memory_layout}; can compact: {s.can_compact} ({s.gate_reason})")
+        t0 = time.perf_counter()
         s.prefill(ctx_toks)
-        prefill_s = time.perf_counter() - t1
-        print(f"prefill {len(ctx_toks)} tokens in {prefill_s:.1f} s ({len(ctx_toks) / prefill_s:.0f} tok/s)")
+        prefill_s = time.perf_counter() - t0
+        print(f"prefill  {len(ctx_toks)} tokens of Python's documentation in {prefill_s:.1f} s")
         if not s.can_compact:
             print("this model cannot be compacted: " + s.gate_reason)
             return 0
         ref = s.eval_logits(probe)
         st = s.get_kv()
         s.set_kv(st)
-        same = np.array_equal(s.eval_logits(probe), ref)
-        print(f"check   extract -> write back unchanged gives identical logits: {same}")
-        masked = st.subset(np.arange(st.n_cells))
-        for il in masked.layers:
-            masked.bias[il][0, :] = math.log(2.0)
-        s.set_kv(masked)
-        print(f"check   bias log 2 on the first cell moves the logits by KL {_kl(ref, s.eval_logits(probe)):.4f}")
-        s.set_kv(st)
+        print(f"check    extract -> write back unchanged: identical logits = {np.array_equal(s.eval_logits(probe), ref)}")
         nll_full = s.score(probe)
-        print(f"full    NLL of the next {len(probe)} tokens: {nll_full:.3f} nats/token")
-        if not hasattr(s, "compact"):
-            print("(compaction is not available in this build)")
-            return 0
-        snapshot = s.get_kv()
-        for method in ("am", "window"):
-            s.set_kv(snapshot)
+        full_path = s.save(tmp / "full.pllam")
+        rows = [("full", s.n_cells, nll_full, 0.0, 0.0)]
+        for method in ("am", "snapkv", "window"):
+            s.restore(full_path)
             rep = s.compact(ratio=args.ratio, method=method)
+            if method == "am":
+                print(rep)
+                s.save(tmp / "am.pllam")
             nll = s.score(probe)
-            print(f"{method:7s} {rep.cells_before} -> {rep.cells_after} cells in {sum(rep.seconds.values()):.1f} s: "
-                  f"NLL {nll:.3f} (+{nll - nll_full:.3f}), KL {_kl(ref, s.eval_logits(probe)):.4f}"
-                  + (f"  [fell back: {rep.reason}]" if rep.fell_back else ""))
-    print(f"done in {time.perf_counter() - t0:.0f} s")
+            rows.append((method, rep.cells_after, nll, _kl(ref, s.eval_logits(probe)), rep.total_seconds))
+    print(f"\nthe next {len(probe)} tokens of the text, after {args.ratio:g}x compaction of the span:")
+    print(f"  {'method':8s} {'cells':>6s} {'NLL':>7s} {'dNLL':>7s} {'KL':>7s} {'seconds':>8s}")
+    for name, cells, nll, kl, sec in rows:
+        print(f"  {name:8s} {cells:6d} {nll:7.3f} {nll - nll_full:+7.3f} {kl:7.4f} {sec:8.1f}")
+    print("\nquestions (full cache | compacted cache, answers from saved sessions):")
+    full = _answers(model, full_path, DEMO_QUESTIONS)
+    comp = _answers(model, tmp / "am.pllam", DEMO_QUESTIONS)
+    for q, (a_full, t_full), (a_comp, t_comp) in zip(DEMO_QUESTIONS, full, comp):
+        print(f"  Q: {q}\n     full ({t_full:.1f} s): {a_full}\n     am   ({t_comp:.1f} s): {a_comp}")
+    print(f"\ndone in {time.perf_counter() - t_start:.0f} s (saved sessions in {tmp})")
     return 0
 
 
