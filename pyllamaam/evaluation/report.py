@@ -156,6 +156,7 @@ def plot(rows: list[dict[str, Any]], out: Path, metrics: tuple[str, ...] = ("tok
             ax.set_xscale("log")
             ax.set_xticks(sorted({r["ratio"] for r in rs if r["ratio"] > 1}))
             ax.get_xaxis().set_major_formatter(matplotlib.ticker.FormatStrFormatter("%gx"))
+            ax.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_xlabel("compaction ratio")
             ax.set_title(METRICS[m][0], fontsize=9)
             ax.grid(alpha=0.3)
