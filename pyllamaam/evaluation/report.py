@@ -55,7 +55,7 @@ def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def headline(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (model, n_tokens, ratio): am vs the best eviction baseline on each quality metric."""
+    """Per (model, n_tokens, ratio): am vs the best eviction baseline (same contexts) per metric."""
     out = []
     keyed = defaultdict(dict)
     for r in rows:
@@ -66,7 +66,8 @@ def headline(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         h: dict[str, Any] = {"model": model, "n_tokens": n, "ratio": ratio}
         for m in ("accuracy", "token_accuracy", "answer_nll", "delta_nll", "kl"):
             lower = METRICS[m][1]
-            base = [(by[b][m], b) for b in EVICTION if b in by and m in by[b]]
+            # only baselines run on as many contexts as am: means over other seeds do not compare
+            base = [(by[b][m], b) for b in EVICTION if b in by and m in by[b] and by[b]["n"] == by["am"]["n"]]
             if not base:
                 continue
             best, name = (min if lower else max)(base)
