@@ -154,6 +154,8 @@ def cmd_compact(args: argparse.Namespace) -> int:
     n_tok = len(model.tokenize(text, add_bos=True))
     n_ctx = args.n_ctx or max(512, n_tok + 256)
     with model.session(n_ctx=n_ctx, flash_attn=args.flash_attn) as s:
+        if "context" in args.queries:
+            s.capture_context_queries()
         t0 = time.perf_counter()
         s.prefill(text)
         print(f"prefilled {s.n_cells} tokens in {time.perf_counter() - t0:.1f} s", file=sys.stderr)

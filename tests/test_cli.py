@@ -46,3 +46,31 @@ def test_bad_model_paths_give_clear_errors(tmp_path):
     junk.write_bytes(b"not a gguf at all")
     with pytest.raises(pyllamaam.ModelError, match="GGUF"):
         pyllamaam.load_model(str(junk))
+
+
+def test_compact_then_ask_from_the_saved_file(tiny_dir, tmp_path):
+    # compact once, ask many times: the CLI path end to end on a tiny model (context queries)
+    from pyllamaam import tiny
+
+    model = str(tiny.tiny_model_path("llama", tiny_dir))
+    doc = tmp_path / "doc.txt"
+    doc.write_text("The lighthouse keeper wrote in his log every evening. " * 20)
+    out = tmp_path / "doc.pllam"
+    run = [sys.executable, "-m", "pyllamaam"]
+    res = subprocess.run(
+        [*run, "compact", str(doc), "--ratio", "4", "-o", str(out), "--model", model, "--queries", "context", "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["cells_after"] < report["cells_before"] and not report["fell_back"]
+    before = out.read_bytes()
+    res = subprocess.run(
+        [*run, "ask", str(out), "first?", "second?", "--model", model, "--max-tokens", "4"],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("Q: ") == 2
+    assert out.read_bytes() == before
