@@ -405,8 +405,8 @@ class Session:
         ``ratio`` = span cells before / after (or ``target_cells`` = all cells after); ``method``
         ``"am"`` (Attention Matching, attn-rms selection) or any selection method of
         :func:`pyllamaam.compact.available_methods` (baselines keep original values); ``queries``
-        ``"repeat"``, ``"context"``, ``"self-study"``, ``"task"`` or a mix like
-        ``"repeat+context"``. The first ``keep_first`` and last ``keep_last`` cells stay verbatim.
+        ``"repeat"``, ``"context"``, ``"self-study"``, ``"task"``, a mix like
+        ``"repeat+context"``, or queries captured earlier by :meth:`reference_queries`. The first ``keep_first`` and last ``keep_last`` cells stay verbatim.
         Gates (``max_kl``, ``max_attention_error``) and kernel options go in ``options``. On any
         failure the original cache is restored and the report says ``fell_back=True``.
         Raises UnsupportedLayout for memories that cannot be compacted, ConfigError for bad
@@ -417,6 +417,16 @@ class Session:
         return pipeline.compact(
             self, ratio, target_cells, method, queries, keep_first, keep_last, budgets, task, verify, **options
         )
+
+    def reference_queries(
+        self, queries: str = "repeat", keep_first: int = 4, keep_last: int = 32, task: str | None = None, **options: Any
+    ) -> Any:
+        """Capture reference queries once for several :meth:`compact` calls on this same cache
+        (e.g. after :meth:`restore`): pass the result as ``compact(queries=...)``; the session
+        is unchanged. Returns a :class:`~pyllamaam.pipeline.ReferenceQueries`."""
+        from . import pipeline
+
+        return pipeline.reference_queries(self, queries, keep_first, keep_last, task, **options)
 
     def auto_compact(self, threshold: float | None = 0.9, ratio: float = 4.0, **compact_options: Any) -> None:
         """Compact automatically whenever prefill()/generate() would pass ``threshold * n_ctx``

@@ -64,6 +64,22 @@ QUERY_OPTIONS = ("repeat_prompt", "repeat_max_tokens", "selfstudy_prompts", "sel
 KERNEL_DEFAULTS: dict[str, Any] = {"nnls_max_iter": 300, "nnls_tol": 1e-4, "refill_rounds": 1}
 
 
+@dataclass(frozen=True)
+class ReferenceQueries:
+    """Reference queries captured once and reusable by several :func:`compact` calls.
+
+    Made by :func:`reference_queries` (``Session.reference_queries``) for one state of the
+    cache and one compactable span; ``compact(queries=ref)`` checks that the cache still has
+    the same cells and span (e.g. after ``Session.restore``) and skips the capture pass.
+    """
+
+    spec: str
+    span: tuple[int, int]  # first and last position of the compactable span
+    n_cells: int
+    queries: dict[int, np.ndarray]  # {layer: [n_tokens, n_head, head_dim]}
+    seconds: float  # what the capture cost
+
+
 @dataclass
 class _Split:
     sinks: np.ndarray  # cell indices into the KVState, position order
@@ -91,7 +107,8 @@ def compact(
     """Compact ``session``'s cache in place; see :meth:`Session.compact`."""
     layers = _check_gate(session)
     selector = _selector(method)
-    qspec = "+".join(qsources.parse_spec(queries))
+    given = queries if isinstance(queries, ReferenceQueries) else None
+    qspec = given.spec if given else "+".join(qsources.parse_spec(queries))
     pipe = {k: options.pop(k, v) for k, v in PIPELINE_DEFAULTS.items()}
     qopts = {k: options.pop(k) for k in QUERY_OPTIONS if k in options}
     if selector in ("attn-rms", "attn-mean", "attn-max", "omp", "keep"):
@@ -114,7 +131,12 @@ def compact(
     before = session.eval_logits(probe) if probe else None
     try:
         clock = time.perf_counter()
-        Q = qsources.collect(session, qspec, (int(span_pos[0]), int(span_pos[-1])), task=task, **qopts)
+        span = (int(span_pos[0]), int(span_pos[-1]))
+        if given is None:
+            Q = qsources.collect(session, qspec, span, task=task, **qopts)
+        else:
+            _check_given(given, span, n_cells0)
+            Q = given.queries
         rep.seconds["queries"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -160,6 +182,39 @@ def compact(
         rep.reason = str(err) if isinstance(err, _GateFailed) else f"{type(err).__name__}: {err}"
         log.warning("compaction fell back, cache restored: %s", rep.reason)
     return rep
+
+
+def reference_queries(
+    session: Session,
+    queries: str = "repeat",
+    keep_first: int = 4,
+    keep_last: int = 32,
+    task: str | None = None,
+    **options: Any,
+) -> ReferenceQueries:
+    """Capture the reference queries :func:`compact` would use, once, for several compactions
+    of the same cache (different ratios or methods); the session is unchanged."""
+    _check_gate(session)
+    spec = "+".join(qsources.parse_spec(queries))
+    bad = set(options) - set(QUERY_OPTIONS)
+    if bad:
+        raise ConfigError(f"unknown query option(s) {sorted(bad)}; known: {', '.join(QUERY_OPTIONS)}")
+    _check_args(2.0, None, keep_first, keep_last)
+    kv = session.get_kv()
+    span_pos = kv.positions[_split(kv, keep_first, keep_last).span]
+    span = (int(span_pos[0]), int(span_pos[-1]))
+    clock = time.perf_counter()
+    Q = qsources.collect(session, spec, span, task=task, **options)
+    return ReferenceQueries(spec, span, session.n_cells, Q, time.perf_counter() - clock)
+
+
+def _check_given(given: ReferenceQueries, span: tuple[int, int], n_cells: int) -> None:
+    if given.span != span or given.n_cells != n_cells:
+        raise ConfigError(
+            f"these reference queries were captured for span {given.span} of {given.n_cells} cells; "
+            f"the cache now has span {span} of {n_cells} cells (capture them again, with the same "
+            "keep_first/keep_last)"
+        )
 
 
 # --- checks and sizes ---

@@ -308,3 +308,34 @@ def test_am_with_repeat_queries_beats_the_window_baseline_on_recall(smol):
     print(got)
     assert got["am"][0] < 0.8 * got["window"][0], got
     assert got["am"][1] < got["window"][1], got
+
+
+# --- reference queries captured once, reused ---
+def test_reference_queries_reused_give_the_same_compaction_as_capturing_again(llama):
+    st = _state(llama)
+    ref = llama.reference_queries("repeat")
+    assert _state(llama)[1:] == st[1:] and llama._snapshot() == st[0]  # capture changes nothing
+    assert ref.spec == "repeat" and ref.n_cells == st[1] and ref.seconds > 0
+    fresh = llama.compact(ratio=4, queries="repeat", **LENIENT)
+    after_fresh = llama._snapshot()
+    for ratio in (4, 8):  # the same object serves several compactions of the restored cache
+        _restore(llama, st)
+        rep = llama.compact(ratio=ratio, queries=ref, **LENIENT)
+        assert not rep.fell_back and rep.queries == "repeat"
+        assert rep.n_queries == fresh.n_queries
+    _restore(llama, st)
+    llama.compact(ratio=4, queries=ref, **LENIENT)
+    assert llama._snapshot() == after_fresh  # bit-identical to capturing them again
+
+
+def test_reference_queries_for_another_cache_are_refused_and_nothing_changes(llama):
+    ref = llama.reference_queries("repeat", keep_first=4, keep_last=32)
+    st = _state(llama)
+    with pytest.raises(ConfigError, match="captured for span"):
+        llama.compact(ratio=4, queries=ref, keep_last=16, **LENIENT)
+    assert llama._snapshot() == st[0] and llama.n_cells == st[1]
+    llama.prefill(_ids(5, 3))
+    with pytest.raises(ConfigError, match="captured for span"):
+        llama.compact(ratio=4, queries=ref, **LENIENT)
+    with pytest.raises(ConfigError, match="unknown query option"):
+        llama.reference_queries("repeat", nnls_tol=1e-3)
