@@ -9,9 +9,11 @@ from hypothesis import strategies as st
 
 from pyllamaam.compact import (
     allocate_budgets,
+    attend,
     attention_errors,
     attention_stats,
     compact_layer,
+    fit_values,
     fit_weights,
     keep_mask_mad,
     keep_mask_topk,
@@ -22,6 +24,7 @@ from pyllamaam.compact import (
     task_position_scores,
     uniform_proportions,
 )
+from pyllamaam.compact.beta import NormalEquations
 from pyllamaam.compact.synthetic import synthetic_layer
 from pyllamaam.errors import ConfigError
 
@@ -212,3 +215,79 @@ def test_value_head_dim_may_differ_from_key_head_dim():
     L = synthetic_layer(H=2, T=80, n=40, d=16, seed=8)
     res = compact_layer(L.K, L.V[:, :, :8], L.Q_fit, 10, L.scale)
     assert res.values.shape == (2, 10, 8)
+
+
+def test_replacing_columns_equals_rebuilding_the_normal_equations():
+    # A refill round updates only the replaced rows/columns of G and entries of b.
+    Phi, y = nnls_problem(seed=3)
+    mask = np.ones(Phi.shape[::2], dtype=bool)
+    other, _ = nnls_problem(seed=4)
+    slots = np.array([2, 7, 30])
+    ne = NormalEquations.build(Phi, y, mask, np.float64)
+    ne.replace(1, slots, other[1][:, slots])
+    Phi2 = Phi.copy()
+    Phi2[1][:, slots] = other[1][:, slots]
+    ref = NormalEquations.build(Phi2, y, mask, np.float64)
+    for a, b in ((ne.P, ref.P), (ne.D, ref.D), (ne.G, ref.G), (ne.b, ref.b)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_early_stopped_pgd_is_feasible_and_improves_on_the_uniform_start():
+    # The kernel's default (50 iterations) is an early-stopped NNLS: still w >= 0, and
+    # a strictly better fit than its starting point, the best uniform weight.
+    Phi, y = nnls_problem(t=60, seed=5)
+    mask = np.ones(Phi.shape[::2], dtype=bool)
+    res = lambda w: np.linalg.norm(np.einsum("hnt,ht->hn", Phi, w) - y, axis=1)  # noqa: E731
+    w = fit_weights(Phi, y, mask, max_iter=50, tol=1e-4).w
+    u = fit_weights(Phi, y, mask, max_iter=1, tol=1e-4).w
+    opt = fit_weights(Phi, y, mask, solver="active-set").w
+    assert np.all(w >= 0)
+    assert np.all(res(w) < res(u)) and np.all(res(w) >= res(opt) * (1 - 1e-9))
+
+
+@pytest.mark.parametrize("scores", [("rms",), ("mean",), ("max",), ()])
+def test_score_subsets_equal_the_full_pass(scores):
+    L = synthetic_layer(H=2, T=300, n=50, d=16, seed=6)
+    full = attention_stats(L.K, L.V, L.Q_fit, L.scale)
+    part = attention_stats(L.K, L.V, L.Q_fit, L.scale, scores=scores, max_block=2 * 300 * 7)
+    np.testing.assert_allclose(part.mass, full.mass, rtol=1e-5)
+    np.testing.assert_allclose(part.output, full.output, rtol=1e-4, atol=1e-6)
+    for name in ("rms", "mean", "max"):
+        got, ref = getattr(part, f"score_{name}"), getattr(full, f"score_{name}")
+        if name in scores:
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-9)
+        else:
+            assert got is None
+
+
+def test_attention_stats_match_float64_attention():
+    L = synthetic_layer(H=2, T=400, n=60, d=32, seed=9)
+    prior = np.random.default_rng(1).normal(size=(2, 400)).astype(np.float32)
+    st_ = attention_stats(L.K, L.V, L.Q_fit, L.scale, prior)
+    out, logm = attend(L.K, L.V, L.Q_fit, L.scale, prior)
+    np.testing.assert_allclose(st_.output, out, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.log(st_.mass) + st_.shift, logm, rtol=1e-6, atol=1e-5)
+    A = np.exp(L.scale * np.einsum("hnd,htd->hnt", L.Q_fit.astype(float), L.K) + prior[:, None])
+    A /= A.sum(axis=2, keepdims=True)
+    np.testing.assert_allclose(st_.score_rms, np.sqrt((A**2).mean(axis=1)), rtol=1e-4)
+    np.testing.assert_allclose(st_.score_mean, A.mean(axis=1), rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(st_.score_max, A.max(axis=1), rtol=1e-4)
+
+
+@pytest.mark.parametrize("ridge", [1e-2, 1e-6])
+def test_cholesky_value_solve_matches_the_normal_equations(ridge):
+    L = synthetic_layer(H=2, T=200, n=120, d=16, seed=10)
+    st_ = attention_stats(L.K, L.V, L.Q_fit, L.scale)
+    idx = np.argsort(-st_.score_rms, axis=1)[:, :30]
+    C1 = np.take_along_axis(L.K, idx[:, :, None], 1)
+    V_kept = np.take_along_axis(L.V, idx[:, :, None], 1)
+    Phi = phi_matrix(L.Q_fit, C1, L.scale, st_.shift, dtype=np.float32)
+    beta = np.random.default_rng(0).normal(scale=0.5, size=(2, 30))
+    vf = fit_values(Phi, beta, st_.output, V_kept, ridge=ridge)
+    X = Phi.astype(np.float64) * np.exp(beta)[:, None, :]
+    X /= X.sum(axis=2, keepdims=True)
+    for h in range(2):
+        A = X[h].T @ X[h]
+        lam = ridge * np.trace(A) / 30
+        ref = np.linalg.solve(A + lam * np.eye(30), X[h].T @ st_.output[h])
+        np.testing.assert_allclose(vf.values[h], ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())

@@ -13,6 +13,8 @@ import numpy as np
 
 #: Default cap on the elements of one logit block (all heads of a batch together).
 DEFAULT_MAX_BLOCK = 1 << 23
+#: The key scores :func:`attention_stats` can compute.
+SCORES = ("rms", "mean", "max")
 
 
 @dataclass(frozen=True)
@@ -27,16 +29,17 @@ class AttentionStats:
         ``sum_k exp(logit_ik - m_i)`` (>= 1): the shifted attention mass of each query.
     output : ndarray, float64, [H, n, d]
         The attention output ``softmax(logits) V``.
-    score_rms, score_mean, score_max : ndarray, float64, [H, T]
-        RMS, mean and max over queries of the softmax weights of each key.
+    score_rms, score_mean, score_max : ndarray, float64, [H, T], or None
+        RMS, mean and max over queries of the softmax weights of each key (None when
+        not asked for).
     """
 
     shift: np.ndarray
     mass: np.ndarray
     output: np.ndarray
-    score_rms: np.ndarray
-    score_mean: np.ndarray
-    score_max: np.ndarray
+    score_rms: np.ndarray | None
+    score_mean: np.ndarray | None
+    score_max: np.ndarray | None
 
 
 def chunk_rows(n_heads: int, n_keys: int, max_block: int = DEFAULT_MAX_BLOCK) -> int:
@@ -73,8 +76,13 @@ def attention_stats(
     prior_bias: np.ndarray | None = None,
     *,
     max_block: int = DEFAULT_MAX_BLOCK,
+    scores: frozenset[str] | tuple[str, ...] = SCORES,
 ) -> AttentionStats:
     """One chunked pass over the queries computing everything the fit needs.
+
+    Everything is float32 over the [H, rows, T] block (one exp per logit, reused for
+    the mass, the output and the key scores); the per-query and per-key sums are
+    accumulated in float64.
 
     Parameters
     ----------
@@ -86,36 +94,60 @@ def attention_stats(
         Bias already carried by the cells (``-inf`` marks a cell that takes no part).
     max_block : int
         Cap on the elements of one [H, rows, T] logit block.
+    scores : subset of ``("rms", "mean", "max")``
+        Key scores to compute (the others are None); a selector names what it reads.
 
     Returns
     -------
     AttentionStats
     """
+    unknown = set(scores) - set(SCORES)
+    if unknown:
+        raise ValueError(f"unknown score(s) {sorted(unknown)}")
     H, T, d = K.shape
     n = Q.shape[1]
+    f32 = np.float32
+    Qs = (Q * f32(scale)).astype(f32, copy=False)
+    Kt = np.ascontiguousarray(K.transpose(0, 2, 1), dtype=f32)  # [H, d, T]
+    Vf = V.astype(f32, copy=False)
+    bias = None if prior_bias is None else prior_bias.astype(f32, copy=False)[:, None, :]
     shift = np.empty((H, n))
     mass = np.empty((H, n))
     output = np.empty((H, n, V.shape[2]))
-    sq = np.zeros((H, T))
-    sm = np.zeros((H, T))
-    mx = np.zeros((H, T))
+    sq = np.zeros((H, T)) if "rms" in scores else None
+    sm = np.zeros((H, T)) if "mean" in scores else None
+    mx = np.zeros((H, T)) if "max" in scores else None
     step = chunk_rows(H, T, max_block)
     for a in range(0, n, step):
         b = min(n, a + step)
-        E = logits(Q[:, a:b], K, scale, prior_bias)  # [H, c, T]
+        E = np.matmul(Qs[:, a:b], Kt)  # [H, c, T] post-scale logits
+        if bias is not None:
+            E += bias
         m = E.max(axis=2)
         E -= m[:, :, None]
         np.exp(E, out=E)
-        z = E.sum(axis=2, dtype=np.float64)
+        z = E.sum(axis=2)  # float32 pairwise sum; >= 1
         shift[:, a:b] = m
         mass[:, a:b] = z
-        E /= z[:, :, None].astype(E.dtype)  # now the softmax weights A
-        output[:, a:b] = np.matmul(E, V)
-        sm += E.sum(axis=1, dtype=np.float64)
-        np.maximum(mx, E.max(axis=1), out=mx)
-        E *= E
-        sq += E.sum(axis=1, dtype=np.float64)
-    return AttentionStats(shift, mass, output, np.sqrt(sq / n), sm / n, mx)
+        rz = (1.0 / z)[:, None, :]  # [H, 1, c]
+        output[:, a:b] = np.matmul(E, Vf) * rz.transpose(0, 2, 1)
+        # Column sums of the softmax weights A = E / z as products with 1/z: one read
+        # of E each instead of normalizing the block first.
+        if sm is not None:
+            sm += np.matmul(rz, E)[:, 0]
+        if mx is not None:
+            np.maximum(mx, (E * rz.transpose(0, 2, 1)).max(axis=1), out=mx)
+        if sq is not None:
+            np.square(E, out=E)
+            sq += np.matmul(rz * rz, E)[:, 0]
+    return AttentionStats(
+        shift,
+        mass,
+        output,
+        None if sq is None else np.sqrt(sq / n),
+        None if sm is None else sm / n,
+        mx,
+    )
 
 
 def attend(

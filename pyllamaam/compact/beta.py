@@ -45,8 +45,14 @@ class WeightFit:
     converged: np.ndarray
 
 
-def phi_matrix(Q: np.ndarray, C1: np.ndarray, scale: float, shift: np.ndarray) -> np.ndarray:
-    """``Phi = exp(scale * Q C1^T - shift)`` in float64.
+def phi_matrix(
+    Q: np.ndarray,
+    C1: np.ndarray,
+    scale: float,
+    shift: np.ndarray,
+    dtype: type = np.float64,
+) -> np.ndarray:
+    """``Phi = exp(scale * Q C1^T - shift)``.
 
     Parameters
     ----------
@@ -54,15 +60,79 @@ def phi_matrix(Q: np.ndarray, C1: np.ndarray, scale: float, shift: np.ndarray) -
     C1 : ndarray, [H, t, d]
     scale : float
     shift : ndarray, [H, n]
+    dtype : numpy dtype
+        float64 (default) or float32 (what the kernel uses: entries are <= 1 when
+        ``shift`` is the row maximum over a superset of C1).
 
     Returns
     -------
-    ndarray, float64, [H, n, t]
+    ndarray, [H, n, t]
     """
-    L = np.matmul(Q, C1.transpose(0, 2, 1)).astype(np.float64)
-    L *= scale
-    L -= shift[:, :, None]
+    L = np.matmul(Q, C1.transpose(0, 2, 1)).astype(dtype, copy=False)
+    L *= L.dtype.type(scale)
+    L -= shift[:, :, None].astype(dtype, copy=False)
     return np.exp(L, out=L)
+
+
+@dataclass
+class NormalEquations:
+    """The NNLS problem in the column-scaled form the ``pgd`` solver iterates on.
+
+    ``P = Phi D^-1`` has unit columns (D = column norms), ``G = P^T P`` (unit
+    diagonal, entries >= 0), ``b = P^T y``; in ``u = D w`` the problem is
+    ``min 1/2 u^T G u - b^T u``. Built once per head batch; a refill round replaces
+    only the changed columns (:meth:`replace`) instead of rebuilding G.
+
+    Attributes
+    ----------
+    P : ndarray, float32, [H, n, t]
+    D : ndarray, float64, [H, t]
+        0 for masked slots and for columns that underflowed (those get w = 0).
+    G : ndarray, float32 or float64, [H, t, t]
+    b : ndarray, float64, [H, t]
+    y : ndarray, float64, [H, n]
+    """
+
+    P: np.ndarray
+    D: np.ndarray
+    G: np.ndarray
+    b: np.ndarray
+    y: np.ndarray
+
+    @classmethod
+    def build(
+        cls, Phi: np.ndarray, y: np.ndarray, mask: np.ndarray, gram: type = np.float32
+    ) -> NormalEquations:
+        """Column-scale ``Phi`` [H, n, t] and form G and b (``gram`` = G's dtype)."""
+        H, n, t = Phi.shape
+        P = np.array(Phi, dtype=gram, copy=True)
+        P *= mask[:, None, :]
+        D = np.sqrt(np.einsum("hnt,hnt->ht", P, P, dtype=np.float64))
+        P *= np.divide(1.0, D, out=np.zeros_like(D), where=D > 0).astype(gram)[:, None, :]
+        y = np.asarray(y, dtype=np.float64)
+        b = np.einsum("hnt,hn->ht", P, y.astype(gram), dtype=np.float64)
+        # One 2-D product per head: numpy turns P.T @ P into a BLAS syrk (half the
+        # flops of the stacked gemm); the Gram is the kernel's largest product.
+        G = np.empty((H, t, t), dtype=gram)
+        for h in range(H):
+            np.matmul(P[h].T, P[h], out=G[h])
+        return cls(P, D, G, b, y)
+
+    def replace(self, h: int, slots: np.ndarray, cols: np.ndarray) -> None:
+        """Replace columns ``slots`` of head ``h`` by ``cols`` [n, k] (unscaled Phi)."""
+        c = np.asarray(cols, dtype=self.P.dtype)
+        d = np.sqrt(np.einsum("nk,nk->k", c, c, dtype=np.float64))
+        c = c * np.divide(1.0, d, out=np.zeros_like(d), where=d > 0).astype(c.dtype)
+        self.P[h][:, slots] = c
+        self.D[h, slots] = d
+        rows = c.T @ self.P[h]  # [k, t]: new rows of G, new columns by symmetry
+        self.G[h][slots, :] = rows
+        self.G[h][:, slots] = rows.T
+        self.b[h, slots] = c.T.astype(np.float64) @ self.y[h]
+
+    def weights(self, u: np.ndarray) -> np.ndarray:
+        """``w = u / D`` (0 where D = 0)."""
+        return np.divide(u, self.D, out=np.zeros_like(u), where=self.D > 0)
 
 
 def fit_weights(
@@ -101,13 +171,18 @@ def fit_weights(
     """
     if solver not in SOLVERS:
         raise ConfigError(f"nnls solver must be one of {SOLVERS}, got {solver!r}")
-    if bounds is None:
-        lo, hi = 0.0, np.inf
-    else:
-        lo, hi = float(np.exp(bounds[0])), float(np.exp(bounds[1]))
     if solver == "active-set":
+        lo, hi = _bounds(bounds)
         return _active_set(Phi, y, mask, lo, hi)
-    return _pgd(Phi, y, mask, lo, hi, max_iter, tol, w0)
+    gram = np.float32 if tol >= F32_GRAM_TOL else np.float64
+    ne = NormalEquations.build(Phi, y, mask, gram)
+    return solve_pgd(ne, bounds=bounds, max_iter=max_iter, tol=tol, w0=w0)
+
+
+def _bounds(bounds: tuple[float, float] | None) -> tuple[float, float]:
+    if bounds is None:
+        return 0.0, np.inf
+    return float(np.exp(bounds[0])), float(np.exp(bounds[1]))
 
 
 def _active_set(Phi, y, mask, lo, hi) -> WeightFit:
@@ -124,30 +199,33 @@ def _active_set(Phi, y, mask, lo, hi) -> WeightFit:
     return WeightFit(w, np.zeros(H, dtype=int), np.ones(H, dtype=bool))
 
 
-def _pgd(Phi, y, mask, lo, hi, max_iter, tol, w0=None) -> WeightFit:
-    """FISTA with adaptive restart on u = D w, D = column norms (unit-diagonal Gram).
+def solve_pgd(
+    ne: NormalEquations,
+    *,
+    bounds: tuple[float, float] | None = None,
+    max_iter: int = 1000,
+    tol: float = 1e-5,
+    w0: np.ndarray | None = None,
+) -> WeightFit:
+    """FISTA with adaptive restart on ``u = D w`` (unit-diagonal Gram), batched over heads.
 
-    The iterations are memory-bound matrix-vector products with the Gram matrix, so it
-    is held in float32 (half the traffic) when ``tol`` is above float32's resolution;
-    D, b and the iterates stay float64.
+    The iterations are memory-bound matrix-vector products with G, so G is float32
+    (half the traffic) when ``tol`` is above float32's resolution; b and the iterates
+    stay float64. Parameters as for :func:`fit_weights`.
     """
-    gram = np.float32 if tol >= F32_GRAM_TOL else np.float64
-    H, _, t = Phi.shape
-    D = np.sqrt(np.einsum("hnt,hnt->ht", Phi, Phi)) * mask
+    lo, hi = _bounds(bounds)
+    G, b, D = ne.G, ne.b, ne.D
+    H, t = D.shape
     live = D > 0  # a column that underflowed to 0 carries no mass: w = 0 there
-    Dinv = np.divide(1.0, D, out=np.zeros_like(D), where=live)
-    P = Phi * Dinv[:, None, :]
-    b = np.einsum("hnt,hn->ht", P, y)
-    P = P.astype(gram, copy=False)
-    G = np.matmul(P.transpose(0, 2, 1), P)  # [H, t, t], entries >= 0, unit diagonal
-    del P
     L = _perron_bound(G) * 1.01 + 1e-30
     ulo = np.where(live, D * lo, 0.0)
     uhi = np.where(live, D, 0.0) * hi if np.isfinite(hi) else np.where(live, np.inf, 0.0)
     if w0 is None:
-        # Start from the best uniform weight: every kept key stands for the same mass.
-        s1 = np.einsum("hnt,ht->hn", Phi, mask.astype(np.float64))
-        c = np.einsum("hn,hn->h", s1, y) / np.maximum(np.einsum("hn,hn->h", s1, s1), 1e-300)
+        # Start from the best uniform weight (every kept key stands for the same mass):
+        # u = c D with c = argmin ||c P D - y|| = D.b / D^T G D.
+        c = np.einsum("ht,ht->h", D, b) / np.maximum(
+            np.einsum("ht,ht->h", D, _matvec(G, D)), 1e-300
+        )
         u = np.clip(c[:, None] * D, ulo, uhi)
     else:
         u = np.clip(np.asarray(w0, dtype=np.float64) * D, ulo, uhi)
@@ -169,13 +247,13 @@ def _pgd(Phi, y, mask, lo, hi, max_iter, tol, w0=None) -> WeightFit:
         u_prev, k = u, k_next
         if done.all():
             break
-    w = np.where(live, u * Dinv, 0.0)
+    w = np.where(live, ne.weights(u), 0.0)
     if not np.isfinite(w).all():
         raise CompactionError("NNLS produced non-finite weights")
     return WeightFit(w, iters, done)
 
 
-def _perron_bound(G: np.ndarray, steps: int = 15) -> np.ndarray:
+def _perron_bound(G: np.ndarray, steps: int = 5) -> np.ndarray:
     """Upper bound on the largest eigenvalue of each non-negative G (Collatz-Wielandt)."""
     x = np.ones(G.shape[:2], dtype=G.dtype)
     bound = np.full(G.shape[0], np.inf)

@@ -38,7 +38,12 @@ class FitOptions:
     beta_floor : float
     nnls_solver : {"pgd", "active-set"}
     nnls_max_iter : int
+        Iterations of the ``pgd`` solver per refit. The default stops early on purpose:
+        the kept keys' Gram is near-singular (condition 1e14-1e17 at t = 800, n = 1K),
+        the exact optimum zeroes more keys and, on the synthetic benchmark data, gave a
+        larger held-out output error than 20-50 iterations (and 10x the time).
     nnls_tol : float
+        ``pgd`` stops earlier when its step is below this, relative to the weights.
     ridge : float
         Ridge on the value solve relative to ``tr(X^T X) / t``; 0 = unregularized.
     ridge_target : {"zero", "original"}
@@ -59,12 +64,12 @@ class FitOptions:
     fit: bool | None = None
     beta_bounds: tuple[float, float] | None = None
     zero_weights: str = "refill"
-    refill_rounds: int = 2
+    refill_rounds: int = 1
     mass_weighting: str = "relative"
     beta_floor: float = -8.0
     nnls_solver: str = "pgd"
-    nnls_max_iter: int = 1000
-    nnls_tol: float = 1e-5
+    nnls_max_iter: int = 50
+    nnls_tol: float = 1e-4
     ridge: float = 1e-2
     ridge_target: str = "zero"
     beta_dtype: str = "float32"

@@ -17,10 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg import cho_factor, cho_solve
 
 from ..errors import CompactionError, ConfigError
 
 RIDGE_TARGETS = ("zero", "original")
+#: The value fit forms X^T X in float32 (from float32 Phi) for ridges at least this large.
+F32_RIDGE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -94,13 +97,24 @@ def fit_values(
         raise ConfigError(f"ridge must be finite and >= 0, got {ridge!r}")
     H, _, t = Phi.shape
     mask = np.isfinite(beta)
-    X = Phi * np.exp(np.where(mask, beta, -np.inf))[:, None, :]
+    # float32 products when the ridge dominates float32's rounding of X^T X; the
+    # solve itself is float64.
+    dt = np.float32 if ridge >= F32_RIDGE and Phi.dtype == np.float32 else np.float64
+    bmax = np.where(mask, beta, -np.inf).max(axis=1, initial=-np.inf)
+    bmax = np.where(np.isfinite(bmax), bmax, 0.0)
+    with np.errstate(under="ignore"):
+        e = np.exp(np.where(mask, beta - bmax[:, None], -np.inf))  # softmax: shift-free
+        X = Phi.astype(dt, copy=True)
+        X *= e.astype(dt)[:, None, :]
     z = X.sum(axis=2, keepdims=True)
     # A query that sees none of the kept keys (underflow) cannot inform the fit.
     X = np.divide(X, z, out=np.zeros_like(X), where=z > 0)
-    Yd = np.where(z > 0, Y, 0.0)
-    A = np.matmul(X.transpose(0, 2, 1), X)
-    B = np.matmul(X.transpose(0, 2, 1), Yd)
+    Yd = np.where(z > 0, Y, 0.0).astype(dt)
+    A = np.empty((H, t, t))
+    for h in range(H):  # 2-D X.T @ X is a BLAS syrk: half the flops of the stacked product
+        A[h] = X[h].T @ X[h]
+    B = np.matmul(X.transpose(0, 2, 1), Yd).astype(np.float64)
+    del X
     counts = np.maximum(mask.sum(axis=1), 1)
     lam = ridge * np.trace(A, axis1=1, axis2=2) / counts
     if ridge > 0:
@@ -110,15 +124,21 @@ def fit_values(
         A[~mask] = 0.0
         A[np.broadcast_to(~mask[:, :, None], A.shape) & np.eye(t, dtype=bool)] = 1.0
         B[~mask] = 0.0
-        try:
-            C2 = np.linalg.solve(A, B)
-        except np.linalg.LinAlgError as e:
-            raise CompactionError(f"value solve failed: {e}") from None
+        C2 = np.empty_like(B)
+        for h in range(H):
+            try:  # A + lam I is symmetric positive definite: Cholesky, per head
+                C2[h] = cho_solve(cho_factor(A[h], check_finite=False), B[h], check_finite=False)
+            except np.linalg.LinAlgError as e:
+                raise CompactionError(f"value solve failed in head {h}: {e}") from None
     else:
+        Phi64 = Phi.astype(np.float64) * np.exp(np.where(mask, beta, -np.inf))[:, None, :]
+        z64 = Phi64.sum(axis=2, keepdims=True)
+        X64 = np.divide(Phi64, z64, out=np.zeros_like(Phi64), where=z64 > 0)
+        Y64 = np.where(z64 > 0, Y, 0.0)
         C2 = np.zeros((H, t, Y.shape[2]))
         for h in range(H):
             cols = np.flatnonzero(mask[h])
-            C2[h, cols] = np.linalg.lstsq(X[h][:, cols], Yd[h], rcond=None)[0]
+            C2[h, cols] = np.linalg.lstsq(X64[h][:, cols], Y64[h], rcond=None)[0]
     C2[~mask] = 0.0
     ref = V_kept if V_ref is None else V_ref
     limit = max_ratio * np.abs(ref).reshape(H, -1).max(axis=1)

@@ -18,6 +18,7 @@ class AttnMax(Selector):
     """Top keys by the max over reference queries of softmax(scale Q K^T + prior)."""
 
     name = "attn-max"
+    scores = ("max",)
 
     def rank(self, inp: SelectionInput) -> np.ndarray:
         return rank_by_score(inp.stats.score_max, inp.valid)

@@ -18,6 +18,7 @@ class AttnMean(Selector):
     """Top keys by the mean over reference queries of softmax(scale Q K^T + prior)."""
 
     name = "attn-mean"
+    scores = ("mean",)
 
     def rank(self, inp: SelectionInput) -> np.ndarray:
         return rank_by_score(inp.stats.score_mean, inp.valid)

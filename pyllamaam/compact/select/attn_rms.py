@@ -19,6 +19,7 @@ class AttnRms(Selector):
     """Top keys by the rms over reference queries of softmax(scale Q K^T + prior)."""
 
     name = "attn-rms"
+    scores = ("rms",)
 
     def rank(self, inp: SelectionInput) -> np.ndarray:
         return rank_by_score(inp.stats.score_rms, inp.valid)

@@ -56,10 +56,14 @@ class Selector:
     fits : bool
         Whether beta and values are fitted by default (Attention Matching) or the kept
         cells keep their original values and bias (eviction baselines).
+    scores : tuple of str
+        Key scores of :class:`AttentionStats` that :meth:`rank` reads (a subset of
+        ``("rms", "mean", "max")``); the others are not computed.
     """
 
     name: ClassVar[str] = ""
     fits: ClassVar[bool] = True
+    scores: ClassVar[tuple[str, ...]] = ()
 
     def rank(self, inp: SelectionInput) -> np.ndarray:
         """Rank keys best first.

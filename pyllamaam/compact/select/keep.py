@@ -27,6 +27,7 @@ class Keep(Selector):
     """
 
     name = "keep"
+    scores = ("rms",)
     keep: object = None
 
     def rank(self, inp: SelectionInput) -> np.ndarray:

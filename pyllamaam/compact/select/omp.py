@@ -35,6 +35,7 @@ class OMP(Selector):
     """
 
     name = "omp"
+    scores = ("rms",)
     keys_per_step: int = 4
     refit_every: int = 4
 
