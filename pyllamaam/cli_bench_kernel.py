@@ -3,7 +3,9 @@
 Synthetic structured data (``pyllamaam.compact.synthetic``), float32, one process.
 Reports JSON: a grid over T and d (H = 3 KV heads, n = 1K queries, t = T / 10), the
 SmolLM2-135M shape (30 layers x 3 KV heads, d = 64) at T = 8K, the speedup of the batched
-entry point over a per-head loop, and the peak numpy memory of one layer.
+entry point over a per-head loop, and the peak numpy memory of one layer. Everything runs
+with the kernel's default options (those the pipeline uses too). Wall-clock figures on a
+shared machine depend on its load: the JSON records the load average and CPU seconds.
 """
 
 from __future__ import annotations
@@ -44,12 +46,14 @@ def grid(Ts, ds, n: int = 1024, H: int = 3, ratio: int = 10) -> list[dict]:
 def model_shape(n_layer: int, H: int, T: int, d: int, n: int, t: int, **opts) -> dict:
     """Every (layer, KV head) of a model, layer by layer (data generation not timed)."""
     sums = dict.fromkeys(STAGES, 0.0)
-    total = 0.0
+    total = cpu = 0.0
+    load = _load()
     for layer in range(n_layer):
         L = synthetic_layer(H=H, T=T, n=n, d=d, seed=layer)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = compact_layer(L.K, L.V, L.Q_fit, t, L.scale, **opts)
         total += time.perf_counter() - t0
+        cpu += time.process_time() - c0
         for s in STAGES:
             sums[s] += res.timings[s]
     return _round(
@@ -62,6 +66,11 @@ def model_shape(n_layer: int, H: int, T: int, d: int, n: int, t: int, **opts) ->
             "t": t,
             "total_s": total,
             **{f"{s}_s": v for s, v in sums.items()},
+            # CPU seconds of this process (BLAS threads included): above total_s means
+            # threads ran in parallel, or spun waiting for a core on a busy machine.
+            "cpu_s": cpu,
+            "load_avg_before": load,
+            "load_avg_after": _load(),
         }
     )
 
@@ -131,6 +140,7 @@ def run(quick: bool = False) -> dict:
             "python": platform.python_version(),
             "numpy": np.__version__,
             "cpus": os.cpu_count(),
+            "load_avg": _load(),
             "quick": quick,
         },
         "grid": grid(Ts, ds, n=n),
@@ -151,6 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     print(json.dumps(run(quick=args.quick), indent=1))
     return 0
+
+
+def _load() -> float | None:
+    """1-minute load average (timings on a shared machine are only comparable with it)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def _round(d: dict) -> dict:

@@ -233,12 +233,12 @@ def test_replacing_columns_equals_rebuilding_the_normal_equations():
 
 
 def test_early_stopped_pgd_is_feasible_and_improves_on_the_uniform_start():
-    # The kernel's default (50 iterations) is an early-stopped NNLS: still w >= 0, and
+    # The kernel's default (30 iterations) is an early-stopped NNLS: still w >= 0, and
     # a strictly better fit than its starting point, the best uniform weight.
     Phi, y = nnls_problem(t=60, seed=5)
     mask = np.ones(Phi.shape[::2], dtype=bool)
     res = lambda w: np.linalg.norm(np.einsum("hnt,ht->hn", Phi, w) - y, axis=1)  # noqa: E731
-    w = fit_weights(Phi, y, mask, max_iter=50, tol=1e-4).w
+    w = fit_weights(Phi, y, mask, max_iter=30, tol=1e-4).w
     u = fit_weights(Phi, y, mask, max_iter=1, tol=1e-4).w
     opt = fit_weights(Phi, y, mask, solver="active-set").w
     assert np.all(w >= 0)
@@ -275,7 +275,7 @@ def test_attention_stats_match_float64_attention():
 
 
 @pytest.mark.parametrize("ridge", [1e-2, 1e-6])
-def test_cholesky_value_solve_matches_the_normal_equations(ridge):
+def test_value_solve_matches_the_normal_equations(ridge):
     L = synthetic_layer(H=2, T=200, n=120, d=16, seed=10)
     st_ = attention_stats(L.K, L.V, L.Q_fit, L.scale)
     idx = np.argsort(-st_.score_rms, axis=1)[:, :30]

@@ -213,7 +213,7 @@ def _fit_beta(K, Q, scale, stats, ranking, idx, mask, valid, opts: FitOptions):
             break
         # A cold start, not the previous weights: every round gets the same iteration
         # budget. Warm-started, the early-stopped refit compounds iterations and zeroes
-        # more keys than it refilled (measured: fewer keys kept than "drop" at 50).
+        # more keys than it refilled (measured: fewer keys kept than "drop").
         w = _solve(ne, mask, opts)
     if zero.any():
         log.debug("NNLS left %d zero-weight keys (policy %s)", zero.sum(), opts.zero_weights)
