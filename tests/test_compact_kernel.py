@@ -273,3 +273,15 @@ def test_bad_inputs_raise_typed_errors(layer):
         compact_layer(K, V, Q, 10, -1.0)
     with pytest.raises(ConfigError):
         compact_layer(K.astype(np.int32), V, Q, 10, s)
+
+
+def test_peak_memory_stays_under_one_score_block_per_head():
+    # Regression: the score pass allocated the next logit block while the previous one
+    # was still alive (peak above one n x T float32 block per head).
+    import tracemalloc
+
+    from pyllamaam.cli_bench_kernel import peak_memory
+
+    assert tracemalloc.is_tracing() is False
+    mem = peak_memory(T=2048, d=32, n=512, H=3, t=200)
+    assert mem["peak_per_head_in_blocks"] <= 1.0

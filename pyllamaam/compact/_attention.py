@@ -117,7 +117,9 @@ def attention_stats(
     sq = np.zeros((H, T)) if "rms" in scores else None
     sm = np.zeros((H, T)) if "mean" in scores else None
     mx = np.zeros((H, T)) if "max" in scores else None
-    step = chunk_rows(H, T, max_block)
+    # At most half the queries per block: with the O((n + T) d) arrays alongside, the
+    # pass then stays under one full n x T float32 block per head whatever max_block.
+    step = min(chunk_rows(H, T, max_block), max(1, (n + 1) // 2))
     for a in range(0, n, step):
         b = min(n, a + step)
         E = np.matmul(Qs[:, a:b], Kt)  # [H, c, T] post-scale logits
@@ -140,6 +142,7 @@ def attention_stats(
         if sq is not None:
             np.square(E, out=E)
             sq += np.matmul(rz * rz, E)[:, 0]
+        del E  # before the next block is allocated: one block alive at a time
     return AttentionStats(
         shift,
         mass,
