@@ -36,6 +36,7 @@ from .compact import (
 from .compact.result import CompactedLayer
 from .compact.select import SELECTORS
 from .errors import CompactionError, ConfigError, UnsupportedLayout
+from .guards import VARIANTS, guard_layer
 from .kv import KVState
 from .queries.repeat import REPEAT_PROMPT
 from .report import CompactionReport
@@ -55,7 +56,9 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     "max_attention_error": None,
     "probe_tokens": 24,  # span tokens re-read after the repeat prompt for the KL probe
     "max_queries": 2048,  # fitted query rows per KV head (evenly subsampled by token)
-    "heldout": 0.2,  # fraction of query tokens held out for the attention-error gate
+    "heldout": 0.2,  # fraction of query tokens held out for the guards and the attention-error gate
+    "max_heldout": 1024,  # held-out query rows per KV head (half choose the guards, half verify)
+    "guard": True,  # per-head guards on fitted methods: shrink or fall back where the fit is worse
     "budget_cap": 2.0,  # with budgets: largest head budget, in multiples of the uniform t
 }
 #: Options passed to the query sources.
@@ -140,7 +143,7 @@ def compact(
         rep.seconds["queries"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        fit_q, held_q = _split_queries(Q, pipe["heldout"], pipe["max_queries"], session)
+        fit_q, held_q = _split_queries(Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"])
         rep.n_queries = int(sum(len(q) for q in next(iter(fit_q.values()))))
         per_head = _head_budgets(budgets, layers, kv, T, t, pipe["budget_cap"])
         if selector == "keep" and "keep" not in options:
@@ -157,6 +160,8 @@ def compact(
             )
             for il in layers
         }
+        if pipe["guard"] and options.get("fit", SELECTORS[selector].fits):
+            held_q = _apply_guards(kv, split, fitted, held_q, session, rep)
         rep.seconds["fit"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -268,7 +273,7 @@ def _probe_tokens(session: Session, first_pos: int, n: int, qopts: dict) -> list
     return toks[: max(0, session.n_ctx - session.n_cells)]
 
 
-def _split_queries(Q, heldout: float, max_rows: int, session: Session):
+def _split_queries(Q, heldout: float, max_rows: int, session: Session, max_held: int | None = None):
     """Per layer: (fit, held-out) queries grouped by KV head, [H, n * r, d] each."""
     n_tok = len(next(iter(Q.values())))
     if n_tok < 2:
@@ -281,7 +286,8 @@ def _split_queries(Q, heldout: float, max_rows: int, session: Session):
         H, r = session.layers[il]["n_head_kv"], q.shape[1] // session.layers[il]["n_head_kv"]
         cap = max(1, max_rows // r)
         f = fit_tok[np.linspace(0, len(fit_tok) - 1, min(cap, len(fit_tok))).round().astype(int)]
-        h = held_tok[np.linspace(0, len(held_tok) - 1, min(cap, len(held_tok))).round().astype(int)] if len(held_tok) else held_tok
+        hcap = cap if max_held is None else max(2, max_held // r)
+        h = held_tok[np.linspace(0, len(held_tok) - 1, min(hcap, len(held_tok))).round().astype(int)] if len(held_tok) else held_tok
         fit[il], out[il] = _group(q[f], H), _group(q[h], H)
     return fit, out
 
@@ -322,6 +328,28 @@ def _briefing_mask(session, kv, split, fit_q, layers, t) -> np.ndarray:
     """Latent Briefing: one keep mask for every head, top-t by task-query attention."""
     per_layer = ((_span_arrays(kv, il, split)[0], fit_q[il], session.kq_scale(il)) for il in layers)
     return keep_mask_topk(task_position_scores(per_layer), t)
+
+
+def _apply_guards(kv, split, fitted, held_q, session, rep) -> dict[int, np.ndarray]:
+    """Guard every fitted head on half of the held-out tokens; returns the other half (verify)."""
+    counts = dict.fromkeys(VARIANTS, 0)
+    verify_q = {}
+    for il, res in fitted.items():
+        q = held_q[il]
+        r = session.layers[il]["n_head"] // session.layers[il]["n_head_kv"]
+        choose = (np.arange(q.shape[1]) // r) % 2 == 0  # rows are token-major, r per token
+        verify_q[il] = q[:, ~choose]
+        K, V = _span_arrays(kv, il, split)
+        g = guard_layer(K, V, q[:, choose], session.kq_scale(il), res, _prior(kv, il, split))
+        fitted[il] = g.layer
+        for c in g.choice:
+            counts[VARIANTS[c]] += 1
+    rep.guards = {
+        **counts,
+        "zero_weight_keys": int(sum(int(np.sum(r.zero_weights)) for r in fitted.values())),
+        "rejected_value_heads": int(sum(len(r.fallback_heads) for r in fitted.values())),
+    }
+    return verify_q
 
 
 # --- write back ---

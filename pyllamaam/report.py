@@ -23,6 +23,9 @@ class CompactionReport:
     attention_error : mean relative attention-output error on held-out queries (None if unknown).
     kl : mean KL(before || after) of next-token distributions on the probe (nats; None if unknown).
     fell_back : True when the original cache was restored; ``reason`` says why.
+    guards : how often each per-head guard fired (:mod:`pyllamaam.guards`): heads kept as
+        fitted (``fit``), shrunk (``shrink``), given original values (``original``) or evicted
+        plainly (``evict``); NNLS zero-weight keys left; heads whose fitted values were rejected.
     """
 
     method: str
@@ -41,6 +44,7 @@ class CompactionReport:
     kl: float | None = None
     fell_back: bool = False
     reason: str = ""
+    guards: dict[str, int] = field(default_factory=dict)
 
     @property
     def total_seconds(self) -> float:
@@ -69,7 +73,10 @@ class CompactionReport:
             err += f" (worst layer {self.attention_error_worst:.3f})"
         kl = "n/a" if self.kl is None else f"{self.kl:.4f} nats"
         times = ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items())
+        guards = ""
+        if self.guards:
+            guards = "\n  head guards: " + ", ".join(f"{k} {v}" for k, v in self.guards.items())
         return (
             f"{head}\n  held-out attention error {err}; probe KL {kl}\n"
-            f"  {self.n_queries} reference queries; {times} (total {self.total_seconds:.2f}s)"
+            f"  {self.n_queries} reference queries; {times} (total {self.total_seconds:.2f}s){guards}"
         )
