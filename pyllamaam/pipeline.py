@@ -33,7 +33,7 @@ from .compact import (
     proportions_array,
     task_position_scores,
 )
-from .compact.result import CompactedLayer
+from .compact.result import PAD, CompactedLayer
 from .compact.select import SELECTORS
 from .errors import CompactionError, ConfigError, UnsupportedLayout
 from .guards import VARIANTS, guard_layer
@@ -59,6 +59,7 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     "heldout": 0.2,  # fraction of query tokens held out for the guards and the attention-error gate
     "max_heldout": 1024,  # held-out query rows per KV head (half choose the guards, half verify)
     "guard": True,  # per-head guards on fitted methods: shrink or fall back where the fit is worse
+    "chunk_tokens": None,  # compact the span in pieces of this many cells (bounded memory)
     "budget_cap": 2.0,  # with budgets: largest head budget, in multiples of the uniform t
 }
 #: Options passed to the query sources.
@@ -149,13 +150,14 @@ def compact(
         if selector == "keep" and "keep" not in options:
             options["keep"] = _briefing_mask(session, kv, split, fit_q, layers, t)
         fitted = {
-            il: compact_layer(
+            il: _fit_layer(
                 *_span_arrays(kv, il, split),
                 fit_q[il],
                 per_head[il],
                 session.kq_scale(il),
+                _prior(kv, il, split),
+                pipe["chunk_tokens"],
                 method=selector,
-                prior_bias=_prior(kv, il, split),
                 **options,
             )
             for il in layers
@@ -322,6 +324,60 @@ def _head_budgets(budgets, layers, kv: KVState, T: int, t: int, cap: float) -> d
     p = proportions_array(props, n_layer, H.pop())[layers]
     plan = allocate_budgets(p / p.sum(), T, T / t, cap=min(T, max(t, round(cap * t))))
     return {il: plan.budgets[i] for i, il in enumerate(layers)}
+
+
+def _fit_layer(K, V, Q, budget, scale, prior, chunk_tokens, **kw) -> CompactedLayer:
+    """One layer's fit, whole or in spans of ``chunk_tokens`` cells.
+
+    Chunked, each span is compacted against the same queries (which saw the whole context) with
+    its share of the budget: the span's attention sums add up to the whole, so matching each
+    one matches their total, and no score block is larger than n x chunk_tokens per head.
+    """
+    T = K.shape[1]
+    if chunk_tokens is None or chunk_tokens >= T:
+        return compact_layer(K, V, Q, budget, scale, prior_bias=prior, **kw)
+    if not (isinstance(chunk_tokens, int) and chunk_tokens >= 16):
+        raise ConfigError(f"chunk_tokens must be an integer >= 16, not {chunk_tokens!r}")
+    if "keep" in kw:
+        raise ConfigError("chunk_tokens cannot be combined with a shared keep mask (method='keep')")
+    edges = np.linspace(0, T, -(-T // chunk_tokens) + 1).round().astype(int)
+    b = np.broadcast_to(np.asarray(budget), (K.shape[0],))
+    # each chunk's share of every head's budget, by largest remainders so the shares sum exactly
+    share = b[:, None] * np.diff(edges)[None, :] / T
+    parts = np.floor(share).astype(int)
+    short = b - parts.sum(axis=1)
+    order = np.argsort(-(share - parts), axis=1, kind="stable")
+    for h in range(len(b)):
+        parts[h, order[h, : short[h]]] += 1
+    results, starts = [], []
+    for c, (a, z) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+        bc = np.minimum(np.maximum(parts[:, c], 1), z - a)
+        pc = None if prior is None else np.ascontiguousarray(prior[:, a:z])
+        results.append(compact_layer(K[:, a:z], V[:, a:z], Q, bc, scale, prior_bias=pc, **kw))
+        starts.append(a)
+    return _concat(results, starts)
+
+
+def _concat(results: list[CompactedLayer], starts: list[int]) -> CompactedLayer:
+    """Chunk results as one layer: kept slots in position order, padding at the end."""
+    idx = np.concatenate([np.where(r.kept, r.indices + a, PAD) for r, a in zip(results, starts, strict=True)], axis=1)
+    beta = np.concatenate([r.beta for r in results], axis=1)
+    vals = np.concatenate([r.values for r in results], axis=1)
+    order = np.argsort(idx == PAD, axis=1, kind="stable")  # kept first, each in its order
+    t = int((idx != PAD).sum(axis=1).max())
+    take = order[:, :t]
+    timings: dict[str, float] = {}
+    for r in results:
+        for k, v in r.timings.items():
+            timings[k] = timings.get(k, 0.0) + v
+    return CompactedLayer(
+        np.take_along_axis(idx, take, 1),
+        np.take_along_axis(beta, take, 1),
+        np.take_along_axis(vals, take[:, :, None], 1),
+        sum(r.zero_weights for r in results),
+        tuple(sorted({h for r in results for h in r.fallback_heads})),
+        timings,
+    )
 
 
 def _briefing_mask(session, kv, split, fit_q, layers, t) -> np.ndarray:

@@ -339,3 +339,34 @@ def test_reference_queries_for_another_cache_are_refused_and_nothing_changes(lla
         llama.compact(ratio=4, queries=ref, **LENIENT)
     with pytest.raises(ConfigError, match="unknown query option"):
         llama.reference_queries("repeat", nnls_tol=1e-3)
+
+
+# --- chunked compaction ---
+def test_chunked_fit_keeps_the_budget_and_matches_the_whole_span_closely():
+    from pyllamaam.compact import attention_errors
+    from pyllamaam.compact.synthetic import synthetic_layer
+
+    L = synthetic_layer(H=3, T=1024, n=384, d=32, seed=5)
+    whole = pipeline._fit_layer(L.K, L.V, L.Q_fit, 128, L.scale, None, None)
+    chunked = pipeline._fit_layer(L.K, L.V, L.Q_fit, 128, L.scale, None, 300)
+    assert chunked.keys_kept.max() <= 128 and chunked.keys_kept.min() >= 100
+    for h in range(3):
+        kept = chunked.indices[h][chunked.kept[h]]
+        assert (np.diff(kept) > 0).all() and kept.max() < 1024  # distinct, in order, in range
+    e_whole = attention_errors(L.K, L.V, L.Q_test, L.scale, whole).output
+    e_chunk = attention_errors(L.K, L.V, L.Q_test, L.scale, chunked).output
+    assert (e_chunk < 1.5 * e_whole + 0.02).all(), (e_chunk, e_whole)
+    with pytest.raises(ConfigError, match="chunk_tokens"):
+        pipeline._fit_layer(L.K, L.V, L.Q_fit, 128, L.scale, None, 3)
+
+
+def test_chunked_compaction_end_to_end_gives_the_same_cells(llama):
+    st = _state(llama)
+    whole = llama.compact(ratio=4, queries="repeat", **LENIENT)
+    _restore(llama, st)
+    rep = llama.compact(ratio=4, queries="repeat", chunk_tokens=48, **LENIENT)
+    assert not rep.fell_back, rep.reason
+    assert rep.cells_after == whole.cells_after
+    slots = sum(llama.layers[il]["n_head_kv"] for il in rep.layers) * rep.span_after
+    assert 0.8 * slots <= rep.keys_kept <= slots  # a few zero-weight keys may be dropped
+    assert np.isfinite(llama.eval_logits(_ids(3, 2))).all()
