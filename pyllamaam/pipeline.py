@@ -60,6 +60,7 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     "max_heldout": 1024,  # held-out query rows per KV head (half choose the guards, half verify)
     "guard": True,  # per-head guards on fitted methods: shrink or fall back where the fit is worse
     "chunk_tokens": None,  # compact the span in pieces of this many cells (bounded memory)
+    "on_policy": 1,  # layer groups fitted in order, queries re-captured after each group
     "budget_cap": 2.0,  # with budgets: largest head budget, in multiples of the uniform t
 }
 #: Options passed to the query sources.
@@ -149,22 +150,33 @@ def compact(
         per_head = _head_budgets(budgets, layers, kv, T, t, pipe["budget_cap"])
         if selector == "keep" and "keep" not in options:
             options["keep"] = _briefing_mask(session, kv, split, fit_q, layers, t)
-        fitted = {
-            il: _fit_layer(
-                *_span_arrays(kv, il, split),
-                fit_q[il],
-                per_head[il],
-                session.kq_scale(il),
-                _prior(kv, il, split),
-                pipe["chunk_tokens"],
-                method=selector,
-                **options,
-            )
-            for il in layers
-        }
+        groups = _layer_groups(layers, pipe["on_policy"], given, qspec)
+        fitted: dict[int, CompactedLayer] = {}
+        recapture = 0.0
+        for g, group in enumerate(groups):
+            if g > 0:  # on-policy: the next layers' queries see the layers fitted so far
+                tick = time.perf_counter()
+                session.set_kv(_partial(kv, split, fitted))
+                Q = qsources.collect(session, qspec, span, task=task, **qopts)
+                fq, hq = _split_queries(Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"])
+                for il in group:
+                    fit_q[il], held_q[il] = fq[il], hq[il]
+                recapture += time.perf_counter() - tick
+            for il in group:
+                fitted[il] = _fit_layer(
+                    *_span_arrays(kv, il, split),
+                    fit_q[il],
+                    per_head[il],
+                    session.kq_scale(il),
+                    _prior(kv, il, split),
+                    pipe["chunk_tokens"],
+                    method=selector,
+                    **options,
+                )
         if pipe["guard"] and options.get("fit", SELECTORS[selector].fits):
             held_q = _apply_guards(kv, split, fitted, held_q, session, rep)
-        rep.seconds["fit"] = time.perf_counter() - clock
+        rep.seconds["fit"] = time.perf_counter() - clock - recapture
+        rep.seconds["queries"] += recapture
 
         clock = time.perf_counter()
         new = _assemble(kv, split, fitted)
@@ -324,6 +336,33 @@ def _head_budgets(budgets, layers, kv: KVState, T: int, t: int, cap: float) -> d
     p = proportions_array(props, n_layer, H.pop())[layers]
     plan = allocate_budgets(p / p.sum(), T, T / t, cap=min(T, max(t, round(cap * t))))
     return {il: plan.budgets[i] for i, il in enumerate(layers)}
+
+
+def _layer_groups(layers: list[int], n_groups, given, qspec: str) -> list[list[int]]:
+    if not (isinstance(n_groups, int) and 1 <= n_groups <= len(layers)):
+        raise ConfigError(f"on_policy must be an integer in [1, {len(layers)}] (layer groups), not {n_groups!r}")
+    if n_groups > 1 and (given is not None or qspec == "context"):
+        raise ConfigError("on_policy > 1 re-captures queries: it needs a forward-pass source, not "
+                          "'context' or queries captured in advance")
+    return [list(g) for g in np.array_split(np.asarray(layers), n_groups)]
+
+
+def _partial(kv: KVState, split: _Split, fitted: dict[int, CompactedLayer]) -> KVState:
+    """Every cell kept; in fitted layers the span's first slots hold the fit, the rest bias -inf.
+
+    Positions only decide masking and every later query sees the whole span, so the fitted
+    slots can sit in any span cells while the layers not yet fitted keep all of theirs.
+    """
+    out = kv.subset(np.arange(len(kv.positions)))
+    for il, res in fitted.items():
+        K, _ = _span_arrays(kv, il, split)
+        t = res.indices.shape[1]
+        slots, rest = split.span[:t], split.span[t:]
+        out.keys[il][slots] = res.keys(K).transpose(1, 0, 2)
+        out.values[il][slots] = res.values.transpose(1, 0, 2)
+        out.bias[il][slots] = res.beta.T
+        out.bias[il][rest] = -np.inf
+    return out
 
 
 def _fit_layer(K, V, Q, budget, scale, prior, chunk_tokens, **kw) -> CompactedLayer:

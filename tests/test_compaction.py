@@ -370,3 +370,31 @@ def test_chunked_compaction_end_to_end_gives_the_same_cells(llama):
     slots = sum(llama.layers[il]["n_head_kv"] for il in rep.layers) * rep.span_after
     assert 0.8 * slots <= rep.keys_kept <= slots  # a few zero-weight keys may be dropped
     assert np.isfinite(llama.eval_logits(_ids(3, 2))).all()
+
+
+# --- on-policy refit ---
+def test_on_policy_groups_recapture_queries_and_compact_every_layer(llama):
+    st = _state(llama)
+    rep = llama.compact(ratio=4, queries="repeat", on_policy=2, **LENIENT)
+    assert not rep.fell_back, rep.reason
+    assert rep.cells_after == 4 + round(rep.span_before / 4) + 32
+    assert np.isfinite(llama.eval_logits(_ids(3, 4))).all()
+    _restore(llama, st)
+    for bad in ({"queries": "context", "on_policy": 2}, {"queries": "repeat", "on_policy": 0}):
+        with pytest.raises(ConfigError, match="on_policy"):
+            llama.compact(ratio=4, **bad, **LENIENT)
+        assert llama._snapshot() == st[0]
+
+
+def test_partial_state_hides_the_unused_slots_of_fitted_layers(llama):
+    kv = llama.get_kv()
+    split = pipeline._split(kv, 4, 32)
+    il = llama.compact_layers()[0]
+    K, V = pipeline._span_arrays(kv, il, split)
+    res = pipeline._fit_layer(K, V, K[:, ::3], 10, llama.kq_scale(il), None, None)
+    out = pipeline._partial(kv, split, {il: res})
+    t = res.indices.shape[1]
+    assert np.isneginf(out.bias[il][split.span[t:]]).all()
+    assert np.array_equal(out.bias[il][split.span[:t]], res.beta.T.astype(np.float32))
+    other = llama.compact_layers()[1]
+    assert np.array_equal(out.keys[other], kv.keys[other]) and (out.bias[other] == kv.bias[other]).all()
