@@ -9,8 +9,9 @@ Axis order (fixed for the whole package), per layer::
     result       indices [H, t], beta [H, t], values [H, t, dv]
 
 Logits are post-scale, ``scale * q . k + beta``: beta is added where llama.cpp adds its
-mask. Precision: inputs are converted to float32; scores run in float32, every solve in
-float64. Per (layer, KV head) the kernel runs select -> beta (NNLS on the mass) -> values
+mask. Precision: inputs are converted to float32; scores, Phi and the Gram products run
+in float32 (float64 accumulators for sums, float64 where a tolerance below float32's
+resolution is asked for), the linear solves in float64. Per (layer, KV head) the kernel runs select -> beta (NNLS on the mass) -> values
 (ridge least squares on the output), see DESIGN.md section 4.
 """
 

@@ -177,8 +177,8 @@ def _fit_beta(K, Q, scale, stats, ranking, idx, mask, valid, opts: FitOptions):
     """NNLS weights with the zero-weight policy; returns idx, mask, w, Phi, zero counts.
 
     ``Phi`` (float32 unless ``nnls_tol`` is below float32's resolution) is returned
-    with an arbitrary per-row scale (the value fit's softmax removes it). A refill round recomputes only the replaced columns
-    of the normal equations.
+    with an arbitrary per-row scale (the value fit's softmax removes it). A refill
+    round recomputes only the replaced columns of the normal equations.
     """
     idx, mask = idx.copy(), mask.copy()
     n_valid = valid.sum(axis=1)
