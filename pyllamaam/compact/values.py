@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg import cho_factor, cho_solve
 
 from ..errors import CompactionError, ConfigError
 
@@ -125,11 +126,12 @@ def fit_values(
         B[~mask] = 0.0
         C2 = np.empty_like(B)
         for h in range(H):
-            # LU, not Cholesky, and one head per call: on a shared 2-core machine
-            # OpenBLAS's threaded potrf (and numpy's stacked solve) measured up to 20x
-            # slower than a 2-D getrf while other jobs held the cores.
+            # A + lam I is symmetric positive definite: Cholesky (2/3 of LU's time with
+            # one BLAS thread). Caveat, measured on a 2-core machine shared with other
+            # jobs: every threaded OpenBLAS factorization (potrf, getrf) then stalls
+            # 10-100x; run BLAS single-threaded on a busy machine.
             try:
-                C2[h] = np.linalg.solve(A[h], B[h])
+                C2[h] = cho_solve(cho_factor(A[h], check_finite=False), B[h], check_finite=False)
             except np.linalg.LinAlgError as e:
                 raise CompactionError(f"value solve failed in head {h}: {e}") from None
     else:
