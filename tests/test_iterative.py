@@ -1,0 +1,100 @@
+"""Iterative (automatic) compaction past n_ctx keeps a fact stated at the start retrievable.
+
+SmolLM2-135M, n_ctx=256: a fact, then ~340 tokens of public-domain filler (the Python standard
+library's ``pydoc_data.topics``), prefilled with ``auto_compact`` on, so the cache is compacted
+at least twice and the session runs past n_ctx. With Attention Matching the fact, which lives in
+the compacted span and not in the verbatim sinks, is still answered by greedy decoding; the
+control (the same run with window eviction, which drops the start of the span) must lose it, so
+the test can fail. Greedy decoding with a fixed thread count is deterministic on CPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pydoc_data.topics as T
+import pytest
+
+pytestmark = [pytest.mark.native, pytest.mark.slow]
+
+N_CTX = 256
+THRESHOLD = 0.75  # compact when 192 cells are in use
+RATIO = 4
+KEEP_FIRST = 2  # BOS and "Notes": the fact starts after the verbatim sinks
+KEEP_LAST = 32
+N_FILL = 340
+N_THREADS = 2
+
+WORD = "PELICAN"
+INTRO = f"Notes.\nThe secret code word is {WORD}. Remember it.\n\n"
+QUESTION = "\n\nQuestion: What is the secret code word?\nAnswer: The secret code word is"
+
+
+def _filler(model) -> list[int]:
+    text = "\n\n".join(T.topics[k] for k in sorted(T.topics))
+    return model.tokenize(text[: N_FILL * 8])[:N_FILL]
+
+
+def _run(model, method: str) -> dict:
+    with model.session(n_ctx=N_CTX, n_threads=N_THREADS) as s:
+        s.auto_compact(
+            threshold=THRESHOLD,
+            ratio=RATIO,
+            method=method,
+            queries="repeat",
+            keep_first=KEEP_FIRST,
+            keep_last=KEEP_LAST,
+        )
+        s.prefill(INTRO)
+        intro_tokens = list(s._tokens)
+        s.prefill(_filler(model))
+        reports = list(s.auto_reports)
+        n_cells, n_past = s.n_cells, s.n_past
+        s.prefill(QUESTION)
+        logits = s.logits().astype(np.float64)
+        answer = s.generate("", max_tokens=6)
+    word_tok = model.tokenize(" " + WORD)[0]
+    logp = logits[word_tok] - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
+    return {
+        "reports": reports,
+        "n_cells": n_cells,
+        "n_past": n_past,
+        "answer": answer,
+        "logp": float(logp),
+        "intro_tokens": intro_tokens,
+        "word_tok": word_tok,
+    }
+
+
+def _fact_positions(model, intro_tokens: list[int]) -> list[int]:
+    """Positions of the tokens of the code word in the session (BOS is position 0)."""
+    word = model.tokenize(" " + WORD)
+    for i in range(len(intro_tokens) - len(word) + 1):
+        if intro_tokens[i : i + len(word)] == word:
+            return list(range(i, i + len(word)))
+    raise AssertionError(f"{WORD!r} not found in the intro tokens")
+
+
+def _check_run(model, run: dict) -> None:
+    reps = run["reports"]
+    assert len(reps) >= 2, f"only {len(reps)} automatic compactions"
+    assert not any(r.fell_back for r in reps), [r.reason for r in reps]
+    assert all(r.cells_before <= N_CTX and r.cells_after <= N_CTX for r in reps)
+    assert run["n_cells"] <= N_CTX < run["n_past"]
+    # the fact lies in the compacted span of the first compaction (cells 0..n-1 hold positions
+    # 0..n-1 then): after the verbatim sinks, before the recent window
+    pos = _fact_positions(model, run["intro_tokens"])
+    first = reps[0]
+    assert first.span_before == first.cells_before - KEEP_FIRST - KEEP_LAST
+    assert KEEP_FIRST <= min(pos) and max(pos) < first.cells_before - KEEP_LAST
+
+
+def test_am_keeps_fact_through_iterative_compaction(smollm2):
+    am = _run(smollm2, "am")
+    window = _run(smollm2, "window")
+    for run in (am, window):
+        _check_run(smollm2, run)
+    print(f"am: {am['answer']!r} (log p {am['logp']:.2f}); window: {window['answer']!r} (log p {window['logp']:.2f})")
+    assert WORD in am["answer"], f"am answered {am['answer']!r}"
+    # the control: window eviction drops the fact, so the test can fail
+    assert WORD not in window["answer"], f"window answered {window['answer']!r}"
+    assert am["logp"] > window["logp"] + 3.0, (am["logp"], window["logp"])
