@@ -93,7 +93,8 @@ def test_am_keeps_fact_through_iterative_compaction(smollm2):
     window = _run(smollm2, "window")
     for run in (am, window):
         _check_run(smollm2, run)
-    print(f"am: {am['answer']!r} (log p {am['logp']:.2f}); window: {window['answer']!r} (log p {window['logp']:.2f})")
+    print(f"am: {am['answer']!r} (log p {am['logp']:.2f})")
+    print(f"window: {window['answer']!r} (log p {window['logp']:.2f})")
     assert WORD in am["answer"], f"am answered {am['answer']!r}"
     # the control: window eviction drops the fact, so the test can fail
     assert WORD not in window["answer"], f"window answered {window['answer']!r}"
