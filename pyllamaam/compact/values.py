@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve
 
 from ..errors import CompactionError, ConfigError
 
@@ -126,12 +125,12 @@ def fit_values(
         B[~mask] = 0.0
         C2 = np.empty_like(B)
         for h in range(H):
-            # A + lam I is symmetric positive definite: Cholesky (2/3 of LU's time with
-            # one BLAS thread). Caveat, measured on a 2-core machine shared with other
-            # jobs: every threaded OpenBLAS factorization (potrf, getrf) then stalls
-            # 10-100x; run BLAS single-threaded on a busy machine.
+            # LU, one head per call, though A + lam I is SPD: with one BLAS thread
+            # Cholesky is 1.5x faster (14 ms a layer at t = 800), but on a 2-core machine
+            # shared with other jobs OpenBLAS's threaded potrf stalled far worse than
+            # getrf (values stage of 30 layers: 155 s against 8-15 s).
             try:
-                C2[h] = cho_solve(cho_factor(A[h], check_finite=False), B[h], check_finite=False)
+                C2[h] = np.linalg.solve(A[h], B[h])
             except np.linalg.LinAlgError as e:
                 raise CompactionError(f"value solve failed in head {h}: {e}") from None
     else:
