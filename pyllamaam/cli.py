@@ -191,6 +191,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_budgets(args: argparse.Namespace) -> int:
+    """Measure per-head sensitivity curves and save nonuniform head budgets."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from .budgets_compute import compute_budgets
+
+    name = None if args.model in ("smollm2-135m", "default") else args.model
+    out = Path(args.output or f"models/budgets/{Path(args.model).stem}.json")
+    ratios = tuple(float(x) for x in args.ratios.split(",") if x)
+    info = compute_budgets(name, out, target=args.target, cap=args.cap, n_tokens=args.n_tokens, ratios=ratios)
+    b = np.asarray(info["budgets"])
+    print(json.dumps({"output": str(out), "curves": str(out) + ".curves.json", "heads": int(b.size),
+                      "budget_min": float(b.min()), "budget_max": float(b.max()), "seconds": info["seconds"]}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pyllamaam", description="KV-cache compaction for llama.cpp")
     ap.add_argument("-v", "--verbose", action="count", default=0, help="-v: info logs, -vv: native debug logs")
@@ -227,6 +245,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("serve", help="OpenAI-compatible HTTP server (`pyllamaam serve --help`)")
     sub.add_parser("eval", help="quality harness: tasks, KL, NLL over methods x ratios (`pyllamaam eval --help`)")
+
+    p = sub.add_parser("budgets", help="per-head sensitivity and nonuniform head budgets")
+    p.add_argument("what", choices=["compute"])
+    p.add_argument("model", help="model name (smollm2-135m, gemma3-270m) or GGUF path")
+    p.add_argument("-o", "--output", default=None, help="default models/budgets/<model>.json")
+    p.add_argument("--n-tokens", type=int, default=1024, help="offline text tokens the model reads")
+    p.add_argument("--ratios", default="5,10,20", help="ratios of the sensitivity curves")
+    p.add_argument("--target", type=float, default=10.0, help="ratio the budgets are solved for")
+    p.add_argument("--cap", type=float, default=2.0, help="largest head budget in multiples of the uniform one")
+    p.set_defaults(fn=cmd_budgets)
 
     p = sub.add_parser("bench", help="cost harness (`pyllamaam bench --help`); `bench native|kernel` (JSON)")
     p.add_argument("what", choices=["native", "kernel"])

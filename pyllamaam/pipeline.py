@@ -62,6 +62,10 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     "chunk_tokens": None,  # compact the span in pieces of this many cells (bounded memory)
     "on_policy": 1,  # layer groups fitted in order, queries re-captured after each group
     "budget_cap": 2.0,  # with budgets: largest head budget, in multiples of the uniform t
+    # with budgets: "ratio" scales them down until the cells shrink by the requested ratio (cells
+    # hold every head, so fewer keys in total than uniform); "keys": uniform's total of keys,
+    # cells up to budget_cap * t
+    "budget_cells": "ratio",
 }
 #: Options passed to the query sources.
 QUERY_OPTIONS = ("repeat_prompt", "repeat_max_tokens", "selfstudy_prompts", "selfstudy_tokens")
@@ -147,7 +151,7 @@ def compact(
         clock = time.perf_counter()
         fit_q, held_q = _split_queries(Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"])
         rep.n_queries = int(sum(len(q) for q in next(iter(fit_q.values()))))
-        per_head = _head_budgets(budgets, layers, kv, T, t, pipe["budget_cap"])
+        per_head = _head_budgets(budgets, layers, kv, T, t, pipe["budget_cap"], pipe["budget_cells"])
         if selector == "keep" and "keep" not in options:
             options["keep"] = _briefing_mask(session, kv, split, fit_q, layers, t)
         groups = _layer_groups(layers, pipe["on_policy"], given, qspec)
@@ -325,9 +329,11 @@ def _prior(kv: KVState, il: int, split: _Split) -> np.ndarray | None:
     return np.ascontiguousarray(b) if np.any(b != 0) else None
 
 
-def _head_budgets(budgets, layers, kv: KVState, T: int, t: int, cap: float) -> dict[int, Any]:
-    if budgets is None:
+def _head_budgets(budgets, layers, kv: KVState, T: int, t: int, cap: float, cells: str = "ratio") -> dict[int, Any]:
+    if budgets is None or (isinstance(budgets, str) and budgets == "uniform"):
         return {il: t for il in layers}
+    if cells not in ("ratio", "keys"):
+        raise ConfigError(f"budget_cells must be 'ratio' or 'keys', not {cells!r}")
     props = load_head_budgets(budgets) if isinstance(budgets, (str, Path)) else dict(budgets)
     H = {kv.keys[il].shape[1] for il in layers}
     if len(H) != 1:
@@ -335,7 +341,10 @@ def _head_budgets(budgets, layers, kv: KVState, T: int, t: int, cap: float) -> d
     n_layer = 1 + max(max(layers), *(int(k[1:].split("H")[0]) for k in props))
     p = proportions_array(props, n_layer, H.pop())[layers]
     plan = allocate_budgets(p / p.sum(), T, T / t, cap=min(T, max(t, round(cap * t))))
-    return {il: plan.budgets[i] for i, il in enumerate(layers)}
+    b = plan.budgets
+    if cells == "ratio" and b.max() > t:  # the largest head gets t: the cells shrink by the ratio
+        b = np.maximum(1, np.floor(b * (t / b.max()))).astype(np.int64)
+    return {il: b[i] for i, il in enumerate(layers)}
 
 
 def _layer_groups(layers: list[int], n_groups, given, qspec: str) -> list[list[int]]:

@@ -1,0 +1,165 @@
+"""``pyllamaam budgets compute``: per-head sensitivity curves and nonuniform head budgets.
+
+For one offline text the model reads, each (layer, KV head) is compacted alone at several
+ratios (every other head keeps all its cells) and the change in NLL of the true continuation
+is recorded: one curve per head. A greedy exchange then moves keys from the heads that lose
+least to the heads that gain most, at a target ratio, and the resulting budgets are saved as
+proportions ``{"L{layer}H{kvhead}": p}`` (:func:`pyllamaam.compact.save_head_budgets`).
+
+In llama.cpp every cell holds K and V of all heads, so the cells a compacted span occupies are
+the *largest* head budget: budgets that exceed the uniform ``t`` cost memory. The solver takes a
+cap (in multiples of ``t``); the saved file records it with the curves.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import pipeline
+from .compact import compact_layer, save_head_budgets
+from .errors import ConfigError
+
+
+def _text(model: Any, n_tokens: int, cont: int) -> tuple[list[int], list[int]]:
+    import pydoc_data.topics
+
+    t = pydoc_data.topics.topics
+    text = "\n\n".join(t[k] for k in sorted(t))
+    toks = model.tokenize(text, add_bos=model.info["add_bos"])[: n_tokens + cont]
+    if len(toks) < n_tokens + cont:
+        raise ConfigError(f"the offline text has only {len(toks)} tokens; ask for fewer")
+    return toks[:n_tokens], toks[n_tokens:]
+
+
+def head_sensitivity(
+    model: Any,
+    n_tokens: int = 1024,
+    ratios: tuple[float, ...] = (5.0, 10.0, 20.0),
+    cont: int = 64,
+    keep_first: int = 4,
+    keep_last: int = 32,
+    progress: bool = True,
+    n_threads: int | None = None,
+) -> dict[str, Any]:
+    """ΔNLL of the continuation when one head at a time is compacted, ``[L, H, len(ratios)]``."""
+    from tqdm import tqdm
+
+    ctx, tail = _text(model, n_tokens, cont)
+    with model.session(n_ctx=2 * n_tokens + 256, n_threads=n_threads) as s:
+        s.prefill(ctx)
+        nll0 = s.score(tail)
+        blob, n_cells = s._snapshot(), s.n_cells
+        ref = s.reference_queries("repeat", keep_first, keep_last)
+        kv = s.get_kv()
+        split = pipeline._split(kv, keep_first, keep_last)
+        T = len(split.span)
+        fit_q, _ = pipeline._split_queries(ref.queries, 0.2, 2048, s, 1024)
+        layers = s.compact_layers()
+        H = kv.keys[layers[0]].shape[1]
+        curves = np.zeros((len(layers), H, len(ratios)))
+        bar = tqdm(total=len(layers) * H * len(ratios), disable=not progress, unit="head", desc="sensitivity")
+        clock = time.perf_counter()
+        for i, il in enumerate(layers):
+            K, V = pipeline._span_arrays(kv, il, split)
+            prior = pipeline._prior(kv, il, split)
+            for j, r in enumerate(ratios):
+                res = compact_layer(K, V, fit_q[il], max(1, round(T / r)), s.kq_scale(il), prior_bias=prior)
+                for h in range(H):
+                    s.set_kv(_one_head(kv, split, il, h, res, K))
+                    curves[i, h, j] = s.score(tail) - nll0
+                    s._write_blob(blob, n_cells)
+                    bar.update(1)
+        bar.close()
+    return {
+        "layers": layers,
+        "n_head_kv": H,
+        "span": T,
+        "ratios": list(ratios),
+        "dnll": curves.tolist(),
+        "full_nll": nll0,
+        "n_tokens": n_tokens,
+        "seconds": time.perf_counter() - clock,
+    }
+
+
+def _one_head(kv, split, il: int, h: int, res, K: np.ndarray):
+    """The full state with only (il, h) compacted: its first t span cells hold the fit, the rest -inf."""
+    out = kv.subset(np.arange(len(kv.positions)))
+    t = res.indices.shape[1]
+    slots, rest = split.span[:t], split.span[t:]
+    out.keys[il][slots, h] = res.keys(K)[h]
+    out.values[il][slots, h] = res.values[h]
+    out.bias[il][slots, h] = res.beta[h]
+    out.bias[il][rest, h] = -np.inf
+    return out
+
+
+def exchange_solve(curves: np.ndarray, ratios: list[float], span: int, target: float, cap: float = 2.0) -> np.ndarray:
+    """Per-head budgets (keys) summing to the uniform total at ``target``, each at most ``cap * t``.
+
+    Each head's ΔNLL is interpolated linearly in log(budget) between the measured ratios
+    (ΔNLL = 0 with every key kept); keys move in steps from the head that loses least by giving
+    them to the head that gains most, while that lowers the predicted total.
+    """
+    c = np.asarray(curves, dtype=np.float64).reshape(-1, len(ratios))
+    t = span / target
+    levels = np.log(np.concatenate([[span], span / np.asarray(ratios, dtype=np.float64)]))
+    vals = np.concatenate([np.zeros((len(c), 1)), c], axis=1)
+    order = np.argsort(levels)
+    levels, vals = levels[order], vals[:, order]
+
+    def f(h: int, b: float) -> float:
+        return float(np.interp(np.log(max(b, 1.0)), levels, vals[h]))
+
+    b = np.full(len(c), t)
+    step = max(1.0, round(0.05 * t))
+    hi, lo = min(span, cap * t), max(1.0, t / 4)
+    for _ in range(20 * len(c)):
+        gain = np.array([f(h, b[h]) - f(h, b[h] + step) if b[h] + step <= hi else -np.inf for h in range(len(c))])
+        loss = np.array([f(h, b[h] - step) - f(h, b[h]) if b[h] - step >= lo else np.inf for h in range(len(c))])
+        up, down = int(np.argmax(gain)), int(np.argmin(loss))
+        if up == down or not gain[up] > loss[down] + 1e-9:
+            break
+        b[up] += step
+        b[down] -= step
+    return b.reshape(np.asarray(curves).shape[:2])
+
+
+def compute_budgets(
+    model_name: str | None,
+    out: Path,
+    target: float = 10.0,
+    cap: float = 2.0,
+    progress: bool = True,
+    **kw: Any,
+) -> dict[str, Any]:
+    """Measure the curves, solve, write ``out`` (proportions) and ``out`` + ``.curves.json``."""
+    import pyllamaam
+
+    with pyllamaam.load_model(model_name) as model:
+        sens = head_sensitivity(model, progress=progress, **kw)
+        n_layer = model.n_layer
+    b = exchange_solve(np.asarray(sens["dnll"]), sens["ratios"], sens["span"], target, cap)
+    props = np.zeros((n_layer, sens["n_head_kv"]))
+    for i, il in enumerate(sens["layers"]):
+        props[il] = b[i]
+    # layers that are not compacted (sliding-window layers) keep proportion 0: the format is complete
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_head_budgets(out, props / props.sum())
+    flat = np.asarray(sens["dnll"]).reshape(-1, len(sens["ratios"]))
+    c = int(np.argmin(np.abs(np.asarray(sens["ratios"]) - target)))
+    info = {
+        **sens,
+        "target": target,
+        "cap": cap,
+        "budgets": b.tolist(),
+        "predicted_dnll_uniform": float(flat[:, c].sum()) if sens["ratios"][c] == target else None,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    Path(str(out) + ".curves.json").write_text(json.dumps(info, indent=1) + "\n")
+    return info

@@ -1,0 +1,70 @@
+"""Head sensitivity curves and the greedy exchange solver behind `pyllamaam budgets compute`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pyllamaam import tiny
+from pyllamaam.budgets_compute import compute_budgets, exchange_solve
+from pyllamaam.compact import load_head_budgets
+
+
+def test_exchange_moves_keys_to_sensitive_heads_and_keeps_the_total_and_cap():
+    ratios = [5.0, 10.0, 20.0]
+    curves = np.array([[[0.01, 0.02, 0.04], [0.2, 0.5, 1.0]], [[0.0, 0.001, 0.002], [0.05, 0.1, 0.2]]])
+    b = exchange_solve(curves, ratios, span=1000, target=10.0, cap=2.0)
+    assert b.shape == (2, 2)
+    assert b.sum() == pytest.approx(4 * 100)
+    assert b.max() <= 200 + 1e-9
+    assert b[0, 1] > 100 and b[1, 0] < 100  # the most sensitive head gains, the flattest loses
+
+
+def test_exchange_with_equal_curves_stays_uniform():
+    curves = np.tile(np.array([0.1, 0.2, 0.4]), (3, 2, 1))
+    b = exchange_solve(curves, [5.0, 10.0, 20.0], span=500, target=10.0)
+    assert np.allclose(b, 50)
+
+
+@pytest.mark.native
+def test_compute_budgets_on_a_tiny_model_writes_usable_budgets(tmp_path, tiny_dir):
+    path = str(tiny.tiny_model_path("llama", tiny_dir))
+    out = tmp_path / "b.json"
+    info = compute_budgets(path, out, target=4.0, progress=False, n_tokens=160, ratios=(2.0, 4.0), cont=16)
+    props = load_head_budgets(out)
+    assert len(props) == info["n_head_kv"] * len(info["layers"]) and sum(props.values()) == pytest.approx(1)
+    curves = np.asarray(info["dnll"])
+    assert curves.shape == (len(info["layers"]), info["n_head_kv"], 2) and np.isfinite(curves).all()
+    assert json.loads((tmp_path / "b.json.curves.json").read_text())["target"] == 4.0
+    import pyllamaam
+
+    with pyllamaam.load_model(path) as m, m.session(n_ctx=512) as s:
+        s.prefill([int(x) for x in np.random.default_rng(0).integers(10, 500, 200)])
+        rep = s.compact(ratio=4, budgets=out, queries="repeat", max_kl=float("inf"), max_attention_error=float("inf"))
+        assert not rep.fell_back, rep.reason
+
+
+@pytest.mark.native
+def test_budgets_keep_the_requested_cell_ratio_or_the_uniform_keys(tmp_path, tiny_models):
+    import pyllamaam  # noqa: F401
+
+    m = tiny_models["llama"]
+    with m.session(n_ctx=512) as s:
+        s.prefill([int(x) for x in np.random.default_rng(1).integers(10, 500, 200)])
+        layers, H = s.compact_layers(), s.layers[s.compact_layers()[0]]["n_head_kv"]
+        props = {f"L{il}H{h}": (4.0 if (il, h) == (layers[0], 0) else 1.0) for il in layers for h in range(H)}
+        total = sum(props.values())
+        props = {k: v / total for k, v in props.items()}
+        blob, n = s._snapshot(), s.n_cells
+        lenient = {"max_kl": float("inf"), "max_attention_error": float("inf"), "queries": "repeat"}
+        uni = s.compact(ratio=4, budgets="uniform", **lenient)
+        s._write_blob(blob, n)
+        by_ratio = s.compact(ratio=4, budgets=props, **lenient)
+        s._write_blob(blob, n)
+        by_keys = s.compact(ratio=4, budgets=props, budget_cells="keys", **lenient)
+        assert by_ratio.cells_after == uni.cells_after  # cells shrink by the ratio asked for
+        assert by_ratio.keys_kept < uni.keys_kept  # ... so the other heads hold fewer keys
+        assert by_keys.cells_after > uni.cells_after  # same keys, more cells
+        assert abs(by_keys.keys_kept - uni.keys_kept) <= 0.05 * uni.keys_kept
