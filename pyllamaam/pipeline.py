@@ -69,8 +69,8 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
 }
 #: Options passed to the query sources.
 QUERY_OPTIONS = ("repeat_prompt", "repeat_max_tokens", "selfstudy_prompts", "selfstudy_tokens")
-#: Kernel defaults that keep the fit fast (DESIGN.md section 8: NNLS dominates otherwise).
-KERNEL_DEFAULTS: dict[str, Any] = {"nnls_max_iter": 300, "nnls_tol": 1e-4, "refill_rounds": 1}
+#: The kernel's own defaults serve the pipeline: 30 NNLS iterations gave the same KL and ΔNLL
+#: as 100 and 300 on SmolLM2 caches (1K tokens, 10x and 20x, two texts; docs/results/options.md).
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,6 @@ def compact(
     qspec = given.spec if given else "+".join(qsources.parse_spec(queries))
     pipe = {k: options.pop(k, v) for k, v in PIPELINE_DEFAULTS.items()}
     qopts = {k: options.pop(k) for k in QUERY_OPTIONS if k in options}
-    if selector in ("attn-rms", "attn-mean", "attn-max", "omp", "keep"):
-        options = {**KERNEL_DEFAULTS, **options}
     _check_args(ratio, target_cells, keep_first, keep_last)
     if pipe["max_attention_error"] is None:
         fits = options.get("fit", SELECTORS[selector].fits)
