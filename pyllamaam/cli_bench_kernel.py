@@ -20,6 +20,7 @@ import tracemalloc
 import numpy as np
 
 from .compact import compact_head, compact_layer
+from .compact.parallel import default_workers, map_layers
 from .compact.synthetic import synthetic_layer
 
 STAGES = ("scores", "select", "beta", "values")
@@ -43,17 +44,17 @@ def grid(Ts, ds, n: int = 1024, H: int = 3, ratio: int = 10) -> list[dict]:
     return rows
 
 
-def model_shape(n_layer: int, H: int, T: int, d: int, n: int, t: int, **opts) -> dict:
-    """Every (layer, KV head) of a model, layer by layer (data generation not timed)."""
+def model_shape(n_layer: int, H: int, T: int, d: int, n: int, t: int, workers: int | None = None, **opts) -> dict:
+    """Every (layer, KV head) of a model as the pipeline fits them: layers on ``workers``
+    threads with a single-threaded BLAS (:func:`map_layers`); data generation not timed.
+    Stage seconds are summed over layers (above the wall time when layers ran in parallel)."""
     sums = dict.fromkeys(STAGES, 0.0)
-    total = cpu = 0.0
     load = _load()
-    for layer in range(n_layer):
-        L = synthetic_layer(H=H, T=T, n=n, d=d, seed=layer)
-        t0, c0 = time.perf_counter(), time.process_time()
-        res = compact_layer(L.K, L.V, L.Q_fit, t, L.scale, **opts)
-        total += time.perf_counter() - t0
-        cpu += time.process_time() - c0
+    layers = [synthetic_layer(H=H, T=T, n=n, d=d, seed=layer) for layer in range(n_layer)]
+    t0, c0 = time.perf_counter(), time.process_time()
+    results = map_layers(lambda L: compact_layer(L.K, L.V, L.Q_fit, t, L.scale, **opts), layers, workers)
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
+    for res in results:
         for s in STAGES:
             sums[s] += res.timings[s]
     return _round(
@@ -64,6 +65,7 @@ def model_shape(n_layer: int, H: int, T: int, d: int, n: int, t: int, **opts) ->
             "d": d,
             "n": n,
             "t": t,
+            "workers": min(n_layer, default_workers() if workers is None else workers),
             "total_s": total,
             **{f"{s}_s": v for s, v in sums.items()},
             # CPU seconds of this process (BLAS threads included): above total_s means

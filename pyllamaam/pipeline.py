@@ -33,6 +33,7 @@ from .compact import (
     proportions_array,
     task_position_scores,
 )
+from .compact.parallel import map_layers
 from .compact.result import PAD, CompactedLayer
 from .compact.select import SELECTORS
 from .errors import CompactionError, ConfigError, UnsupportedLayout
@@ -61,6 +62,7 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     "guard": True,  # per-head guards on fitted methods: shrink or fall back where the fit is worse
     "chunk_tokens": None,  # compact the span in pieces of this many cells (bounded memory)
     "on_policy": 1,  # layer groups fitted in order, queries re-captured after each group
+    "fit_threads": None,  # layers fitted at once (None: the usable cores; BLAS single-threaded)
     "budget_cap": 2.0,  # with budgets: largest head budget, in multiples of the uniform t
     # with budgets: "ratio" scales them down until the cells shrink by the requested ratio (cells
     # hold every head, so fewer keys in total than uniform); "keys": uniform's total of keys,
@@ -164,8 +166,8 @@ def compact(
                 for il in group:
                     fit_q[il], held_q[il] = fq[il], hq[il]
                 recapture += time.perf_counter() - tick
-            for il in group:
-                fitted[il] = _fit_layer(
+            def fit(il: int) -> CompactedLayer:
+                return _fit_layer(
                     *_span_arrays(kv, il, split),
                     fit_q[il],
                     per_head[il],
@@ -175,6 +177,8 @@ def compact(
                     method=selector,
                     **options,
                 )
+
+            fitted.update(zip(group, map_layers(fit, group, pipe["fit_threads"]), strict=True))
         if pipe["guard"] and options.get("fit", SELECTORS[selector].fits):
             held_q = _apply_guards(kv, split, fitted, held_q, session, rep)
         rep.seconds["fit"] = time.perf_counter() - clock - recapture

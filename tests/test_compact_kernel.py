@@ -285,3 +285,31 @@ def test_peak_memory_stays_under_one_score_block_per_head():
     assert tracemalloc.is_tracing() is False
     mem = peak_memory(T=2048, d=32, n=512, H=3, t=200)
     assert mem["peak_per_head_in_blocks"] <= 1.0
+
+
+def test_layers_fitted_in_threads_equal_the_sequential_fit():
+    from pyllamaam.compact.parallel import map_layers
+    from pyllamaam.compact.synthetic import synthetic_layer as _syn
+
+    layers = [_syn(H=2, T=256, n=64, d=16, seed=s) for s in range(4)]
+
+    def fit(L):
+        return compact_layer(L.K, L.V, L.Q_fit, 32, L.scale)
+
+    seq = map_layers(fit, layers, workers=1)
+    par = map_layers(fit, layers, workers=2)
+    for a, b in zip(seq, par, strict=True):
+        np.testing.assert_array_equal(a.indices, b.indices)
+        np.testing.assert_allclose(a.values, b.values, rtol=1e-5, atol=1e-6)
+
+
+def test_an_error_in_one_layer_thread_propagates():
+    from pyllamaam.compact.parallel import map_layers
+
+    def fit(i):
+        if i == 2:
+            raise CompactionError("layer 2 failed")
+        return i
+
+    with pytest.raises(CompactionError, match="layer 2"):
+        map_layers(fit, range(4), workers=2)
