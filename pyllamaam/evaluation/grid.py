@@ -26,6 +26,8 @@ METHODS: dict[str, dict[str, Any] | None] = {
     "full": None,
     "am": {"method": "am", "queries": "repeat"},
     "am-context": {"method": "am", "queries": "context"},
+    # SnapKV's keys (the repeat pass's last window, max-pooled) with the Attention Matching fit
+    "am-snapkv": {"method": "snapkv", "queries": "repeat", "fit": True},
     "snapkv": {"method": "snapkv", "queries": "context"},
     "h2o": {"method": "attn-mean", "queries": "context", "fit": False},
     "window": {"method": "window", "queries": "context"},
