@@ -72,8 +72,9 @@ def headline(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             best, name = (min if lower else max)(base)
             h[m] = {"am": by["am"][m], "best_eviction": best, "baseline": name}
-            if "am-context" in by:
-                h[m]["am_context"] = by["am-context"][m]
+            for other in ("am-context", "am-snapkv"):
+                if other in by and m in by[other] and by[other]["n"] == by["am"]["n"]:
+                    h[m][other.replace("-", "_")] = by[other][m]
         h["am_compaction_over_prefill"] = by["am"].get("compaction_over_prefill")
         out.append(h)
     return out
@@ -89,17 +90,20 @@ def _fmt(row: dict[str, Any], m: str) -> str:
 
 def markdown(rows: list[dict[str, Any]], heads: list[dict[str, Any]]) -> str:
     """Markdown: the headline, then one table per (model, length) and metric."""
-    lines = ["## Headline: am (repeat queries) vs the best eviction baseline", ""]
+    snap = any("am_snapkv" in h.get(m, {}) for h in heads for m in ("kl", "delta_nll"))
+    pair = "am / am-snapkv / best evict." if snap else "am / best evict."
+    lines = [f"## Headline: {'am and am-snapkv' if snap else 'am'} (repeat queries) vs the best eviction baseline", ""]
     lines += [
-        "| model | tokens | ratio | answer tok. acc. am / best evict. | answer NLL am / best evict. "
-        "| ΔNLL am / best evict. | KL am / best evict. | am compaction/prefill |",
+        f"| model | tokens | ratio | answer tok. acc. {pair} | answer NLL {pair} "
+        f"| ΔNLL {pair} | KL {pair} | am compaction/prefill |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for h in heads:
         cols = []
         for m in ("token_accuracy", "answer_nll", "delta_nll", "kl"):
             d = h.get(m)
-            cols.append("–" if d is None else f"{d['am']:.3f} / {d['best_eviction']:.3f} ({d['baseline']})")
+            mid = f" / {d['am_snapkv']:.3f}" if d is not None and "am_snapkv" in d else (" / –" if snap and d else "")
+            cols.append("–" if d is None else f"{d['am']:.3f}{mid} / {d['best_eviction']:.3f} ({d['baseline']})")
         cop = h.get("am_compaction_over_prefill")
         lines.append(
             f"| {h['model']} | {h['n_tokens']} | {h['ratio']:g} | " + " | ".join(cols) + f" | {cop:.2f} |"
