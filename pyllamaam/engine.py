@@ -403,8 +403,9 @@ class Session:
         """Compact the KV cache in place; returns a :class:`~pyllamaam.report.CompactionReport`.
 
         ``ratio`` = span cells before / after (or ``target_cells`` = all cells after); ``method``
-        ``"am"`` (Attention Matching, attn-rms selection) or any selection method of
-        :func:`pyllamaam.compact.available_methods` (baselines keep original values); ``queries``
+        ``"am"`` (Attention Matching: attn-rms selection, fitted beta and values,
+        half of the kept cells an exact recent window: option ``recent``) or any selection method
+        of :func:`pyllamaam.compact.available_methods` (baselines keep original values); ``queries``
         ``"repeat"``, ``"context"``, ``"self-study"``, ``"task"``, a mix like
         ``"repeat+context"``, or queries captured earlier by :meth:`reference_queries`. The first ``keep_first`` and last ``keep_last`` cells stay verbatim.
         Gates (``max_kl``, ``max_attention_error``) and kernel options go in ``options``. On any

@@ -68,9 +68,19 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # hold every head, so fewer keys in total than uniform); "keys": uniform's total of keys,
     # cells up to budget_cap * t
     "budget_cells": "ratio",
+    # fitted methods: the share of the compacted budget (compacted span + keep_last) that is an
+    # exact recent window; the fit then compacts only the older part. Fitted values on the
+    # cells the next tokens read most hurt them: at 4K tokens and 10x on SmolLM2, 0.5 halved the
+    # continuation KL of AM against keep_last alone (docs/results/ACCEPTANCE.md). 0: keep_last only
+    "recent": 0.5,
 }
+#: The selection behind ``method="am"``: attn-rms, the keys the reference queries need on the
+#: whole. With the exact recent window (option ``recent``) it matched the ``hybrid`` selection on
+#: continuation KL at 4K tokens and 10x, and it keeps recall of a fact at the start through
+#: iterative compaction, which ``hybrid`` lost (docs/results/ACCEPTANCE.md).
+AM_SELECTOR = "attn-rms"
 #: Options passed to the query sources.
-QUERY_OPTIONS = ("repeat_prompt", "repeat_max_tokens", "selfstudy_prompts", "selfstudy_tokens")
+QUERY_OPTIONS = ("repeat_prompt", "repeat_max_tokens", "repeat_piece", "selfstudy_prompts", "selfstudy_tokens")
 #: The kernel's own defaults serve the pipeline: 30 NNLS iterations gave the same KL and ΔNLL
 #: as 100 and 300 on SmolLM2 caches (1K tokens, 10x and 20x, two texts; docs/results/options.md).
 
@@ -123,17 +133,16 @@ def compact(
     pipe = {k: options.pop(k, v) for k, v in PIPELINE_DEFAULTS.items()}
     qopts = {k: options.pop(k) for k in QUERY_OPTIONS if k in options}
     _check_args(ratio, target_cells, keep_first, keep_last)
+    fits = options.get("fit", SELECTORS[selector].fits)
     if pipe["max_attention_error"] is None:
-        fits = options.get("fit", SELECTORS[selector].fits)
         pipe["max_attention_error"] = 0.9 if fits else float("inf")
     rep = CompactionReport(method=method, queries=qspec, layers=layers, cells_before=session.n_cells)
     blob, n_cells0 = session._snapshot(), session.n_cells
 
     clock = time.perf_counter()
     kv = session.get_kv()
-    split = _split(kv, keep_first, keep_last)
-    T = len(split.span)
-    t = _target(T, ratio, target_cells, keep_first, keep_last)
+    user, split, t, extra = _splits(kv, keep_first, keep_last, ratio, target_cells, fits, pipe["recent"])
+    T = len(user.span)
     rep.seconds["extract"] = time.perf_counter() - clock
     span_pos = kv.positions[split.span]
     probe = _probe_tokens(session, int(span_pos[0]), pipe["probe_tokens"], qopts) if verify else []
@@ -144,14 +153,14 @@ def compact(
         if given is None:
             Q = qsources.collect(session, qspec, span, task=task, **qopts)
         else:
-            _check_given(given, span, n_cells0)
+            _check_given(given, span, _span_of(kv, user), n_cells0)
             Q = given.queries
         rep.seconds["queries"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
         fit_q, held_q = _split_queries(Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"])
         rep.n_queries = int(sum(len(q) for q in next(iter(fit_q.values()))))
-        per_head = _head_budgets(budgets, layers, kv, T, t, pipe["budget_cap"], pipe["budget_cells"])
+        per_head = _head_budgets(budgets, layers, kv, len(split.span), t - extra, pipe["budget_cap"], pipe["budget_cells"])
         if selector == "keep" and "keep" not in options:
             options["keep"] = _briefing_mask(session, kv, split, fit_q, layers, t)
         groups = _layer_groups(layers, pipe["on_policy"], given, qspec)
@@ -188,7 +197,7 @@ def compact(
         new = _assemble(kv, split, fitted)
         session.set_kv(new)
         rep.seconds["write"] = time.perf_counter() - clock
-        rep.span_before, rep.span_after = T, new.n_cells - len(split.sinks) - len(split.recent)
+        rep.span_before, rep.span_after = T, new.n_cells - len(user.sinks) - len(user.recent)
         rep.ratio = T / max(1, rep.span_after)
         rep.keys_kept = int(sum(int(r.keys_kept.sum()) for r in fitted.values()))
         rep.cells_after = session.n_cells
@@ -215,26 +224,53 @@ def reference_queries(
     keep_first: int = 4,
     keep_last: int = 32,
     task: str | None = None,
+    ratio: float | None = None,
+    target_cells: int | None = None,
+    method: str = "am",
+    recent: float = PIPELINE_DEFAULTS["recent"],
     **options: Any,
 ) -> ReferenceQueries:
     """Capture the reference queries :func:`compact` would use, once, for several compactions
-    of the same cache (different ratios or methods); the session is unchanged."""
+    of the same cache (different ratios or methods); the session is unchanged.
+
+    Without ``ratio``/``target_cells`` they cover the whole span between ``keep_first`` and
+    ``keep_last`` and serve any compaction; with them, the span that this one compaction fits
+    (fitted methods move part of the budget to an exact recent window, option ``recent``), as
+    ``compact`` would capture them itself."""
     _check_gate(session)
     spec = "+".join(qsources.parse_spec(queries))
     bad = set(options) - set(QUERY_OPTIONS)
     if bad:
         raise ConfigError(f"unknown query option(s) {sorted(bad)}; known: {', '.join(QUERY_OPTIONS)}")
-    _check_args(2.0, None, keep_first, keep_last)
     kv = session.get_kv()
-    span_pos = kv.positions[_split(kv, keep_first, keep_last).span]
-    span = (int(span_pos[0]), int(span_pos[-1]))
+    if ratio is None and target_cells is None:
+        _check_args(2.0, None, keep_first, keep_last)
+        span = _span_of(kv, _split(kv, keep_first, keep_last))
+    else:
+        _check_args(ratio, target_cells, keep_first, keep_last)
+        fits = SELECTORS[_selector(method)].fits
+        span = _span_of(kv, _splits(kv, keep_first, keep_last, ratio, target_cells, fits, recent)[1])
     clock = time.perf_counter()
     Q = qsources.collect(session, spec, span, task=task, **options)
     return ReferenceQueries(spec, span, session.n_cells, Q, time.perf_counter() - clock)
 
 
-def _check_given(given: ReferenceQueries, span: tuple[int, int], n_cells: int) -> None:
-    if given.span != span or given.n_cells != n_cells:
+def _span_of(kv: KVState, split: _Split) -> tuple[int, int]:
+    pos = kv.positions[split.span]
+    return int(pos[0]), int(pos[-1])
+
+
+def _splits(kv, keep_first, keep_last, ratio, target_cells, fits, recent):
+    """(the user's split, the split fitted, cells fitted + moved to the window, cells moved)."""
+    user = _split(kv, keep_first, keep_last)
+    t = _target(len(user.span), ratio, target_cells, keep_first, keep_last)
+    extra = _recent_extra(t, keep_last, recent) if fits else 0
+    return user, (_split(kv, keep_first, keep_last + extra) if extra else user), t, extra
+
+
+def _check_given(given: ReferenceQueries, span: tuple[int, int], whole: tuple[int, int], n_cells: int) -> None:
+    """Queries captured for the span fitted, or for the whole span (which serve any ratio)."""
+    if given.span not in (span, whole) or given.n_cells != n_cells:
         raise ConfigError(
             f"these reference queries were captured for span {given.span} of {given.n_cells} cells; "
             f"the cache now has span {span} of {n_cells} cells (capture them again, with the same "
@@ -253,7 +289,7 @@ def _check_gate(session: Session) -> list[int]:
 
 
 def _selector(method: str) -> str:
-    sel = "attn-rms" if method == "am" else method
+    sel = AM_SELECTOR if method == "am" else method
     if sel not in available_methods():
         raise ConfigError(f"unknown method {method!r}; known: am, {', '.join(available_methods())}")
     return sel
@@ -276,6 +312,14 @@ def _split(kv: KVState, keep_first: int, keep_last: int) -> _Split:
             f"nothing to compact: {n} cells, keep_first={keep_first} and keep_last={keep_last} keep them all"
         )
     return _Split(order[:keep_first], order[keep_first : n - keep_last], order[n - keep_last :])
+
+
+def _recent_extra(t: int, keep_last: int, share: float) -> int:
+    """Cells moved from the fitted budget ``t`` to the exact recent window, so that the window
+    holds ``share`` of ``t + keep_last`` (never fewer than keep_last; the fit keeps >= 1 cell)."""
+    if not (isinstance(share, (int, float)) and 0 <= share < 1):
+        raise ConfigError(f"recent must be a number in [0, 1), got {share!r}")
+    return int(min(max(0, round(share * (t + keep_last)) - keep_last), t - 1))
 
 
 def _target(T: int, ratio, target_cells, keep_first: int, keep_last: int) -> int:

@@ -318,13 +318,15 @@ def test_reference_queries_reused_give_the_same_compaction_as_capturing_again(ll
     assert ref.spec == "repeat" and ref.n_cells == st[1] and ref.seconds > 0
     fresh = llama.compact(ratio=4, queries="repeat", **LENIENT)
     after_fresh = llama._snapshot()
-    for ratio in (4, 8):  # the same object serves several compactions of the restored cache
+    for ratio in (4, 8):  # the whole-span capture serves several compactions of the restored cache
         _restore(llama, st)
         rep = llama.compact(ratio=ratio, queries=ref, **LENIENT)
         assert not rep.fell_back and rep.queries == "repeat"
-        assert rep.n_queries == fresh.n_queries
+        assert rep.n_queries > 0
     _restore(llama, st)
-    llama.compact(ratio=4, queries=ref, **LENIENT)
+    ref4 = llama.reference_queries("repeat", ratio=4)  # the span this compaction fits
+    assert ref4.span[0] == ref.span[0] and ref4.span[1] < ref.span[1]  # am: exact recent window
+    llama.compact(ratio=4, queries=ref4, **LENIENT)
     assert llama._snapshot() == after_fresh  # bit-identical to capturing them again
 
 
@@ -398,3 +400,58 @@ def test_partial_state_hides_the_unused_slots_of_fitted_layers(llama):
     assert np.array_equal(out.bias[il][split.span[:t]], res.beta.T.astype(np.float32))
     other = llama.compact_layers()[1]
     assert np.array_equal(out.keys[other], kv.keys[other]) and (out.bias[other] == kv.bias[other]).all()
+
+
+def test_repeat_pieces_are_evenly_spread_contiguous_and_within_budget():
+    from pyllamaam.queries.repeat import spread_pieces
+
+    toks = list(range(1000))
+    got = spread_pieces(toks, 300, 100)
+    assert len(got) == 300
+    pieces = [got[i : i + 100] for i in range(0, 300, 100)]
+    assert all(p == list(range(p[0], p[0] + 100)) for p in pieces)  # contiguous
+    assert pieces[0][0] == 0 and pieces[-1][-1] == 999  # head and tail both covered
+    assert spread_pieces(toks, 2000, 100) == toks
+    with pytest.raises(ConfigError):
+        spread_pieces(toks, 0, 100)
+
+
+def test_am_keeps_an_exact_recent_window_of_half_the_budget_and_the_same_cells(llama):
+    kv0 = llama.get_kv()
+    st = _state(llama)
+    rep = llama.compact(ratio=4, queries="context", **LENIENT)  # recent=0.5 by default for am
+    assert not rep.fell_back, rep.reason
+    kv1 = llama.get_kv()
+    t = round((kv0.n_cells - 4 - 32) / 4)
+    assert kv1.n_cells == rep.cells_after == 4 + t + 32  # same cells as without the window
+    w = round(0.5 * (t + 32))  # the exact recent window
+    o0, o1 = np.argsort(kv0.positions), np.argsort(kv1.positions)
+    assert (kv1.positions[o1[-w:]] == kv0.positions[o0[-w:]]).all()
+    for il in kv0.layers:  # keys, values and bias of the window: untouched
+        assert np.array_equal(kv1.keys[il][o1[-w:]], kv0.keys[il][o0[-w:]])
+        assert np.array_equal(kv1.values[il][o1[-w:]], kv0.values[il][o0[-w:]])
+        assert np.array_equal(kv1.bias[il][o1[-w:]], kv0.bias[il][o0[-w:]])
+    _restore(llama, st)
+    rep0 = llama.compact(ratio=4, queries="context", recent=0.0, **LENIENT)
+    assert rep0.cells_after == rep.cells_after and rep0.keys_kept > rep.keys_kept
+    _restore(llama, st)
+    with pytest.raises(ConfigError):
+        llama.compact(ratio=4, queries="context", recent=1.0, **LENIENT)
+    assert llama.n_cells == st[1]
+
+
+def test_hybrid_ranking_interleaves_both_rankings_and_keeps_invalid_keys_last():
+    from pyllamaam.compact.select.hybrid import interleave
+
+    rng = np.random.default_rng(0)
+    a = np.stack([rng.permutation(50) for _ in range(3)])
+    b = np.stack([rng.permutation(50) for _ in range(3)])
+    got = interleave(a, b)
+    for h in range(3):
+        assert sorted(got[h]) == list(range(50))
+        for k in (1, 5, 20):  # the top 2k of the merge hold the top k of each ranking
+            assert set(a[h, :k]) | set(b[h, :k]) <= set(got[h, : 2 * k])
+    inv = np.array([0, 1])  # keys both rankings put last stay last
+    a2 = np.array([[2, 3, 4, 0, 1]])
+    b2 = np.array([[4, 2, 3, 1, 0]])
+    assert set(interleave(a2, b2)[0, -2:]) == set(inv)

@@ -3,9 +3,10 @@
 SmolLM2-135M, n_ctx=256: a fact, then ~340 tokens of public-domain filler (the Python standard
 library's ``pydoc_data.topics``), prefilled with ``auto_compact`` on, so the cache is compacted
 at least twice and the session runs past n_ctx. With Attention Matching the fact, which lives in
-the compacted span and not in the verbatim sinks, is still answered by greedy decoding; the
-control (the same run with window eviction, which drops the start of the span) must lose it, so
-the test can fail. Greedy decoding with a fixed thread count is deterministic on CPU.
+the compacted span and not in the verbatim sinks, stays likely: its tokens' NLL after the question
+is low and its first token ranks near the top; the control (the same run with window eviction,
+which drops the start of the span) must lose it, so the test can fail. The check is on scores:
+the greedy text itself flipped between two CPU builds on a near tie.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def _run(model, method: str) -> dict:
         n_cells, n_past = s.n_cells, s.n_past
         s.prefill(QUESTION)
         logits = s.logits().astype(np.float64)
+        word_nll = s.score(" " + WORD)  # mean NLL per token of the whole word; state unchanged
         answer = s.generate("", max_tokens=6)
     word_tok = model.tokenize(" " + WORD)[0]
     logp = logits[word_tok] - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
@@ -60,6 +62,8 @@ def _run(model, method: str) -> dict:
         "n_past": n_past,
         "answer": answer,
         "logp": float(logp),
+        "word_nll": float(word_nll),
+        "word_rank": int((logits > logits[word_tok]).sum()),
         "intro_tokens": intro_tokens,
         "word_tok": word_tok,
     }
@@ -93,9 +97,14 @@ def test_am_keeps_fact_through_iterative_compaction(smollm2):
     window = _run(smollm2, "window")
     for run in (am, window):
         _check_run(smollm2, run)
-    print(f"am: {am['answer']!r} (log p {am['logp']:.2f})")
-    print(f"window: {window['answer']!r} (log p {window['logp']:.2f})")
-    assert WORD in am["answer"], f"am answered {am['answer']!r}"
+    for name, run in (("am", am), ("window", window)):
+        print(f"{name}: {run['answer']!r} (first word token: log p {run['logp']:.2f}, rank {run['word_rank']}; "
+              f"word NLL {run['word_nll']:.2f} nats/token)")
+    # scored, not only decoded: greedy text flips between builds (CPU kernels) on a near tie, the
+    # likelihood of the fact does not. Measured: am 1.06 nats/token, first token rank 1
+    # (after a quote mark); window 5.32, rank 504.
+    assert am["word_nll"] < 2.0 and am["word_rank"] <= 2, (am["word_nll"], am["word_rank"], am["answer"])
     # the control: window eviction drops the fact, so the test can fail
     assert WORD not in window["answer"], f"window answered {window['answer']!r}"
+    assert window["word_nll"] > am["word_nll"] + 3.0, (am["word_nll"], window["word_nll"])
     assert am["logp"] > window["logp"] + 3.0, (am["logp"], window["logp"])

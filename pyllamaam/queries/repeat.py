@@ -21,19 +21,33 @@ if TYPE_CHECKING:
 REPEAT_PROMPT = "\n\nRepeat the previous text verbatim.\n\n"
 
 
+def spread_pieces(toks: list[int], budget: int, piece: int) -> list[int]:
+    """At most ``budget`` tokens of ``toks`` as contiguous pieces of about ``piece`` tokens,
+    evenly spread from start to end and concatenated (the repeat pass reads them in order, so
+    every part of a long context gets recall queries, not only its head)."""
+    if budget < 1 or piece < 1:
+        raise ConfigError(f"repeat_max_tokens and repeat_piece must be >= 1, got {budget} and {piece}")
+    if len(toks) <= budget:
+        return list(toks)
+    k = max(1, -(-budget // piece))
+    size = budget // k
+    starts = np.linspace(0, len(toks) - size, k).round().astype(int)
+    return [t for s in starts for t in toks[s : s + size]]
+
+
 def repeat_queries(
     session: Session,
     span: tuple[int, int],
     *,
     repeat_prompt: str = REPEAT_PROMPT,
     repeat_max_tokens: int | None = None,
+    repeat_piece: int = 256,
     **_: Any,
 ) -> dict[int, np.ndarray]:
     """Queries of the repeated span tokens, ``{layer: [n, n_head, head_dim]}``."""
     toks = session._tokens[span[0] : span[1] + 1]
     if repeat_max_tokens is not None and len(toks) > repeat_max_tokens:
-        # an evenly spread set of contiguous pieces would be better; the head is the simplest
-        toks = toks[:repeat_max_tokens]
+        toks = spread_pieces(toks, repeat_max_tokens, repeat_piece)
     prompt = session.model.tokenize(repeat_prompt) if repeat_prompt else []
     chunk = room(session) - len(prompt)
     if chunk < 16:
