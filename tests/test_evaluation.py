@@ -144,11 +144,12 @@ def test_bench_quick_end_to_end(tmp_path):
     from pyllamaam.evaluation.cli import bench_main
 
     out = tmp_path / "results"
-    assert bench_main(["--quick", "--out", str(out), "--no-progress"]) == 0
+    assert bench_main(["--quick", "--out", str(out), "--no-progress", "--repeat-max-tokens", "0.5"]) == 0
     res = json.loads((out / "bench.json").read_text())
     assert [r["n_tokens"] for r in res["rows"]] == [128, 256]
     for r in res["rows"]:
         assert not r["fell_back"]
+        assert r["repeat_max_tokens"] == r["n_tokens"] // 2  # the cheaper repeat pass ran
         assert set(r["compaction_seconds"]) >= {"queries", "fit", "write"}
         for k in ("prefill_tok_s", "compaction_over_prefill", "decode_tok_s_compacted", "decode_tok_s_fresh",
                   "decode_compacted_over_fresh", "peak_rss_mb", "kv_mb_before"):

@@ -87,6 +87,8 @@ def bench_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ratio", type=float, default=d.ratio)
     ap.add_argument("--method", default=d.method)
     ap.add_argument("--queries", default=d.queries)
+    ap.add_argument("--repeat-max-tokens", type=float, default=None,
+                    help="repeat only evenly spread pieces: this many tokens, or this fraction of N if < 1")
     ap.add_argument("--decode-tokens", type=int, default=d.decode_tokens)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-progress", action="store_true")
@@ -101,7 +103,8 @@ def bench_main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("pyllamaam.native").setLevel(logging.ERROR)
     spec = BenchSpec(model=args.model, n_tokens=args.n_tokens, ratio=args.ratio, method=args.method,
-                     queries=args.queries, decode_tokens=args.decode_tokens, n_threads=args.threads)
+                     queries=args.queries, decode_tokens=args.decode_tokens, n_threads=args.threads,
+                     repeat_max_tokens=args.repeat_max_tokens)
     if args.quick:
         spec = BenchSpec(**{**spec.__dict__, **QUICK_BENCH})
     try:

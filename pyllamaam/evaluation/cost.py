@@ -29,6 +29,7 @@ class BenchSpec:
     queries: str = "repeat"
     decode_tokens: int = 32
     n_threads: int | None = None
+    repeat_max_tokens: float | None = None  # tokens, or a fraction of N if < 1 (None: all)
 
 
 def peak_rss_mb() -> float:
@@ -88,7 +89,12 @@ def bench_one(model: Any, n: int, spec: BenchSpec) -> dict[str, Any]:
         row["prefill_tok_s"] = n / row["prefill_seconds"]
         row["kv_mb_before"] = kv_bytes(s) / 2**20
         rss0 = peak_rss_mb()
-        rep = s.compact(ratio=spec.ratio, method=spec.method, queries=spec.queries, verify=False)
+        qopts = {}
+        if spec.repeat_max_tokens is not None:
+            m = spec.repeat_max_tokens
+            qopts["repeat_max_tokens"] = max(1, round(m * n if m < 1 else m))
+            row["repeat_max_tokens"] = qopts["repeat_max_tokens"]
+        rep = s.compact(ratio=spec.ratio, method=spec.method, queries=spec.queries, verify=False, **qopts)
         row["peak_rss_mb"] = peak_rss_mb()
         row["peak_rss_growth_mb"] = row["peak_rss_mb"] - rss0
         row["compaction_seconds"] = rep.seconds

@@ -26,7 +26,7 @@ def spread_pieces(toks: list[int], budget: int, piece: int) -> list[int]:
     evenly spread from start to end and concatenated (the repeat pass reads them in order, so
     every part of a long context gets recall queries, not only its head)."""
     if budget < 1 or piece < 1:
-        raise ConfigError(f"repeat_max_tokens and repeat_piece must be >= 1, got {budget} and {piece}")
+        raise ConfigError(f"repeat_max_tokens and repeat_piece must be >= 1, not {budget}, {piece}")
     if len(toks) <= budget:
         return list(toks)
     k = max(1, -(-budget // piece))
