@@ -22,6 +22,7 @@ METHODS = [
     ("attn-rms", {}),
     ("attn-mean", {}),
     ("attn-max", {}),
+    ("hybrid", {"window": 16}),
     ("omp", {"keys_per_step": 3, "refit_every": 2}),
     ("snapkv", {"window": 16}),
     ("window", {"n_sink": 2}),
