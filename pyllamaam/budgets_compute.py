@@ -87,6 +87,101 @@ def head_sensitivity(
     }
 
 
+#: Fitted keys of a head at which the window-fill curves are measured, in multiples of the uniform
+#: fitted count at the target ratio (capped at the compacted cells t: no window left).
+FILL_LEVELS = (0.25, 0.5, 1.0, 1.5, 2.0)
+
+
+def fill_sensitivity(
+    model: Any,
+    n_tokens: int = 1024,
+    target: float = 10.0,
+    levels: tuple[float, ...] = FILL_LEVELS,
+    cont: int = 64,
+    keep_first: int = 4,
+    keep_last: int = 32,
+    progress: bool = True,
+    n_threads: int | None = None,
+) -> dict[str, Any]:
+    """ΔNLL of the continuation when one head at a time is compacted the way ``budget_cells="fill"``
+    compacts it at ``target``: ``b`` fitted keys of its older span and an exact window of its last
+    ``t - b`` span cells, for ``b`` at ``levels`` times the uniform fitted count (``[L, H, levels]``)."""
+    from tqdm import tqdm
+
+    ctx, tail = _text(model, n_tokens, cont)
+    with model.session(n_ctx=2 * n_tokens + 256, n_threads=n_threads) as s:
+        s.prefill(ctx)
+        nll0 = s.score(tail)
+        blob, n_cells = s._snapshot(), s.n_cells
+        ref = s.reference_queries("repeat", keep_first, keep_last)
+        kv = s.get_kv()
+        split = pipeline._split(kv, keep_first, keep_last)
+        T = len(split.span)
+        t = pipeline._target(T, target, None, keep_first, keep_last)
+        t_fit = t - pipeline._recent_extra(t, keep_last, pipeline.PIPELINE_DEFAULTS["recent"])
+        keys = sorted({int(min(t, max(1, round(f * t_fit)))) for f in levels})
+        fit_q, _ = pipeline._split_queries(ref.queries, 0.2, 2048, s, 1024)
+        layers = s.compact_layers()
+        H = kv.keys[layers[0]].shape[1]
+        curves = np.zeros((len(layers), H, len(keys)))
+        bar = tqdm(total=len(layers) * H * len(keys), disable=not progress, unit="head", desc="sensitivity")
+        clock = time.perf_counter()
+        for i, il in enumerate(layers):
+            K, V = pipeline._span_arrays(kv, il, split)
+            prior = pipeline._prior(kv, il, split)
+            for j, b in enumerate(keys):
+                res = pipeline._fit_layer_windows(
+                    K, V, fit_q[il], b, t - b, s.kq_scale(il), prior, None, method=pipeline.AM_SELECTOR
+                )
+                for h in range(H):
+                    s.set_kv(_one_head(kv, split, il, h, res, K))
+                    curves[i, h, j] = s.score(tail) - nll0
+                    s._write_blob(blob, n_cells)
+                    bar.update(1)
+        bar.close()
+    return {
+        "mode": "fill",
+        "layers": layers,
+        "n_head_kv": H,
+        "span": T,
+        "t": t,
+        "t_fit": t_fit,
+        "keys": keys,
+        "dnll": curves.tolist(),
+        "full_nll": nll0,
+        "n_tokens": n_tokens,
+        "seconds": time.perf_counter() - clock,
+    }
+
+
+def fill_solve(curves: np.ndarray, keys: list[int], t_fit: int) -> np.ndarray:
+    """Per-head fitted keys summing to the uniform ``t_fit`` per head, within the measured range.
+
+    Each head's ΔNLL is interpolated linearly in log(keys) between the measured points; keys
+    move in steps from the head that loses least to the head that gains most while that lowers
+    the predicted total (a greedy exchange, as :func:`exchange_solve`)."""
+    c = np.asarray(curves, dtype=np.float64).reshape(-1, len(keys))
+    levels = np.log(np.asarray(keys, dtype=np.float64))
+    lo, hi = float(min(keys)), float(max(keys))
+    if not lo <= t_fit <= hi:
+        raise ConfigError(f"the uniform {t_fit} fitted keys lie outside the measured range [{lo:g}, {hi:g}]")
+
+    def f(h: int, b: float) -> float:
+        return float(np.interp(np.log(b), levels, c[h]))
+
+    b = np.full(len(c), float(t_fit))
+    step = max(1.0, round(0.05 * t_fit))
+    for _ in range(40 * len(c)):
+        gain = np.array([f(h, b[h]) - f(h, b[h] + step) if b[h] + step <= hi else -np.inf for h in range(len(c))])
+        loss = np.array([f(h, b[h] - step) - f(h, b[h]) if b[h] - step >= lo else np.inf for h in range(len(c))])
+        up, down = int(np.argmax(gain)), int(np.argmin(loss))
+        if up == down or not gain[up] > loss[down] + 1e-9:
+            break
+        b[up] += step
+        b[down] -= step
+    return b.reshape(np.asarray(curves).shape[:2])
+
+
 def _one_head(kv, split, il: int, h: int, res, K: np.ndarray):
     """The full state with only (il, h) compacted: its first t span cells hold the fit, the rest -inf."""
     out = kv.subset(np.arange(len(kv.positions)))
@@ -136,29 +231,51 @@ def compute_budgets(
     target: float = 10.0,
     cap: float = 2.0,
     progress: bool = True,
+    mode: str = "fill",
     **kw: Any,
 ) -> dict[str, Any]:
-    """Measure the curves, solve, write ``out`` (proportions) and ``out`` + ``.curves.json``."""
+    """Measure the curves, solve, write ``out`` (proportions) and ``out`` + ``.curves.json``.
+
+    ``mode="fill"``: budgets for ``budget_cells="fill"`` (a head's fitted keys against its exact
+    recent window, at equal cells); ``"keys"``: single-head curves over ratios for budgets that
+    move keys, and cells, between heads (``budget_cells="ratio"`` or ``"keys"``)."""
     import pyllamaam
 
+    if mode not in ("fill", "keys"):
+        raise ConfigError(f"mode must be 'fill' or 'keys', not {mode!r}")
     with pyllamaam.load_model(model_name) as model:
-        sens = head_sensitivity(model, progress=progress, **kw)
+        if mode == "fill":
+            kw.pop("ratios", None)
+            sens = fill_sensitivity(model, target=target, progress=progress, **kw)
+        else:
+            sens = head_sensitivity(model, progress=progress, **kw)
         n_layer = model.n_layer
-    b = exchange_solve(np.asarray(sens["dnll"]), sens["ratios"], sens["span"], target, cap)
+    if mode == "fill":
+        b = fill_solve(np.asarray(sens["dnll"]), sens["keys"], sens["t_fit"])
+    else:
+        b = exchange_solve(np.asarray(sens["dnll"]), sens["ratios"], sens["span"], target, cap)
     props = np.zeros((n_layer, sens["n_head_kv"]))
     for i, il in enumerate(sens["layers"]):
         props[il] = b[i]
     # layers that are not compacted (sliding-window layers) keep proportion 0: the format is complete
     out.parent.mkdir(parents=True, exist_ok=True)
     save_head_budgets(out, props / props.sum())
-    flat = np.asarray(sens["dnll"]).reshape(-1, len(sens["ratios"]))
-    c = int(np.argmin(np.abs(np.asarray(sens["ratios"]) - target)))
+    flat = np.asarray(sens["dnll"]).reshape(len(b.ravel()), -1)
+    if mode == "fill":
+        lk = np.log(sens["keys"])
+        predicted = float(sum(np.interp(np.log(sens["t_fit"]), lk, row) for row in flat))
+        solved = float(sum(np.interp(np.log(x), lk, row) for x, row in zip(b.ravel(), flat, strict=True)))
+    else:
+        c = int(np.argmin(np.abs(np.asarray(sens["ratios"]) - target)))
+        predicted = float(flat[:, c].sum()) if sens["ratios"][c] == target else None
+        solved = None
     info = {
         **sens,
         "target": target,
         "cap": cap,
         "budgets": b.tolist(),
-        "predicted_dnll_uniform": float(flat[:, c].sum()) if sens["ratios"][c] == target else None,
+        "predicted_dnll_uniform": predicted,
+        "predicted_dnll_budgets": solved,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     Path(str(out) + ".curves.json").write_text(json.dumps(info, indent=1) + "\n")

@@ -202,7 +202,10 @@ def cmd_budgets(args: argparse.Namespace) -> int:
     name = None if args.model in ("smollm2-135m", "default") else args.model
     out = Path(args.output or f"models/budgets/{Path(args.model).stem}.json")
     ratios = tuple(float(x) for x in args.ratios.split(",") if x)
-    info = compute_budgets(name, out, target=args.target, cap=args.cap, n_tokens=args.n_tokens, ratios=ratios)
+    info = compute_budgets(
+        name, out, target=args.target, cap=args.cap, mode=args.mode, n_tokens=args.n_tokens, ratios=ratios,
+        cont=args.cont,
+    )
     b = np.asarray(info["budgets"])
     print(json.dumps({"output": str(out), "curves": str(out) + ".curves.json", "heads": int(b.size),
                       "budget_min": float(b.min()), "budget_max": float(b.max()), "seconds": info["seconds"]}))
@@ -251,7 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model name (smollm2-135m, gemma3-270m) or GGUF path")
     p.add_argument("-o", "--output", default=None, help="default models/budgets/<model>.json")
     p.add_argument("--n-tokens", type=int, default=1024, help="offline text tokens the model reads")
-    p.add_argument("--ratios", default="5,10,20", help="ratios of the sensitivity curves")
+    p.add_argument("--mode", choices=["fill", "keys"], default="fill",
+                   help="fill: a head's fitted keys against its exact recent window, at equal cells "
+                        "(budget_cells='fill'); keys: keys and cells moved between heads")
+    p.add_argument("--ratios", default="5,10,20", help="ratios of the sensitivity curves (--mode keys)")
+    p.add_argument("--cont", type=int, default=64, help="continuation tokens scored per head and level")
     p.add_argument("--target", type=float, default=10.0, help="ratio the budgets are solved for")
     p.add_argument("--cap", type=float, default=2.0, help="largest head budget in multiples of the uniform one")
     p.set_defaults(fn=cmd_budgets)

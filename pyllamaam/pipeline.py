@@ -64,10 +64,13 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     "on_policy": 1,  # layer groups fitted in order, queries re-captured after each group
     "fit_threads": None,  # layers fitted at once (None: the usable cores; BLAS single-threaded)
     "budget_cap": 2.0,  # with budgets: largest head budget, in multiples of the uniform t
-    # with budgets: "ratio" scales them down until the cells shrink by the requested ratio (cells
-    # hold every head, so fewer keys in total than uniform); "keys": uniform's total of keys,
-    # cells up to budget_cap * t
-    "budget_cells": "ratio",
+    # with budgets, what a head's budget is and how the cells stay shared by every head:
+    # "fill" (fitted methods): budgets share uniform's total of fitted keys, and each head fills
+    # the rest of the compacted cells with an exact window of its most recent span keys, so every
+    # head keeps a key in every cell and the cells shrink by the ratio; "ratio": budgets scaled
+    # down until the largest fits the cells (fewer keys in total than uniform); "keys":
+    # uniform's total of keys, cells up to budget_cap * t
+    "budget_cells": "fill",
     # fitted methods: the share of the compacted budget (compacted span + keep_last) that is an
     # exact recent window; the fit then compacts only the older part. Fitted values on the
     # cells the next tokens read most hurt them: at 4K tokens and 10x on SmolLM2, 0.5 halved the
@@ -141,7 +144,10 @@ def compact(
 
     clock = time.perf_counter()
     kv = session.get_kv()
+    fill = fits and pipe["budget_cells"] == "fill" and not _uniform(budgets)
     user, split, t, extra = _splits(kv, keep_first, keep_last, ratio, target_cells, fits, pipe["recent"])
+    if fill:  # every head fits its own older span: the queries and the fit cover the user's span
+        split = user
     T = len(user.span)
     rep.seconds["extract"] = time.perf_counter() - clock
     span_pos = kv.positions[split.span]
@@ -160,7 +166,13 @@ def compact(
         clock = time.perf_counter()
         fit_q, held_q = _split_queries(Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"])
         rep.n_queries = int(sum(len(q) for q in next(iter(fit_q.values()))))
-        per_head = _head_budgets(budgets, layers, kv, len(split.span), t - extra, pipe["budget_cap"], pipe["budget_cells"])
+        if fill:
+            per_head = _head_budgets(budgets, layers, kv, T, t - extra, t / max(1, t - extra), "keys")
+            window = {il: t - np.asarray(b) for il, b in per_head.items()}
+        else:
+            cells = "ratio" if pipe["budget_cells"] == "fill" else pipe["budget_cells"]  # eviction: no window to fill
+            per_head = _head_budgets(budgets, layers, kv, len(split.span), t - extra, pipe["budget_cap"], cells)
+            window = dict.fromkeys(layers)
         if selector == "keep" and "keep" not in options:
             options["keep"] = _briefing_mask(session, kv, split, fit_q, layers, t)
         groups = _layer_groups(layers, pipe["on_policy"], given, qspec)
@@ -176,10 +188,11 @@ def compact(
                     fit_q[il], held_q[il] = fq[il], hq[il]
                 recapture += time.perf_counter() - tick
             def fit(il: int) -> CompactedLayer:
-                return _fit_layer(
+                return _fit_layer_windows(
                     *_span_arrays(kv, il, split),
                     fit_q[il],
                     per_head[il],
+                    window[il],
                     session.kq_scale(il),
                     _prior(kv, il, split),
                     pipe["chunk_tokens"],
@@ -199,7 +212,9 @@ def compact(
         rep.seconds["write"] = time.perf_counter() - clock
         rep.span_before, rep.span_after = T, new.n_cells - len(user.sinks) - len(user.recent)
         rep.ratio = T / max(1, rep.span_after)
-        rep.keys_kept = int(sum(int(r.keys_kept.sum()) for r in fitted.values()))
+        # the exact recent window moved out of the fit is part of the user's span: its keys count
+        moved = 0 if fill else extra * sum(r.indices.shape[0] for r in fitted.values())
+        rep.keys_kept = int(sum(int(r.keys_kept.sum()) for r in fitted.values())) + moved
         rep.cells_after = session.n_cells
 
         clock = time.perf_counter()
@@ -375,11 +390,15 @@ def _prior(kv: KVState, il: int, split: _Split) -> np.ndarray | None:
     return np.ascontiguousarray(b) if np.any(b != 0) else None
 
 
+def _uniform(budgets) -> bool:
+    return budgets is None or (isinstance(budgets, str) and budgets == "uniform")
+
+
 def _head_budgets(budgets, layers, kv: KVState, T: int, t: int, cap: float, cells: str = "ratio") -> dict[int, Any]:
-    if budgets is None or (isinstance(budgets, str) and budgets == "uniform"):
+    if cells not in ("fill", "ratio", "keys"):
+        raise ConfigError(f"budget_cells must be 'fill', 'ratio' or 'keys', not {cells!r}")
+    if _uniform(budgets):
         return {il: t for il in layers}
-    if cells not in ("ratio", "keys"):
-        raise ConfigError(f"budget_cells must be 'ratio' or 'keys', not {cells!r}")
     props = load_head_budgets(budgets) if isinstance(budgets, (str, Path)) else dict(budgets)
     H = {kv.keys[il].shape[1] for il in layers}
     if len(H) != 1:
@@ -418,6 +437,47 @@ def _partial(kv: KVState, split: _Split, fitted: dict[int, CompactedLayer]) -> K
         out.bias[il][slots] = res.beta.T
         out.bias[il][rest] = -np.inf
     return out
+
+
+def _fit_layer_windows(K, V, Q, budget, window, scale, prior, chunk_tokens, **kw) -> CompactedLayer:
+    """One layer's fit where KV head h fits ``budget[h]`` keys on its span but the last
+    ``window[h]`` cells, which it keeps exact (original keys and values, their bias): every head
+    then fills ``budget[h] + window[h]`` slots (``window=None``: the plain fit, no window)."""
+    if window is None or not np.any(window):
+        return _fit_layer(K, V, Q, budget, scale, prior, chunk_tokens, **kw)
+    if "keep" in kw:
+        raise ConfigError("head budgets with recent windows cannot be combined with a shared keep mask")
+    H, T = K.shape[:2]
+    b = np.broadcast_to(np.asarray(budget, dtype=np.int64), (H,))
+    w = np.broadcast_to(np.asarray(window, dtype=np.int64), (H,))
+    t = int((b + w).max())
+    idx = np.full((H, t), PAD, np.int64)
+    beta = np.full((H, t), -np.inf)
+    vals = np.zeros((H, t, V.shape[2]), V.dtype)
+    zeros = np.zeros(H, np.int64)
+    fallback: list[int] = []
+    timings: dict[str, float] = {}
+    for wv in np.unique(w):  # heads with the same window share one batched fit
+        hs = np.flatnonzero(w == wv)
+        Tf = T - int(wv)
+        pr = None if prior is None else np.ascontiguousarray(prior[hs, :Tf])
+        res = _fit_layer(
+            np.ascontiguousarray(K[hs, :Tf]), np.ascontiguousarray(V[hs, :Tf]), np.ascontiguousarray(Q[hs]),
+            b[hs], scale, pr, chunk_tokens, **kw,
+        )
+        for j, h in enumerate(hs):
+            keep = res.indices[j] != PAD
+            n_fit = int(keep.sum())
+            rec = np.arange(Tf, T)
+            n = n_fit + len(rec)
+            idx[h, :n] = np.concatenate([res.indices[j, keep], rec])
+            beta[h, :n] = np.concatenate([res.beta[j, keep], np.zeros(len(rec)) if prior is None else prior[h, Tf:]])
+            vals[h, :n] = np.concatenate([res.values[j, keep], V[h, Tf:]])
+        zeros[hs] = res.zero_weights
+        fallback += [int(hs[j]) for j in res.fallback_heads]
+        for k, v in res.timings.items():
+            timings[k] = timings.get(k, 0.0) + v
+    return CompactedLayer(idx, beta, vals, zeros, tuple(sorted(fallback)), timings)
 
 
 def _fit_layer(K, V, Q, budget, scale, prior, chunk_tokens, **kw) -> CompactedLayer:
