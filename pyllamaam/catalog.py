@@ -30,6 +30,7 @@ __all__ = [
     "check_gguf",
     "list_models",
     "models_dir",
+    "name_of",
     "resolve_model",
 ]
 
@@ -93,6 +94,12 @@ class ModelInfo:
     installed: bool
     description: str
     install_hint: str
+
+
+def name_of(path: str | os.PathLike) -> str | None:
+    """The catalog name of a model file (by its file name), or None for any other GGUF."""
+    name = Path(path).name
+    return next((e.name for e in CATALOG.values() if e.filename == name), None)
 
 
 def models_dir() -> Path:

@@ -77,6 +77,21 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # continuation KL of AM against keep_last alone (docs/results/ACCEPTANCE.md). 0: keep_last only
     "recent": 0.5,
 }
+#: Where the shipped head budgets live: ``<name>.json`` per catalog model (``pyllamaam budgets compute``).
+BUDGETS_DIR = Path(__file__).resolve().parent.parent / "models" / "budgets"
+#: ``budgets=None`` (the default) means the model's shipped budgets when this is True, else uniform.
+SHIPPED_BUDGETS_BY_DEFAULT = True
+
+
+def shipped_budgets(session: Session) -> Path | None:
+    """The budgets file shipped for ``session``'s model, if it is a catalog model that has one."""
+    from .catalog import name_of
+
+    name = name_of(session.model.path)
+    path = BUDGETS_DIR / f"{name}.json" if name else None
+    return path if path is not None and path.is_file() else None
+
+
 #: The selection behind ``method="am"``: attn-rms, the keys the reference queries need on the
 #: whole. With the exact recent window (option ``recent``) it matched the ``hybrid`` selection on
 #: continuation KL at 4K tokens and 10x, and it keeps recall of a fact at the start through
@@ -137,9 +152,12 @@ def compact(
     qopts = {k: options.pop(k) for k in QUERY_OPTIONS if k in options}
     _check_args(ratio, target_cells, keep_first, keep_last)
     fits = options.get("fit", SELECTORS[selector].fits)
+    if budgets is None:  # fitted methods: the model's shipped budgets; eviction keeps every head alike
+        budgets = (shipped_budgets(session) if SHIPPED_BUDGETS_BY_DEFAULT and fits else None) or "uniform"
     if pipe["max_attention_error"] is None:
         pipe["max_attention_error"] = 0.9 if fits else float("inf")
     rep = CompactionReport(method=method, queries=qspec, layers=layers, cells_before=session.n_cells)
+    rep.budgets = "uniform" if _uniform(budgets) else (str(budgets) if isinstance(budgets, (str, Path)) else "given")
     blob, n_cells0 = session._snapshot(), session.n_cells
 
     clock = time.perf_counter()

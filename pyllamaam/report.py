@@ -18,6 +18,7 @@ class CompactionReport:
     cells_before, cells_after : cells of the compactable cache (all of it, sinks and window too).
     span_before, span_after : cells of the compacted span (``ratio = span_before / span_after``).
     keys_kept : keys kept over all (layer, KV head) slots of the span (padding excluded).
+    budgets : the head budgets used: ``"uniform"`` or the budgets file (or ``"given"`` for a mapping).
     ratio : the achieved cell ratio over the span.
     seconds : per stage (queries, extract, fit, write, verify).
     attention_error : mean relative attention-output error on held-out queries (None if unknown).
@@ -35,6 +36,7 @@ class CompactionReport:
     span_before: int = 0
     span_after: int = 0
     keys_kept: int = 0
+    budgets: str = "uniform"
     ratio: float = 1.0
     n_queries: int = 0
     layers: list[int] = field(default_factory=list)

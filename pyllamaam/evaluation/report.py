@@ -72,7 +72,7 @@ def headline(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             best, name = (min if lower else max)(base)
             h[m] = {"am": by["am"][m], "best_eviction": best, "baseline": name}
-            for other in ("am-context", "am-snapkv"):
+            for other in ("am-uniform", "am-context", "am-snapkv"):
                 if other in by and m in by[other] and by[other]["n"] == by["am"]["n"]:
                     h[m][other.replace("-", "_")] = by[other][m]
         h["am_compaction_over_prefill"] = by["am"].get("compaction_over_prefill")
@@ -90,9 +90,10 @@ def _fmt(row: dict[str, Any], m: str) -> str:
 
 def markdown(rows: list[dict[str, Any]], heads: list[dict[str, Any]]) -> str:
     """Markdown: the headline, then one table per (model, length) and metric."""
-    snap = any("am_snapkv" in h.get(m, {}) for h in heads for m in ("kl", "delta_nll"))
-    pair = "am / am-snapkv / best evict." if snap else "am / best evict."
-    lines = [f"## Headline: {'am and am-snapkv' if snap else 'am'} (repeat queries) vs the best eviction baseline", ""]
+    others = [o for o in ("am_uniform", "am_snapkv") if any(o in h.get(m, {}) for h in heads for m in ("kl", "delta_nll"))]
+    pair = " / ".join(["am"] + [o.replace("_", "-") for o in others] + ["best evict."])
+    title = " and ".join(["am"] + [o.replace("_", "-") for o in others])
+    lines = [f"## Headline: {title} (repeat queries) vs the best eviction baseline", ""]
     lines += [
         f"| model | tokens | ratio | answer tok. acc. {pair} | answer NLL {pair} "
         f"| ΔNLL {pair} | KL {pair} | am compaction/prefill |",
@@ -102,13 +103,15 @@ def markdown(rows: list[dict[str, Any]], heads: list[dict[str, Any]]) -> str:
         cols = []
         for m in ("token_accuracy", "answer_nll", "delta_nll", "kl"):
             d = h.get(m)
-            mid = f" / {d['am_snapkv']:.3f}" if d is not None and "am_snapkv" in d else (" / –" if snap and d else "")
-            cols.append("–" if d is None else f"{d['am']:.3f}{mid} / {d['best_eviction']:.3f} ({d['baseline']})")
+            if d is None:
+                cols.append("–")
+                continue
+            mid = "".join(f" / {d[o]:.3f}" if o in d else " / –" for o in others)
+            cols.append(f"{d['am']:.3f}{mid} / {d['best_eviction']:.3f} ({d['baseline']})")
         cop = h.get("am_compaction_over_prefill")
         lines.append(
-            f"| {h['model']} | {h['n_tokens']} | {h['ratio']:g} | " + " | ".join(cols) + f" | {cop:.2f} |"
-            if cop is not None
-            else f"| {h['model']} | {h['n_tokens']} | {h['ratio']:g} | " + " | ".join(cols) + " | – |"
+            f"| {h['model']} | {h['n_tokens']} | {h['ratio']:g} | " + " | ".join(cols)
+            + (f" | {cop:.2f} |" if cop is not None else " | – |")
         )
     by_ctx = defaultdict(list)
     for r in rows:
