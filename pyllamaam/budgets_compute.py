@@ -103,15 +103,22 @@ def fill_sensitivity(
     progress: bool = True,
     n_threads: int | None = None,
 ) -> dict[str, Any]:
-    """ΔNLL of the continuation when one head at a time is compacted the way ``budget_cells="fill"``
-    compacts it at ``target``: ``b`` fitted keys of its older span and an exact window of its last
-    ``t - b`` span cells, for ``b`` at ``levels`` times the uniform fitted count (``[L, H, levels]``)."""
+    """How much the continuation changes when one head at a time is compacted the way
+    ``budget_cells="fill"`` compacts it at ``target``: ``b`` fitted keys of its older span and an
+    exact window of its last ``t - b`` span cells, for ``b`` at ``levels`` times the uniform fitted
+    count. Two curves ``[L, H, levels]``: ``dkl``, the mean KL(full || compacted) of the next-token
+    distributions (what the solver uses), and ``dnll``, the change in NLL of the true tokens.
+
+    One head's change is small (about 0.002 nats of NLL on SmolLM2 at 10x), and the NLL of 128
+    true tokens moves by as much from noise: 3% of the ΔNLL curves were monotone in the keys.
+    The KL compares whole distributions and is never negative, so it ranks heads more stably."""
     from tqdm import tqdm
 
     ctx, tail = _text(model, n_tokens, cont)
     with model.session(n_ctx=2 * n_tokens + 256, n_threads=n_threads) as s:
         s.prefill(ctx)
-        nll0 = s.score(tail)
+        full = s.eval_logits(tail)
+        nll0 = _nll(full, tail)
         blob, n_cells = s._snapshot(), s.n_cells
         ref = s.reference_queries("repeat", keep_first, keep_last)
         kv = s.get_kv()
@@ -124,6 +131,7 @@ def fill_sensitivity(
         layers = s.compact_layers()
         H = kv.keys[layers[0]].shape[1]
         curves = np.zeros((len(layers), H, len(keys)))
+        kls = np.zeros_like(curves)
         bar = tqdm(total=len(layers) * H * len(keys), disable=not progress, unit="head", desc="sensitivity")
         clock = time.perf_counter()
         for i, il in enumerate(layers):
@@ -135,12 +143,16 @@ def fill_sensitivity(
                 )
                 for h in range(H):
                     s.set_kv(_one_head(kv, split, il, h, res, K))
-                    curves[i, h, j] = s.score(tail) - nll0
+                    lg = s.eval_logits(tail)
+                    curves[i, h, j] = _nll(lg, tail) - nll0
+                    kls[i, h, j] = pipeline.mean_kl(full, lg)
                     s._write_blob(blob, n_cells)
                     bar.update(1)
         bar.close()
     return {
         "mode": "fill",
+        "metric": "dkl",
+        "dkl": kls.tolist(),
         "layers": layers,
         "n_head_kv": H,
         "span": T,
@@ -152,6 +164,14 @@ def fill_sensitivity(
         "n_tokens": n_tokens,
         "seconds": time.perf_counter() - clock,
     }
+
+
+def _nll(logits: np.ndarray, toks: list[int]) -> float:
+    """Mean NLL of ``toks[1:]`` from the logits after each of ``toks[:-1]``."""
+    lg = logits[:-1].astype(np.float64)
+    m = lg.max(axis=1)
+    lse = m + np.log(np.exp(lg - m[:, None]).sum(axis=1))
+    return float(np.mean(lse - lg[np.arange(len(lg)), toks[1:]]))
 
 
 def fill_solve(curves: np.ndarray, keys: list[int], t_fit: int) -> np.ndarray:
@@ -251,7 +271,7 @@ def compute_budgets(
             sens = head_sensitivity(model, progress=progress, **kw)
         n_layer = model.n_layer
     if mode == "fill":
-        b = fill_solve(np.asarray(sens["dnll"]), sens["keys"], sens["t_fit"])
+        b = fill_solve(np.asarray(sens[sens["metric"]]), sens["keys"], sens["t_fit"])
     else:
         b = exchange_solve(np.asarray(sens["dnll"]), sens["ratios"], sens["span"], target, cap)
     props = np.zeros((n_layer, sens["n_head_kv"]))
@@ -260,7 +280,7 @@ def compute_budgets(
     # layers that are not compacted (sliding-window layers) keep proportion 0: the format is complete
     out.parent.mkdir(parents=True, exist_ok=True)
     save_head_budgets(out, props / props.sum())
-    flat = np.asarray(sens["dnll"]).reshape(len(b.ravel()), -1)
+    flat = np.asarray(sens[sens.get("metric", "dnll")]).reshape(len(b.ravel()), -1)
     if mode == "fill":
         lk = np.log(sens["keys"])
         predicted = float(sum(np.interp(np.log(sens["t_fit"]), lk, row) for row in flat))
@@ -274,8 +294,9 @@ def compute_budgets(
         "target": target,
         "cap": cap,
         "budgets": b.tolist(),
-        "predicted_dnll_uniform": predicted,
-        "predicted_dnll_budgets": solved,
+        # the solver's objective (the summed single-head curves) at uniform and at the budgets
+        "predicted_uniform": predicted,
+        "predicted_budgets": solved,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     Path(str(out) + ".curves.json").write_text(json.dumps(info, indent=1) + "\n")
