@@ -191,15 +191,31 @@ def fill_solve(curves: np.ndarray, keys: list[int], t_fit: int) -> np.ndarray:
 
     b = np.full(len(c), float(t_fit))
     step = max(1.0, round(0.05 * t_fit))
-    for _ in range(40 * len(c)):
-        gain = np.array([f(h, b[h]) - f(h, b[h] + step) if b[h] + step <= hi else -np.inf for h in range(len(c))])
-        loss = np.array([f(h, b[h] - step) - f(h, b[h]) if b[h] - step >= lo else np.inf for h in range(len(c))])
-        up, down = int(np.argmax(gain)), int(np.argmin(loss))
+    return _exchange(f, b, step, lo, hi, 40 * len(c)).reshape(np.asarray(curves).shape[:2])
+
+
+def _exchange(f, b: np.ndarray, step: float, lo: float, hi: float, rounds: int) -> np.ndarray:
+    """Greedy exchange: move ``step`` keys from one head to another while that lowers the
+    predicted total ``sum_h f(h, b[h])``, each time the pair (giver != taker) that lowers it most.
+    The total falls at every move, so the loop ends (at most ``rounds`` moves)."""
+    b = b.copy()
+    idx = range(len(b))
+    for _ in range(rounds):
+        gain = np.array([f(h, b[h]) - f(h, b[h] + step) if b[h] + step <= hi else -np.inf for h in idx])
+        loss = np.array([f(h, b[h] - step) - f(h, b[h]) if b[h] - step >= lo else np.inf for h in idx])
+        if len(b) < 2:
+            break
+        up = int(np.argmax(gain))
+        down = int(np.argmin(np.where(np.arange(len(b)) == up, np.inf, loss)))
+        down2 = int(np.argmin(loss))  # a head that gains on both sides: the best taker besides it
+        up2 = int(np.argmax(np.where(np.arange(len(b)) == down2, -np.inf, gain)))
+        if gain[up2] - loss[down2] > gain[up] - loss[down]:
+            up, down = up2, down2
         if up == down or not gain[up] > loss[down] + 1e-9:
             break
         b[up] += step
         b[down] -= step
-    return b.reshape(np.asarray(curves).shape[:2])
+    return b
 
 
 def _one_head(kv, split, il: int, h: int, res, K: np.ndarray):
@@ -234,15 +250,7 @@ def exchange_solve(curves: np.ndarray, ratios: list[float], span: int, target: f
     b = np.full(len(c), t)
     step = max(1.0, round(0.05 * t))
     hi, lo = min(span, cap * t), max(1.0, t / 4)
-    for _ in range(20 * len(c)):
-        gain = np.array([f(h, b[h]) - f(h, b[h] + step) if b[h] + step <= hi else -np.inf for h in range(len(c))])
-        loss = np.array([f(h, b[h] - step) - f(h, b[h]) if b[h] - step >= lo else np.inf for h in range(len(c))])
-        up, down = int(np.argmax(gain)), int(np.argmin(loss))
-        if up == down or not gain[up] > loss[down] + 1e-9:
-            break
-        b[up] += step
-        b[down] -= step
-    return b.reshape(np.asarray(curves).shape[:2])
+    return _exchange(f, b, step, lo, hi, 20 * len(c)).reshape(np.asarray(curves).shape[:2])
 
 
 def compute_budgets(

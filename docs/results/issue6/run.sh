@@ -1,0 +1,14 @@
+#!/bin/bash
+# Issue 6 acceptance in the eval harness: the default (shipped head budgets, repeat queries) vs
+# uniform-budget AM vs the eviction baselines, 10x and 20x, both models. Run from the repo root,
+# alone on the machine; resumable (finished cells are skipped).
+set -e
+source .venv/bin/activate
+OUT=docs/results/issue6
+M=full,am,am-uniform,snapkv,h2o,window
+run() { echo "=== $(date -u +%H:%M:%S) $*"; python -m pyllamaam eval --out $OUT --no-progress --ratios 10,20 --methods $M "$@" 2>&1 | grep -v "^llama\|^load" | tail -3; }
+run --models smollm2-135m --n-tokens 1024,2048 --seeds 0,1
+run --models gemma3-270m --n-tokens 1024,2048 --seeds 0,1
+run --models smollm2-135m --n-tokens 4096 --seeds 0
+run --models gemma3-270m --n-tokens 4096 --seeds 0
+echo "=== done $(date -u +%H:%M:%S)"
