@@ -408,6 +408,8 @@ class Session:
         of :func:`pyllamaam.compact.available_methods` (baselines keep original values); ``queries``
         ``"repeat"``, ``"context"``, ``"self-study"``, ``"task"``, a mix like
         ``"repeat+context"``, or queries captured earlier by :meth:`reference_queries`. The first ``keep_first`` and last ``keep_last`` cells stay verbatim.
+        ``budgets``: ``None``/``"uniform"`` (every head alike), ``"shipped"`` (the model's file in
+        ``models/budgets/``), or per-head proportions (a JSON path or a mapping); see ``budget_cells``.
         Gates (``max_kl``, ``max_attention_error``) and kernel options go in ``options``. On any
         failure the original cache is restored and the report says ``fell_back=True``.
         Raises UnsupportedLayout for memories that cannot be compacted, ConfigError for bad

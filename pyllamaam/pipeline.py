@@ -80,7 +80,10 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
 #: Where the shipped head budgets live: ``<name>.json`` per catalog model (``pyllamaam budgets compute``).
 BUDGETS_DIR = Path(__file__).resolve().parent.parent / "models" / "budgets"
 #: ``budgets=None`` (the default) means the model's shipped budgets when this is True, else uniform.
-SHIPPED_BUDGETS_BY_DEFAULT = True
+#: False: in the issue-6 grid (both models, 1K-4K tokens, 10x and 20x, 20 paired cells) the shipped
+#: budgets matched uniform on continuation ΔNLL (-0.005 ± 0.007) and KL (-0.004 ± 0.005) and cost
+#: recall (answer NLL +0.024 ± 0.011): docs/results/issue6/README.md. ``budgets="shipped"`` asks for them.
+SHIPPED_BUDGETS_BY_DEFAULT = False
 
 
 def shipped_budgets(session: Session) -> Path | None:
@@ -152,7 +155,14 @@ def compact(
     qopts = {k: options.pop(k) for k in QUERY_OPTIONS if k in options}
     _check_args(ratio, target_cells, keep_first, keep_last)
     fits = options.get("fit", SELECTORS[selector].fits)
-    if budgets is None:  # fitted methods: the model's shipped budgets; eviction keeps every head alike
+    if isinstance(budgets, str) and budgets == "shipped":
+        budgets = shipped_budgets(session)
+        if budgets is None:
+            raise ConfigError(
+                f"no head budgets are shipped for {session.model.path.name} (only for the catalog models "
+                f"with a file in {BUDGETS_DIR}); make them with `pyllamaam budgets compute MODEL`"
+            )
+    elif budgets is None:  # fitted methods: the model's shipped budgets; eviction keeps every head alike
         budgets = (shipped_budgets(session) if SHIPPED_BUDGETS_BY_DEFAULT and fits else None) or "uniform"
     if pipe["max_attention_error"] is None:
         pipe["max_attention_error"] = 0.9 if fits else float("inf")

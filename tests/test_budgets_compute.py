@@ -125,3 +125,25 @@ def test_fill_budgets_keep_every_cell_full_and_the_window_exact(tiny_models):
         with pytest.raises(pyllamaam.ConfigError, match="budget_cells"):
             s.compact(ratio=4, budgets=props, budget_cells="nope", **lenient)
         assert s.n_cells == n
+
+
+@pytest.mark.native
+def test_shipped_budgets_are_found_for_catalog_models_and_refused_clearly_elsewhere(tiny_models, smollm2):
+    import pyllamaam
+    from pyllamaam import pipeline
+
+    with smollm2.session(n_ctx=512) as s:
+        path = pipeline.shipped_budgets(s)
+        assert path is not None and path.name == "smollm2-135m.json"
+        props = load_head_budgets(path)
+        assert len(props) == 30 * 3 and sum(props.values()) == pytest.approx(1)
+    with tiny_models["llama"].session(n_ctx=256) as s:
+        s.prefill([int(x) for x in np.random.default_rng(3).integers(10, 500, 120)])
+        n, blob = s.n_cells, s._snapshot()
+        assert pipeline.shipped_budgets(s) is None
+        with pytest.raises(pyllamaam.ConfigError, match="no head budgets are shipped"):
+            s.compact(ratio=4, budgets="shipped")
+        assert s.n_cells == n and s._snapshot() == blob
+        # the default stays uniform (pipeline.SHIPPED_BUDGETS_BY_DEFAULT, from the issue-6 grid)
+        rep = s.compact(ratio=4, queries="repeat", max_kl=float("inf"), max_attention_error=float("inf"))
+        assert rep.budgets == "uniform" and not rep.fell_back

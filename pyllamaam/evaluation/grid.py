@@ -24,9 +24,9 @@ from . import fidelity, tasks
 #: H2O's accumulated attention), so they need no extra pass.
 METHODS: dict[str, dict[str, Any] | None] = {
     "full": None,
-    # the default: the model's shipped head budgets (budget_cells="fill") where it has them
     "am": {"method": "am", "queries": "repeat"},
-    "am-uniform": {"method": "am", "queries": "repeat", "budgets": "uniform"},
+    # the model's shipped head budgets (budget_cells="fill": equal cells and keys as am)
+    "am-budgets": {"method": "am", "queries": "repeat", "budgets": "shipped"},
     "am-context": {"method": "am", "queries": "context"},
     # SnapKV's keys (the repeat pass's last window, max-pooled) with the Attention Matching fit
     "am-snapkv": {"method": "snapkv", "queries": "repeat", "fit": True},
