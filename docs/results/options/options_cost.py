@@ -3,7 +3,7 @@
 Run from the repo root, alone on the machine:
     python docs/results/options/options_cost.py MODEL N RATIO [TEXT] > docs/results/options/options_cost_MODEL.jsonl
 Each option captures its own queries (nothing shared), so its seconds are what one compaction
-costs. Prefill is timed in a plain session (no query capture); KL and ΔNLL are measured on the
+costs; each row records the head budgets it used. Prefill is timed in a plain session (no query capture); KL and ΔNLL are measured on the
 next 128 tokens of the text (benchmarks/acceptance.py's texts)."""
 import json
 import sys
@@ -18,8 +18,8 @@ model, N, ratio = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 idx = int(sys.argv[4]) if len(sys.argv) > 4 else 1
 C = 128
 OPTIONS = [
-    ("am (default: shipped budgets, repeat)", {}),
-    ("am budgets=uniform", {"budgets": "uniform"}),
+    ("am (default)", {}),
+    ("am budgets=shipped", {"budgets": "shipped"}),
     ("am repeat_max_tokens=N/4", {"repeat_max_tokens": N // 4}),
     ("am queries=repeat+context", {"queries": "repeat+context"}),
     ("am queries=self-study (3 x 48 tokens)", {"queries": "self-study", "selfstudy_tokens": 48}),
