@@ -28,6 +28,8 @@ METHODS: dict[str, dict[str, Any] | None] = {
     # the model's shipped head budgets (budget_cells="fill": equal cells and keys as am)
     "am-budgets": {"method": "am", "queries": "repeat", "budgets": "shipped"},
     "am-context": {"method": "am", "queries": "context"},
+    # queries from the model's own answers to 3 prompts about the context (48 tokens each)
+    "am-selfstudy": {"method": "am", "queries": "self-study"},
     # SnapKV's keys (the repeat pass's last window, max-pooled) with the Attention Matching fit
     "am-snapkv": {"method": "snapkv", "queries": "repeat", "fit": True},
     "snapkv": {"method": "snapkv", "queries": "context"},
