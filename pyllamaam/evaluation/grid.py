@@ -30,6 +30,7 @@ METHODS: dict[str, dict[str, Any] | None] = {
     "am-context": {"method": "am", "queries": "context"},
     # queries from the model's own answers to 3 prompts about the context (48 tokens each)
     "am-selfstudy": {"method": "am", "queries": "self-study"},
+    "am-mix": {"method": "am", "queries": "repeat+self-study"},
     # SnapKV's keys (the repeat pass's last window, max-pooled) with the Attention Matching fit
     "am-snapkv": {"method": "snapkv", "queries": "repeat", "fit": True},
     "snapkv": {"method": "snapkv", "queries": "context"},
