@@ -31,6 +31,10 @@ METHODS: dict[str, dict[str, Any] | None] = {
     # queries from the model's own answers to 3 prompts about the context (48 tokens each)
     "am-selfstudy": {"method": "am", "queries": "self-study"},
     "am-mix": {"method": "am", "queries": "repeat+self-study"},
+    # on-policy refit: 3 layer groups fitted in order, each later group's queries re-captured
+    "am-op3": {"method": "am", "queries": "repeat", "on_policy": 3},
+    "am-op3-budgets": {"method": "am", "queries": "repeat", "on_policy": 3, "budgets": "shipped"},
+    "am-op3-mix": {"method": "am", "queries": "repeat+self-study", "on_policy": 3},
     # SnapKV's keys (the repeat pass's last window, max-pooled) with the Attention Matching fit
     "am-snapkv": {"method": "snapkv", "queries": "repeat", "fit": True},
     "snapkv": {"method": "snapkv", "queries": "context"},
@@ -162,7 +166,8 @@ def _run_context(model, model_name, n, seed, cells, spec) -> Iterator[dict[str, 
             if kw is not None:
                 kw = {**kw, "seed": seed} if kw["method"] == "random" else dict(kw)
                 capture = 0.0
-                if kw["queries"] != "context":  # a forward pass: run it once, reuse it for every ratio
+                # a forward pass: run it once, reuse it for every ratio (on-policy refits re-capture)
+                if kw["queries"] != "context" and kw.get("on_policy", 1) == 1:
                     if kw["queries"] not in shared:
                         shared[kw["queries"]] = s.reference_queries(kw["queries"], spec.keep_first, spec.keep_last)
                     kw["queries"] = shared[kw["queries"]]
