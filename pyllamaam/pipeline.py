@@ -61,7 +61,9 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     "max_heldout": 1024,  # held-out query rows per KV head (half choose the guards, half verify)
     "guard": True,  # per-head guards on fitted methods: shrink or fall back where the fit is worse
     "chunk_tokens": None,  # compact the span in pieces of this many cells (bounded memory)
-    "on_policy": 1,  # layer groups fitted in order, queries re-captured after each group
+    # layer groups fitted in order, queries re-captured after each group; None: ON_POLICY_GROUPS
+    # groups for fitted methods whose queries come from a forward pass run here, else 1
+    "on_policy": 1,
     "fit_threads": None,  # layers fitted at once (None: the usable cores; BLAS single-threaded)
     "budget_cap": 2.0,  # with budgets: largest head budget, in multiples of the uniform t
     # with budgets, what a head's budget is and how the cells stay shared by every head:
@@ -77,6 +79,8 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # continuation KL of AM against keep_last alone (docs/results/ACCEPTANCE.md). 0: keep_last only
     "recent": 0.5,
 }
+#: Layer groups of ``on_policy=None``: 3 (docs/results/issue6/README.md, "On-policy refits").
+ON_POLICY_GROUPS = 3
 #: Where the shipped head budgets live: ``<name>.json`` per catalog model (``pyllamaam budgets compute``).
 BUDGETS_DIR = Path(__file__).resolve().parent.parent / "models" / "budgets"
 #: ``budgets=None`` (the default) means the model's shipped budgets when this is True, else uniform.
@@ -167,6 +171,10 @@ def compact(
     if pipe["max_attention_error"] is None:
         pipe["max_attention_error"] = 0.9 if fits else float("inf")
     rep = CompactionReport(method=method, queries=qspec, layers=layers, cells_before=session.n_cells)
+    if pipe["on_policy"] is None:  # re-capture needs a forward-pass source run by this call
+        forward = fits and given is None and qspec != "context"
+        pipe["on_policy"] = min(ON_POLICY_GROUPS, len(layers)) if forward else 1
+    rep.on_policy = pipe["on_policy"]
     rep.budgets = "uniform" if _uniform(budgets) else (str(budgets) if isinstance(budgets, (str, Path)) else "given")
     blob, n_cells0 = session._snapshot(), session.n_cells
 

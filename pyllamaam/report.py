@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 STAGES = ("queries", "extract", "fit", "write", "verify")
 
@@ -19,6 +20,7 @@ class CompactionReport:
     span_before, span_after : cells of the compacted span (``ratio = span_before / span_after``).
     keys_kept : keys kept over all (layer, KV head) slots of the span (padding excluded).
     budgets : the head budgets used: ``"uniform"`` or the budgets file (or ``"given"`` for a mapping).
+    on_policy : layer groups fitted in order (queries re-captured before each group after the first).
     ratio : the achieved cell ratio over the span.
     seconds : per stage (queries, extract, fit, write, verify).
     attention_error : mean relative attention-output error on held-out queries (None if unknown).
@@ -37,6 +39,7 @@ class CompactionReport:
     span_after: int = 0
     keys_kept: int = 0
     budgets: str = "uniform"
+    on_policy: int = 1
     ratio: float = 1.0
     n_queries: int = 0
     layers: list[int] = field(default_factory=list)
@@ -61,7 +64,12 @@ class CompactionReport:
         return json.dumps(self.to_dict(), **kw)
 
     def __str__(self) -> str:
-        head = f"compaction {self.method} / queries {self.queries}: "
+        head = f"compaction {self.method} / queries {self.queries}"
+        if self.on_policy > 1:
+            head += f" / on-policy in {self.on_policy} layer groups"
+        if self.budgets != "uniform":
+            head += f" / budgets {Path(self.budgets).name if self.budgets != 'given' else 'given'}"
+        head += ": "
         if self.fell_back:
             head += f"FELL BACK ({self.reason}); the cache is unchanged"
         else:

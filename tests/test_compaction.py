@@ -388,6 +388,22 @@ def test_on_policy_groups_recapture_queries_and_compact_every_layer(llama):
         assert llama._snapshot() == st[0]
 
 
+def test_on_policy_none_picks_groups_only_where_queries_can_be_recaptured(llama):
+    from pyllamaam import pipeline
+
+    st = _state(llama)
+    rep = llama.compact(ratio=4, queries="repeat", on_policy=None, **LENIENT)
+    assert not rep.fell_back, rep.reason
+    assert rep.on_policy == min(pipeline.ON_POLICY_GROUPS, len(rep.layers)) > 1
+    assert "on-policy in" in str(rep)
+    _restore(llama, st)
+    ref = llama.reference_queries("repeat")  # captured in advance: nothing to re-capture
+    assert llama.compact(ratio=4, queries=ref, on_policy=None, **LENIENT).on_policy == 1
+    _restore(llama, st)
+    assert llama.compact(ratio=4, method="window", queries="repeat", on_policy=None).on_policy == 1
+    _restore(llama, st)
+
+
 def test_partial_state_hides_the_unused_slots_of_fitted_layers(llama):
     kv = llama.get_kv()
     split = pipeline._split(kv, 4, 32)

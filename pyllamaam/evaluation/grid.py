@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..pipeline import PIPELINE_DEFAULTS
 from . import fidelity, tasks
 
 #: Method name -> keyword arguments of Session.compact (None: the full cache, not compacted).
@@ -24,7 +25,10 @@ from . import fidelity, tasks
 #: H2O's accumulated attention), so they need no extra pass.
 METHODS: dict[str, dict[str, Any] | None] = {
     "full": None,
-    "am": {"method": "am", "queries": "repeat"},
+    # the paper's plain AM: uniform budgets, repeat queries, every layer fitted at once
+    "am": {"method": "am", "queries": "repeat", "on_policy": 1},
+    # Session.compact's defaults, whatever they are (the default query source is repeat)
+    "default": {"method": "am"},
     # the model's shipped head budgets (budget_cells="fill": equal cells and keys as am)
     "am-budgets": {"method": "am", "queries": "repeat", "budgets": "shipped"},
     "am-context": {"method": "am", "queries": "context"},
@@ -167,7 +171,8 @@ def _run_context(model, model_name, n, seed, cells, spec) -> Iterator[dict[str, 
                 kw = {**kw, "seed": seed} if kw["method"] == "random" else dict(kw)
                 capture = 0.0
                 # a forward pass: run it once, reuse it for every ratio (on-policy refits re-capture)
-                if kw["queries"] != "context" and kw.get("on_policy", 1) == 1:
+                kw.setdefault("queries", "repeat")
+                if kw["queries"] != "context" and kw.get("on_policy", PIPELINE_DEFAULTS["on_policy"]) == 1:
                     if kw["queries"] not in shared:
                         shared[kw["queries"]] = s.reference_queries(kw["queries"], spec.keep_first, spec.keep_last)
                     kw["queries"] = shared[kw["queries"]]
