@@ -61,9 +61,10 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     "max_heldout": 1024,  # held-out query rows per KV head (half choose the guards, half verify)
     "guard": True,  # per-head guards on fitted methods: shrink or fall back where the fit is worse
     "chunk_tokens": None,  # compact the span in pieces of this many cells (bounded memory)
-    # layer groups fitted in order, queries re-captured after each group; None: ON_POLICY_GROUPS
-    # groups for fitted methods whose queries come from a forward pass run here, else 1
-    "on_policy": 1,
+    # layer groups fitted in order, queries re-captured after each group; None (the default):
+    # ON_POLICY_GROUPS groups for fitted methods whose queries come from a forward pass run by
+    # this call, else 1 (queries captured in advance or during prefill cannot be re-captured)
+    "on_policy": None,
     "fit_threads": None,  # layers fitted at once (None: the usable cores; BLAS single-threaded)
     "budget_cap": 2.0,  # with budgets: largest head budget, in multiples of the uniform t
     # with budgets, what a head's budget is and how the cells stay shared by every head:
@@ -79,7 +80,10 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # continuation KL of AM against keep_last alone (docs/results/ACCEPTANCE.md). 0: keep_last only
     "recent": 0.5,
 }
-#: Layer groups of ``on_policy=None``: 3 (docs/results/issue6/README.md, "On-policy refits").
+#: Layer groups of ``on_policy=None``. 3: on the tuning contexts of the issue-6 grid (both models,
+#: 1K and 2K tokens, 10x and 20x) it lowered answer NLL and ΔNLL against one group on both models,
+#: for 2-3x the compaction time; the shipped budgets and the self-study mix on top of it did not
+#: help consistently (docs/results/issue6/README.md, "On-policy refits").
 ON_POLICY_GROUPS = 3
 #: Where the shipped head budgets live: ``<name>.json`` per catalog model (``pyllamaam budgets compute``).
 BUDGETS_DIR = Path(__file__).resolve().parent.parent / "models" / "budgets"

@@ -72,7 +72,7 @@ def headline(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             best, name = (min if lower else max)(base)
             h[m] = {"am": by["am"][m], "best_eviction": best, "baseline": name}
-            for other in ("am-budgets", "am-selfstudy", "am-mix", "am-context", "am-snapkv"):
+            for other in ("default", "am-budgets", "am-selfstudy", "am-mix", "am-op3", "am-context", "am-snapkv"):
                 if other in by and m in by[other] and by[other]["n"] == by["am"]["n"]:
                     h[m][other.replace("-", "_")] = by[other][m]
         h["am_compaction_over_prefill"] = by["am"].get("compaction_over_prefill")
@@ -90,10 +90,10 @@ def _fmt(row: dict[str, Any], m: str) -> str:
 
 def markdown(rows: list[dict[str, Any]], heads: list[dict[str, Any]]) -> str:
     """Markdown: the headline, then one table per (model, length) and metric."""
-    others = [o for o in ("am_budgets", "am_selfstudy", "am_mix", "am_snapkv") if any(o in h.get(m, {}) for h in heads for m in ("kl", "delta_nll"))]
+    others = [o for o in ("default", "am_budgets", "am_selfstudy", "am_mix", "am_op3", "am_snapkv") if any(o in h.get(m, {}) for h in heads for m in ("kl", "delta_nll"))]
     pair = " / ".join(["am"] + [o.replace("_", "-") for o in others] + ["best evict."])
     title = " and ".join(["am"] + [o.replace("_", "-") for o in others])
-    lines = [f"## Headline: {title} (repeat queries) vs the best eviction baseline", ""]
+    lines = [f"## Headline: {title} vs the best eviction baseline", ""]
     lines += [
         f"| model | tokens | ratio | answer tok. acc. {pair} | answer NLL {pair} "
         f"| ΔNLL {pair} | KL {pair} | am compaction/prefill |",

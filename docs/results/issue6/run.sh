@@ -5,7 +5,7 @@
 set -e
 source .venv/bin/activate
 OUT=docs/results/issue6
-M=full,am,am-budgets,am-selfstudy,am-mix,snapkv,h2o,window
+M=full,am,default,am-budgets,am-selfstudy,am-mix,snapkv,h2o,window
 run() { echo "=== $(date -u +%H:%M:%S) $*"; python -m pyllamaam eval --out $OUT --no-progress --ratios 10,20 --methods $M "$@" 2>&1 | grep -v "^llama\|^load" | tail -3; }
 run --models smollm2-135m --n-tokens 1024,2048 --seeds 0,1
 run --models gemma3-270m --n-tokens 1024,2048 --seeds 0,1

@@ -1,0 +1,73 @@
+"""Issue 6's acceptance item, read from a grid's cells.jsonl: per (model, ratio), pooled over
+every context (lengths x seeds) that has all the methods, the candidate (default: ``default``,
+Session.compact's defaults) against uniform-budget AM (``am``) and against the best eviction
+baseline (the one of snapkv / h2o / window with the lowest mean on that measure), on the suite
+(mean answer NLL of the planted facts) and on the continuation ΔNLL. Differences are paired over
+contexts: mean ± standard error, and how many contexts the candidate wins.
+
+    python docs/results/issue6/acceptance.py CELLS.jsonl [CANDIDATE] [--json]
+
+Prints a markdown table (or one JSON object per (model, ratio) with --json)."""
+import collections
+import json
+import sys
+
+import numpy as np
+
+EVICTION = ("snapkv", "h2o", "window")
+MEASURES = {"suite": lambda r: r["answer_nll"], "dnll": lambda r: r["fidelity"]["delta_nll"]}
+
+
+def compare(rows, cand):
+    by = collections.defaultdict(dict)
+    for r in rows:
+        method = "am" if r["method"] == "am-r0.5" else r["method"]  # tune/sweep.py's name for plain am
+        by[(r["model"], r["ratio"])].setdefault(method, {})[(r["n_tokens_target"], r["seed"])] = r
+    out = []
+    for (model, ratio), meth in sorted(by.items()):
+        need = [cand, "am", *EVICTION]
+        if not all(m in meth for m in need):
+            continue
+        ctxs = sorted(set.intersection(*(set(meth[m]) for m in need)))
+        res = {"model": model, "ratio": ratio, "candidate": cand, "contexts": len(ctxs)}
+        for name, f in MEASURES.items():
+            mean = {m: float(np.mean([f(meth[m][c]) for c in ctxs])) for m in need}
+            best = min(EVICTION, key=lambda m: mean[m])
+            res[name] = {"mean": mean, "best_eviction": best}
+            for ref in ("am", best):
+                d = np.array([f(meth[cand][c]) - f(meth[ref][c]) for c in ctxs])
+                se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+                key = "vs_am" if ref == "am" else "vs_best_eviction"
+                res[name][key] = {"diff": float(d.mean()), "se": se, "wins": int((d < 0).sum())}
+            res[name]["holds"] = res[name]["vs_am"]["diff"] < 0 and res[name]["vs_best_eviction"]["diff"] < 0
+        out.append(res)
+    return out
+
+
+def table(results):
+    lines = [
+        "| model | ratio | contexts | measure | candidate | am | best eviction | candidate − am | candidate − best eviction | holds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for name in MEASURES:
+            m = r[name]
+            a, e = m["vs_am"], m["vs_best_eviction"]
+            lines.append(
+                f"| {r['model']} | {r['ratio']:g}x | {r['contexts']} | {'suite (answer NLL)' if name == 'suite' else 'ΔNLL'} "
+                f"| {m['mean'][r['candidate']]:.3f} | {m['mean']['am']:.3f} | {m['mean'][m['best_eviction']]:.3f} ({m['best_eviction']}) "
+                f"| {a['diff']:+.3f} ± {a['se']:.3f} ({a['wins']}/{r['contexts']}) "
+                f"| {e['diff']:+.3f} ± {e['se']:.3f} ({e['wins']}/{r['contexts']}) | {'yes' if m['holds'] else '**no**'} |"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    rows = [json.loads(line) for line in open(args[0]) if line.strip()]
+    results = compare(rows, args[1] if len(args) > 1 else "default")
+    if "--json" in sys.argv:
+        for r in results:
+            print(json.dumps(r))
+    else:
+        print(table(results))
