@@ -404,7 +404,9 @@ class Session:
 
         ``ratio`` = span cells before / after (or ``target_cells`` = all cells after); ``method``
         ``"am"`` (Attention Matching: attn-rms selection, fitted beta and values,
-        half of the kept cells an exact recent window: option ``recent``) or any selection method
+        half of the kept cells an exact recent window: option ``recent``; the layers fitted in 3
+        groups, each on queries re-captured after the groups before it: option ``on_policy``,
+        1 for the fastest compaction) or any selection method
         of :func:`pyllamaam.compact.available_methods` (baselines keep original values); ``queries``
         ``"repeat"``, ``"context"``, ``"self-study"``, ``"task"``, a mix like
         ``"repeat+context"``, or queries captured earlier by :meth:`reference_queries`. The first ``keep_first`` and last ``keep_last`` cells stay verbatim.
