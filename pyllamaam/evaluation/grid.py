@@ -25,22 +25,23 @@ from . import fidelity, tasks
 #: H2O's accumulated attention), so they need no extra pass.
 METHODS: dict[str, dict[str, Any] | None] = {
     "full": None,
-    # the paper's plain AM: uniform budgets, repeat queries, every layer fitted at once
+    # the paper's plain AM: uniform budgets, repeat queries, every layer fitted at once; the am-*
+    # variants below change one thing from it (on_policy=1 pinned, as when they were measured)
     "am": {"method": "am", "queries": "repeat", "on_policy": 1},
     # Session.compact's defaults, whatever they are (the default query source is repeat)
     "default": {"method": "am"},
     # the model's shipped head budgets (budget_cells="fill": equal cells and keys as am)
-    "am-budgets": {"method": "am", "queries": "repeat", "budgets": "shipped"},
+    "am-budgets": {"method": "am", "queries": "repeat", "budgets": "shipped", "on_policy": 1},
     "am-context": {"method": "am", "queries": "context"},
     # queries from the model's own answers to 3 prompts about the context (48 tokens each)
-    "am-selfstudy": {"method": "am", "queries": "self-study"},
-    "am-mix": {"method": "am", "queries": "repeat+self-study"},
+    "am-selfstudy": {"method": "am", "queries": "self-study", "on_policy": 1},
+    "am-mix": {"method": "am", "queries": "repeat+self-study", "on_policy": 1},
     # on-policy refit: 3 layer groups fitted in order, each later group's queries re-captured
     "am-op3": {"method": "am", "queries": "repeat", "on_policy": 3},
     "am-op3-budgets": {"method": "am", "queries": "repeat", "on_policy": 3, "budgets": "shipped"},
     "am-op3-mix": {"method": "am", "queries": "repeat+self-study", "on_policy": 3},
     # SnapKV's keys (the repeat pass's last window, max-pooled) with the Attention Matching fit
-    "am-snapkv": {"method": "snapkv", "queries": "repeat", "fit": True},
+    "am-snapkv": {"method": "snapkv", "queries": "repeat", "fit": True, "on_policy": 1},
     "snapkv": {"method": "snapkv", "queries": "context"},
     "h2o": {"method": "attn-mean", "queries": "context", "fit": False},
     "window": {"method": "window", "queries": "context"},

@@ -13,7 +13,7 @@ from pyllamaam.evaluation import grid
 VARIANTS = {}
 for q, tag in (("repeat", "am"), ("repeat+self-study", "am-mix")):
     for share in (0.5, 0.65, 0.8):
-        VARIANTS[f"{tag}-r{share:g}"] = {"method": "am", "queries": q, "recent": share}
+        VARIANTS[f"{tag}-r{share:g}"] = {"method": "am", "queries": q, "recent": share, "on_policy": 1}
 grid.METHODS.update(VARIANTS)
 
 model, ns, seeds, ratios, out = sys.argv[1:6]
