@@ -59,6 +59,9 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     "max_queries": 2048,  # fitted query rows per KV head (evenly subsampled by token)
     "heldout": 0.2,  # fraction of query tokens held out for the guards and the attention-error gate
     "max_heldout": 1024,  # held-out query rows per KV head (half choose the guards, half verify)
+    # a query mixture ("repeat+self-study"): "pooled" weighs each source by the tokens it
+    # captured; "balanced" gives each source an equal share of the fitted and held-out rows
+    "mix": "pooled",
     "guard": True,  # per-head guards on fitted methods: shrink or fall back where the fit is worse
     "chunk_tokens": None,  # compact the span in pieces of this many cells (bounded memory)
     # layer groups fitted in order, queries re-captured after each group; None (the default):
@@ -204,7 +207,7 @@ def compact(
         rep.seconds["queries"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        fit_q, held_q = _split_queries(Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"])
+        fit_q, held_q = _split_queries(Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"], pipe["mix"])
         rep.n_queries = int(sum(len(q) for q in next(iter(fit_q.values()))))
         if fill:
             per_head = _head_budgets(budgets, layers, kv, T, t - extra, t / max(1, t - extra), "keys")
@@ -223,7 +226,7 @@ def compact(
                 tick = time.perf_counter()
                 session.set_kv(_partial(kv, split, fitted))
                 Q = qsources.collect(session, qspec, span, task=task, **qopts)
-                fq, hq = _split_queries(Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"])
+                fq, hq = _split_queries(Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"], pipe["mix"])
                 for il in group:
                     fit_q[il], held_q[il] = fq[il], hq[il]
                 recapture += time.perf_counter() - tick
@@ -392,21 +395,43 @@ def _probe_tokens(session: Session, first_pos: int, n: int, qopts: dict) -> list
     return toks[: max(0, session.n_ctx - session.n_cells)]
 
 
-def _split_queries(Q, heldout: float, max_rows: int, session: Session, max_held: int | None = None):
-    """Per layer: (fit, held-out) queries grouped by KV head, [H, n * r, d] each."""
+def _split_queries(Q, heldout: float, max_rows: int, session: Session, max_held: int | None = None, mix: str = "pooled"):
+    """Per layer: (fit, held-out) queries grouped by KV head, [H, n * r, d] each.
+
+    Every ``1/heldout``-th token of each source is held out. ``mix="pooled"`` samples the
+    fitted and held-out tokens evenly over all sources, so each source weighs as many tokens
+    as it captured; ``"balanced"`` gives every source of a mixture an equal share of the rows
+    (a short source's rows repeat: integer weights), e.g. 144 self-study tokens against a
+    4K-token repeat pass."""
     n_tok = len(next(iter(Q.values())))
     if n_tok < 2:
         raise ConfigError(f"only {n_tok} reference query tokens: too few to fit and verify")
+    if mix not in ("pooled", "balanced"):
+        raise ConfigError(f"mix must be 'pooled' or 'balanced', not {mix!r}")
+    parts = [p for p in getattr(Q, "parts", [n_tok]) if p > 0]
+    if sum(parts) != n_tok or mix == "pooled":
+        parts = [n_tok]
     step = max(2, round(1 / heldout)) if heldout > 0 else n_tok + 1
-    held = np.arange(n_tok) % step == step - 1
-    fit_tok, held_tok = np.flatnonzero(~held), np.flatnonzero(held)
+    bounds = np.cumsum([0, *parts])
+    local = np.concatenate([np.arange(n) for n in parts])
+    held = local % step == step - 1
+    fit_tok = [np.flatnonzero(~held[a:b]) + a for a, b in zip(bounds[:-1], bounds[1:])]
+    held_tok = [np.flatnonzero(held[a:b]) + a for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def pick(toks: list[np.ndarray], cap: int) -> np.ndarray:
+        if len(toks) == 1:
+            t = toks[0]
+            return t[np.linspace(0, len(t) - 1, min(cap, len(t))).round().astype(int)] if len(t) else t
+        share = max(1, cap // len(toks))  # equal rows per source, short sources repeated
+        out = [t[np.linspace(0, len(t) - 1, share).round().astype(int)] for t in toks if len(t)]
+        return np.concatenate(out) if out else toks[0]
+
     fit, out = {}, {}
     for il, q in Q.items():
         H, r = session.layers[il]["n_head_kv"], q.shape[1] // session.layers[il]["n_head_kv"]
         cap = max(1, max_rows // r)
-        f = fit_tok[np.linspace(0, len(fit_tok) - 1, min(cap, len(fit_tok))).round().astype(int)]
         hcap = cap if max_held is None else max(2, max_held // r)
-        h = held_tok[np.linspace(0, len(held_tok) - 1, min(hcap, len(held_tok))).round().astype(int)] if len(held_tok) else held_tok
+        f, h = pick(fit_tok, cap), pick(held_tok, hcap)
         fit[il], out[il] = _group(q[f], H), _group(q[h], H)
     return fit, out
 

@@ -405,6 +405,40 @@ def test_on_policy_none_picks_groups_only_where_queries_can_be_recaptured(llama)
     _restore(llama, st)
 
 
+def test_balanced_mix_gives_each_source_an_equal_share_and_holds_out_within_each():
+    from types import SimpleNamespace
+
+    from pyllamaam.queries import Queries
+
+    n_a, n_b, d = 900, 60, 4  # a long source and a short one, 2 query heads on 1 KV head
+    tok = np.arange(n_a + n_b, dtype=np.float32)
+    q = np.repeat(tok[:, None, None], 2, axis=1) * np.ones((1, 1, d), np.float32)
+    Q = Queries({0: q}, [n_a, n_b])
+    sess = SimpleNamespace(layers={0: {"n_head_kv": 1}})
+    fit_p, held_p = pipeline._split_queries(Q, 0.2, 400, sess, 100, "pooled")
+    fit_b, held_b = pipeline._split_queries(Q, 0.2, 400, sess, 100, "balanced")
+    rows = lambda x: x[0][0, ::2, 0]  # token ids of the fitted rows (one per token per query head)
+    assert fit_p[0].shape == fit_b[0].shape == (1, 400, d)
+    assert (rows(fit_p) >= n_a).sum() < 40  # pooled: the short source gets its token share
+    assert (rows(fit_b) >= n_a).sum() == (rows(fit_b) < n_a).sum() == 100  # balanced: half the rows
+    fitted, held = set(rows(fit_b).tolist()), set(rows(held_b).tolist())
+    assert not fitted & held  # no held-out token is fitted, in either source
+    assert any(t >= n_a for t in held) and any(t < n_a for t in held)
+    with pytest.raises(ConfigError, match="mix"):
+        pipeline._split_queries(Q, 0.2, 400, sess, 100, "even")
+
+
+def test_mixed_queries_record_each_source_and_balanced_mix_compacts(llama):
+    st = _state(llama)
+    ref = llama.reference_queries("repeat+self-study")
+    n = len(next(iter(ref.queries.values())))
+    assert len(ref.queries.parts) == 2 and sum(ref.queries.parts) == n and min(ref.queries.parts) > 0
+    rep = llama.compact(ratio=4, queries=ref, mix="balanced", **LENIENT)
+    assert not rep.fell_back, rep.reason
+    assert np.isfinite(llama.eval_logits(_ids(3, 4))).all()
+    _restore(llama, st)
+
+
 def test_partial_state_hides_the_unused_slots_of_fitted_layers(llama):
     kv = llama.get_kv()
     split = pipeline._split(kv, 4, 32)

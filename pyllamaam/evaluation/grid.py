@@ -40,6 +40,9 @@ METHODS: dict[str, dict[str, Any] | None] = {
     "am-op3": {"method": "am", "queries": "repeat", "on_policy": 3},
     "am-op3-budgets": {"method": "am", "queries": "repeat", "on_policy": 3, "budgets": "shipped"},
     "am-op3-mix": {"method": "am", "queries": "repeat+self-study", "on_policy": 3},
+    "am-op3-selfstudy": {"method": "am", "queries": "self-study", "on_policy": 3},
+    # the mix with each source given half of the fitted rows (self-study is ~150 tokens)
+    "am-op3-bmix": {"method": "am", "queries": "repeat+self-study", "on_policy": 3, "mix": "balanced"},
     # SnapKV's keys (the repeat pass's last window, max-pooled) with the Attention Matching fit
     "am-snapkv": {"method": "snapkv", "queries": "repeat", "fit": True, "on_policy": 1},
     "snapkv": {"method": "snapkv", "queries": "context"},

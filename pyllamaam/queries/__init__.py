@@ -36,7 +36,16 @@ SOURCES: dict[str, Source] = {
     "task": task_queries,
 }
 
-__all__ = ["SOURCES", "collect", "parse_spec", "scratch"]
+__all__ = ["SOURCES", "Queries", "collect", "parse_spec", "scratch"]
+
+
+class Queries(dict):
+    """``{layer: Q}`` of a query spec, with ``parts``: the token count of each source in the
+    order they are concatenated (so a fit can weigh the sources of a mixture)."""
+
+    def __init__(self, q: dict[int, np.ndarray], parts: list[int]) -> None:
+        super().__init__(q)
+        self.parts = list(parts)
 
 
 def parse_spec(spec: str) -> list[str]:
@@ -50,7 +59,7 @@ def parse_spec(spec: str) -> list[str]:
     return names
 
 
-def collect(session: Session, spec: str, span: tuple[int, int], **kw: Any) -> dict[int, np.ndarray]:
+def collect(session: Session, spec: str, span: tuple[int, int], **kw: Any) -> Queries:
     """Queries of every source in ``spec`` concatenated per layer.
 
     Parameters
@@ -59,9 +68,16 @@ def collect(session: Session, spec: str, span: tuple[int, int], **kw: Any) -> di
     spec : source names joined by ``+``.
     span : (first, last) position of the compactable span (inclusive).
     **kw : options of the sources (``task``, ``repeat_prompt``, ``max_room`` ...).
+
+    Returns
+    -------
+    :class:`Queries`; ``parts`` holds each source's token count.
     """
     out: dict[int, list[np.ndarray]] = {}
+    parts: list[int] = []
     for name in parse_spec(spec):
-        for il, q in SOURCES[name](session, span, **kw).items():
+        got = SOURCES[name](session, span, **kw)
+        for il, q in got.items():
             out.setdefault(il, []).append(q)
-    return {il: np.concatenate(qs) for il, qs in out.items()}
+        parts.append(len(next(iter(got.values()))) if got else 0)
+    return Queries({il: np.concatenate(qs) for il, qs in out.items()}, parts)
