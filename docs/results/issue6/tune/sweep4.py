@@ -11,6 +11,6 @@ spec = grid.GridSpec(
     n_tokens=[int(x) for x in ns.split(",")],
     seeds=[int(x) for x in seeds.split(",")],
     ratios=[float(x) for x in ratios.split(",")],
-    methods=["full", "am-op3-selfstudy"],
+    methods=["full", "am-op3-selfstudy", "am-op3-bmix"],
 )
 grid.run_grid(spec, Path(out), progress=False)
