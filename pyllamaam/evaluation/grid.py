@@ -41,6 +41,10 @@ METHODS: dict[str, dict[str, Any] | None] = {
     "am-op3-budgets": {"method": "am", "queries": "repeat", "on_policy": 3, "budgets": "shipped"},
     "am-op3-mix": {"method": "am", "queries": "repeat+self-study", "on_policy": 3},
     "am-op3-selfstudy": {"method": "am", "queries": "self-study", "on_policy": 3},
+    # on-policy refits with the span fitted in pieces of 512 cells (keys spread over the span)
+    "am-op3-chunk": {"method": "am", "queries": "repeat", "on_policy": 3, "chunk_tokens": 512},
+    # on-policy refits repeating evenly spread pieces of 512 tokens of the text (a cheaper pass)
+    "am-op3-r512": {"method": "am", "queries": "repeat", "on_policy": 3, "repeat_max_tokens": 512},
     # the mix with each source given half of the fitted rows (self-study is ~150 tokens)
     "am-op3-bmix": {"method": "am", "queries": "repeat+self-study", "on_policy": 3, "mix": "balanced"},
     # SnapKV's keys (the repeat pass's last window, max-pooled) with the Attention Matching fit
