@@ -5,9 +5,9 @@ baseline (the one of snapkv / h2o / window with the lowest mean on that measure)
 (mean answer NLL of the planted facts) and on the continuation ΔNLL. Differences are paired over
 contexts: mean ± standard error, and how many contexts the candidate wins.
 
-    python docs/results/issue6/acceptance.py CELLS.jsonl [CANDIDATE] [--json]
+    python docs/results/issue6/acceptance.py CELLS.jsonl [CANDIDATE] [--json] [--seeds=4,5]
 
-Prints a markdown table (or one JSON object per (model, ratio) with --json)."""
+--seeds keeps only the contexts of those seeds. Prints a markdown table (or one JSON object per (model, ratio) with --json)."""
 import collections
 import json
 import sys
@@ -65,6 +65,10 @@ def table(results):
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     rows = [json.loads(line) for line in open(args[0]) if line.strip()]
+    for a in sys.argv[1:]:
+        if a.startswith("--seeds="):
+            keep = {int(x) for x in a.split("=", 1)[1].split(",")}
+            rows = [r for r in rows if r["seed"] in keep]
     results = compare(rows, args[1] if len(args) > 1 else "default")
     if "--json" in sys.argv:
         for r in results:

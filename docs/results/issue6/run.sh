@@ -11,4 +11,9 @@ run --models smollm2-135m --n-tokens 1024,2048 --seeds 0,1
 run --models gemma3-270m --n-tokens 1024,2048 --seeds 0,1
 run --models smollm2-135m --n-tokens 4096 --seeds 0
 run --models gemma3-270m --n-tokens 4096 --seeds 0
+# stop 14: 4 more contexts per model (seeds 4 and 5, never used for tuning), the default against
+# uniform AM and the eviction baselines only
+M=full,am,default,snapkv,h2o,window
+run --models gemma3-270m --n-tokens 1024,2048 --seeds 4,5
+run --models smollm2-135m --n-tokens 1024,2048 --seeds 4,5
 echo "=== done $(date -u +%H:%M:%S)"
