@@ -1,6 +1,6 @@
 #!/bin/bash
-# Issue 6 acceptance in the eval harness: the default (shipped head budgets, repeat queries) vs
-# uniform-budget AM vs the eviction baselines, 10x and 20x, both models. Run from the repo root,
+# Issue 6 acceptance in the eval harness: the default (Session.compact's defaults: uniform budgets, repeat
+# queries, 3 on-policy layer groups) vs uniform-budget AM (one group) vs the eviction baselines, 10x and 20x, both models. Run from the repo root,
 # alone on the machine; resumable (finished cells are skipped).
 set -e
 source .venv/bin/activate
