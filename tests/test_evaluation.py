@@ -136,6 +136,8 @@ def test_eval_quick_end_to_end_and_resumes(tmp_path, capsys):
     assert eval_main(["--quick", "--out", str(out), "--no-progress"]) == 0
     assert len(load_cells(out / "cells.jsonl")) == len(cells)
     assert "Headline" in capsys.readouterr().out
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert len(runs) == 2 and runs[0]["spec"] == json.loads((out / "grid.json").read_text())
 
 
 @pytest.mark.native

@@ -120,7 +120,9 @@ def run_grid(spec: GridSpec, out: Path, progress: bool = True) -> Path:
     spec.check()
     out.mkdir(parents=True, exist_ok=True)
     path = out / "cells.jsonl"
-    (out / "grid.json").write_text(json.dumps(asdict(spec), indent=1))
+    (out / "grid.json").write_text(json.dumps(asdict(spec), indent=1))  # this run's spec
+    with (out / "runs.jsonl").open("a") as fh:  # every run into this folder, for provenance
+        fh.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "spec": asdict(spec)}) + "\n")
     done = {r["key"] for r in load_cells(path)}
     todo = [c for c in spec.cells() if cell_key(*c) not in done]
     bar = _bar(len(todo), progress)
