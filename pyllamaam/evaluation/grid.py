@@ -37,6 +37,7 @@ METHODS: dict[str, dict[str, Any] | None] = {
     "am-selfstudy": {"method": "am", "queries": "self-study", "on_policy": 1},
     "am-mix": {"method": "am", "queries": "repeat+self-study", "on_policy": 1},
     # on-policy refit: 3 layer groups fitted in order, each later group's queries re-captured
+    "am-op2": {"method": "am", "queries": "repeat", "on_policy": 2},
     "am-op3": {"method": "am", "queries": "repeat", "on_policy": 3},
     "am-op3-budgets": {"method": "am", "queries": "repeat", "on_policy": 3, "budgets": "shipped"},
     "am-op3-mix": {"method": "am", "queries": "repeat+self-study", "on_policy": 3},
