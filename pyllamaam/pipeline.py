@@ -86,7 +86,8 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
 #: Layer groups of ``on_policy=None``. 3: on the tuning contexts of the issue-6 grid (both models,
 #: 1K and 2K tokens, 10x and 20x) it lowered answer NLL and ΔNLL against one group on both models,
 #: for 2-3x the compaction time; the shipped budgets and the self-study mix on top of it did not
-#: help consistently (docs/results/issue6/README.md, "On-policy refits").
+#: help consistently (docs/results/issue6/README.md, "On-policy refits"). 2 groups cost a third
+#: less but lost recall on Gemma and ΔNLL on SmolLM2 (same contexts, "Stop 14" there).
 ON_POLICY_GROUPS = 3
 #: Where the shipped head budgets live: ``<name>.json`` per catalog model (``pyllamaam budgets compute``).
 BUDGETS_DIR = Path(__file__).resolve().parent.parent / "models" / "budgets"
