@@ -46,6 +46,9 @@ METHODS: dict[str, dict[str, Any] | None] = {
     "am-op3-chunk": {"method": "am", "queries": "repeat", "on_policy": 3, "chunk_tokens": 512},
     # on-policy refits repeating evenly spread pieces of 512 tokens of the text (a cheaper pass)
     "am-op3-r512": {"method": "am", "queries": "repeat", "on_policy": 3, "repeat_max_tokens": 512},
+    # on-policy refits with the hybrid keys (attn-rms and the repeat pass's last-window snapkv
+    # rankings interleaved) instead of attn-rms alone
+    "am-op3-hybrid": {"method": "hybrid", "queries": "repeat", "on_policy": 3},
     # the mix with each source given half of the fitted rows (self-study is ~150 tokens)
     "am-op3-bmix": {"method": "am", "queries": "repeat+self-study", "on_policy": 3, "mix": "balanced"},
     # SnapKV's keys (the repeat pass's last window, max-pooled) with the Attention Matching fit

@@ -1,0 +1,17 @@
+"""Seventh tuning sweep (tuning seeds): on-policy refits with the hybrid key selection (attn-rms
+and snapkv rankings interleaved) against the default attn-rms.
+    python docs/results/issue6/tune/sweep7.py MODEL N_TOKENS SEEDS RATIOS OUT"""
+import sys
+from pathlib import Path
+
+from pyllamaam.evaluation import grid
+
+model, ns, seeds, ratios, out = sys.argv[1:6]
+spec = grid.GridSpec(
+    models=[model],
+    n_tokens=[int(x) for x in ns.split(",")],
+    seeds=[int(x) for x in seeds.split(",")],
+    ratios=[float(x) for x in ratios.split(",")],
+    methods=["full", "am-op3-hybrid"],
+)
+grid.run_grid(spec, Path(out), progress=False)
