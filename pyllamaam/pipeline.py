@@ -82,6 +82,10 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # cells the next tokens read most hurt them: at 4K tokens and 10x on SmolLM2, 0.5 halved the
     # continuation KL of AM against keep_last alone (docs/results/ACCEPTANCE.md). 0: keep_last only
     "recent": 0.5,
+    # snapkv and hybrid selection: observe the queries of the context's last this-many tokens,
+    # read again on the cache as it is (after the layer groups fitted so far), instead of the last
+    # rows of the reference queries (the repeat pass's, which recall the span's end). 0: off
+    "observe": 0,
 }
 #: Layer groups of ``on_policy=None``. 3: on the tuning contexts of the issue-6 grid (both models,
 #: 1K and 2K tokens, 10x and 20x) it lowered answer NLL and ΔNLL against one group on both models,
@@ -219,6 +223,7 @@ def compact(
             window = dict.fromkeys(layers)
         if selector == "keep" and "keep" not in options:
             options["keep"] = _briefing_mask(session, kv, split, fit_q, layers, t)
+        obs = _observe(session, span, pipe["observe"], selector)
         groups = _layer_groups(layers, pipe["on_policy"], given, qspec)
         fitted: dict[int, CompactedLayer] = {}
         recapture = 0.0
@@ -230,6 +235,7 @@ def compact(
                 fq, hq = _split_queries(Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"], pipe["mix"])
                 for il in group:
                     fit_q[il], held_q[il] = fq[il], hq[il]
+                obs = _observe(session, span, pipe["observe"], selector)
                 recapture += time.perf_counter() - tick
             def fit(il: int) -> CompactedLayer:
                 return _fit_layer_windows(
@@ -241,6 +247,7 @@ def compact(
                     _prior(kv, il, split),
                     pipe["chunk_tokens"],
                     method=selector,
+                    obs=obs.get(il),
                     **options,
                 )
 
@@ -437,6 +444,18 @@ def _split_queries(Q, heldout: float, max_rows: int, session: Session, max_held:
     return fit, out
 
 
+def _observe(session: Session, span: tuple[int, int], n: int, selector: str) -> dict[int, np.ndarray]:
+    """Per layer, the observation queries of ``observe=n`` grouped by KV head ({} when off)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ConfigError(f"observe must be an integer >= 0 (tokens), not {n!r}")
+    if n == 0:
+        return {}
+    if selector not in ("snapkv", "hybrid"):
+        raise ConfigError(f"observe= serves the snapkv and hybrid selections, not {selector!r}")
+    got = qsources.SOURCES["tail"](session, span, tail_tokens=n)
+    return {il: _group(q, session.layers[il]["n_head_kv"]) for il, q in got.items()}
+
+
 def _group(q: np.ndarray, H: int) -> np.ndarray:
     """[n, n_head, d] -> [H, n * r, d]: query head j belongs to KV head j // r (token-major rows)."""
     n, n_head, d = q.shape
@@ -527,9 +546,10 @@ def _fit_layer_windows(K, V, Q, budget, window, scale, prior, chunk_tokens, **kw
         hs = np.flatnonzero(w == wv)
         Tf = T - int(wv)
         pr = None if prior is None else np.ascontiguousarray(prior[hs, :Tf])
+        sub = dict(kw, obs=None if kw.get("obs") is None else np.ascontiguousarray(kw["obs"][hs]))
         res = _fit_layer(
             np.ascontiguousarray(K[hs, :Tf]), np.ascontiguousarray(V[hs, :Tf]), np.ascontiguousarray(Q[hs]),
-            b[hs], scale, pr, chunk_tokens, **kw,
+            b[hs], scale, pr, chunk_tokens, **sub,
         )
         for j, h in enumerate(hs):
             keep = res.indices[j] != PAD

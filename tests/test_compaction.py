@@ -13,6 +13,8 @@ from pyllamaam.compact import available_methods
 from pyllamaam.errors import ConfigError, UnsupportedLayout
 from pyllamaam.pipeline import mean_kl
 
+from conftest import max_rel
+
 pytestmark = pytest.mark.native
 
 TEXT = topics["attribute-access"]  # public-domain-licensed Python docs, offline, deterministic
@@ -174,7 +176,7 @@ def test_every_method_runs(llama, method):
     assert np.isfinite(llama.eval_logits(_ids(2, 5))).all()
 
 
-@pytest.mark.parametrize("queries", ["context", "repeat", "self-study", "task", "repeat+context"])
+@pytest.mark.parametrize("queries", ["context", "repeat", "self-study", "task", "tail", "repeat+context"])
 def test_every_query_source_runs_and_leaves_no_trace(llama, queries):
     tokens, last = llama.tokens, llama.logits()
     rep = llama.compact(
@@ -508,3 +510,58 @@ def test_hybrid_ranking_interleaves_both_rankings_and_keeps_invalid_keys_last():
     a2 = np.array([[2, 3, 4, 0, 1]])
     b2 = np.array([[4, 2, 3, 1, 0]])
     assert set(interleave(a2, b2)[0, -2:]) == set(inv)
+
+
+# --- observing what the next tokens read ---
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_tail_queries_are_the_prefill_queries_of_the_last_tokens_and_leave_no_trace(tiny_models, arch):
+    from pyllamaam.queries import tail_queries
+
+    with tiny_models[arch].session(n_ctx=512) as s:
+        s.capture_context_queries(512)
+        s.prefill(_ids(200, 3))
+        prefill_q = s._ctx_queries.get()
+        st, tokens, last = _state(s), s.tokens, s.logits()
+        got = tail_queries(s, (4, 180), tail_tokens=12)
+        assert set(got) == set(prefill_q)
+        for il, q in got.items():
+            assert q.shape == (12, *prefill_q[il].shape[1:])
+            assert max_rel(q, prefill_q[il][-12:]) < 1e-3, il  # same tokens, same positions, same cache
+        assert _state(s) == st and s.tokens == tokens
+        np.testing.assert_array_equal(s.logits(), last)
+        assert len(next(iter(tail_queries(s, (4, 194), tail_tokens=12).values()))) == 5  # only after the span
+        with pytest.raises(ConfigError, match="tail_tokens"):
+            tail_queries(s, (4, 180), tail_tokens=0)
+
+
+def test_snapkv_observation_queries_choose_the_keys_they_attend_to():
+    from pyllamaam.compact import compact_layer
+
+    rng = np.random.default_rng(1)
+    H, T, d = 2, 40, 16
+    K = rng.standard_normal((H, T, d)).astype(np.float32)
+    V = rng.standard_normal((H, T, d)).astype(np.float32)
+    Q = rng.standard_normal((H, 64, d)).astype(np.float32)
+    hot = np.array([[3, 17], [25, 8]])  # per head, the keys the observation queries look at
+    obs = np.stack([np.repeat(K[h, hot[h]] * 4, 3, axis=0) for h in range(H)])
+    res = compact_layer(K, V, Q, 6, 0.25, method="snapkv", kernel=1, obs=obs)
+    for h in range(H):
+        assert set(hot[h]) <= set(res.indices[h].tolist())
+    plain = compact_layer(K, V, Q, 6, 0.25, method="snapkv", kernel=1)
+    assert not np.array_equal(plain.indices, res.indices)
+    with pytest.raises(ConfigError, match="obs"):
+        compact_layer(K, V, Q, 6, 0.25, method="snapkv", obs=obs[:1])
+
+
+def test_observe_reads_the_tail_for_snapkv_and_hybrid_and_is_refused_elsewhere(llama):
+    st = _state(llama)
+    for method, extra in (("hybrid", {}), ("snapkv", {"fit": True})):
+        rep = llama.compact(ratio=4, method=method, queries="repeat", observe=8, on_policy=2, **extra, **LENIENT)
+        assert not rep.fell_back, rep.reason
+        assert rep.cells_after == 4 + round(rep.span_before / 4) + 32
+        assert np.isfinite(llama.eval_logits(_ids(3, 4))).all()
+        _restore(llama, st)
+    for bad in ({"method": "am", "observe": 8}, {"method": "hybrid", "observe": -1}):
+        with pytest.raises(ConfigError, match="observe"):
+            llama.compact(ratio=4, queries="repeat", **bad, **LENIENT)
+        assert llama._snapshot() == st[0]

@@ -39,6 +39,7 @@ def compact_layer(
     *,
     method: str = "attn-rms",
     prior_bias: np.ndarray | None = None,
+    obs: np.ndarray | None = None,
     **options: object,
 ) -> CompactedLayer:
     """Compact every KV head of one layer.
@@ -60,6 +61,9 @@ def compact_layer(
         A registered selection method, see :func:`available_methods`.
     prior_bias : ndarray or None, [H, T]
         Bias the input cells already carry (re-compaction); ``-inf`` marks padding.
+    obs : ndarray or None, [H, m, d]
+        Observation queries (what the next tokens read) for ``snapkv`` and ``hybrid``
+        selection; the fit uses ``Q`` only.
     **options
         :class:`FitOptions` fields and the selector's own parameters.
 
@@ -82,6 +86,12 @@ def compact_layer(
     selector = make_selector(method, **{k: v for k, v in options.items() if k in own})
     opts = FitOptions(**{k: v for k, v in options.items() if k not in own})
     K, V, Q, prior, valid, t_eff = check_inputs(K, V, Q, t, scale, prior_bias)
+    if obs is not None:
+        obs = np.asarray(obs, dtype=np.float32)
+        if obs.ndim != 3 or obs.shape[0] != K.shape[0] or obs.shape[2] != K.shape[2] or obs.shape[1] < 1:
+            raise ConfigError(f"obs must have shape [H={K.shape[0]}, m>=1, d={K.shape[2]}], got {obs.shape}")
+        if not np.isfinite(obs).all():
+            raise CompactionError("obs queries are not finite")
     timings = dict.fromkeys(("scores", "select", "beta", "values"), 0.0)
 
     clock = time.perf_counter()
@@ -89,7 +99,7 @@ def compact_layer(
         K, V, Q, scale, prior, max_block=opts.max_block, scores=selector.scores
     )
     timings["scores"], clock = time.perf_counter() - clock, time.perf_counter()
-    inp = SelectionInput(K, Q, float(scale), prior, valid, stats, t_eff, opts.seed)
+    inp = SelectionInput(K, Q, float(scale), prior, valid, stats, t_eff, opts.seed, obs)
     ranking = selector.rank(inp)
     timings["select"], clock = time.perf_counter() - clock, time.perf_counter()
     idx, mask = _take(ranking, t_eff)
@@ -156,6 +166,8 @@ def compact_head(
     K, V, Q = (np.asarray(a)[None] for a in (K, V, Q))
     if prior_bias is not None:
         prior_bias = np.asarray(prior_bias)[None]
+    if options.get("obs") is not None:
+        options["obs"] = np.asarray(options["obs"])[None]
     layer = compact_layer(K, V, Q, t, scale, method=method, prior_bias=prior_bias, **options)
     return layer.head(0)
 

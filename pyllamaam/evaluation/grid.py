@@ -49,6 +49,11 @@ METHODS: dict[str, dict[str, Any] | None] = {
     # on-policy refits with the hybrid keys (attn-rms and the repeat pass's last-window snapkv
     # rankings interleaved) instead of attn-rms alone
     "am-op3-hybrid": {"method": "hybrid", "queries": "repeat", "on_policy": 3},
+    # on-policy refits with the hybrid keys observing the context's last 32 tokens read again
+    # (SnapKV's signal: what the next tokens read) instead of the repeat pass's last window
+    "am-op3-tail": {"method": "hybrid", "queries": "repeat", "on_policy": 3, "observe": 32},
+    # on-policy refits with SnapKV's keys (observing the context's last 32 tokens) and AM's fit
+    "am-op3-snaptail": {"method": "snapkv", "queries": "repeat", "fit": True, "on_policy": 3, "observe": 32},
     # the mix with each source given half of the fitted rows (self-study is ~150 tokens)
     "am-op3-bmix": {"method": "am", "queries": "repeat+self-study", "on_policy": 3, "mix": "balanced"},
     # SnapKV's keys (the repeat pass's last window, max-pooled) with the Attention Matching fit

@@ -7,7 +7,8 @@ restores the session exactly afterwards (:func:`scratch`).
 
 Sources: ``"context"`` (captured during prefill, free), ``"repeat"`` (a repeat-the-text pass),
 ``"self-study"`` (the model's own short texts about the context), ``"task"`` (the upcoming task
-prompt); a mixture is ``"repeat+context"``.
+prompt), ``"tail"`` (the context's last tokens read again: what the next tokens need); a
+mixture is ``"repeat+context"``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ._scratch import scratch
 from .context import context_queries
 from .repeat import repeat_queries
 from .selfstudy import selfstudy_queries
+from .tail import tail_queries
 from .task import task_queries
 
 if TYPE_CHECKING:
@@ -34,6 +36,7 @@ SOURCES: dict[str, Source] = {
     "repeat": repeat_queries,
     "self-study": selfstudy_queries,
     "task": task_queries,
+    "tail": tail_queries,
 }
 
 __all__ = ["SOURCES", "Queries", "collect", "parse_spec", "scratch"]

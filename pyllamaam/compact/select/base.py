@@ -33,6 +33,9 @@ class SelectionInput:
     t : ndarray, int, [H]
         Keys to keep per head.
     seed : int
+    obs : ndarray or None, float32, [H, m, d]
+        Observation queries for selectors that score keys by what the next tokens read
+        (``snapkv``, ``hybrid``); None: they observe the last rows of Q.
     """
 
     K: np.ndarray
@@ -43,6 +46,7 @@ class SelectionInput:
     stats: AttentionStats
     t: np.ndarray
     seed: int
+    obs: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """``snapkv``: SnapKV-like eviction baseline.
 
-Scores keys by the attention of an observation window of queries (the last
-``window`` rows of Q, or explicit ``obs_rows``), smoothed by a max-pool along the token
+Scores keys by the attention of an observation window of queries (the selection input's
+``obs`` queries when given, else the last ``window`` rows of Q, or explicit ``obs_rows``), smoothed by a max-pool along the token
 axis, so that neighbours of a hit survive together. Original values, no beta.
 """
 
@@ -55,6 +55,8 @@ class SnapKV(Selector):
             if rows.min() < -n or rows.max() >= n:
                 raise ConfigError(f"snapkv: obs_rows out of range for {n} queries")
             Qo = inp.Q[:, rows]
+        elif inp.obs is not None:
+            Qo = inp.obs
         else:
             Qo = inp.Q[:, max(0, n - self.window) :]
         L = logits(Qo, inp.K, inp.scale, inp.prior_bias).astype(np.float64)

@@ -1,0 +1,42 @@
+"""``"tail"``: the queries of the context's own last tokens, read again on the current cache.
+
+The next tokens read the context the way its last tokens did, so these queries are the
+observation window of SnapKV-style selection (what a continuation needs), and they can be
+captured again after part of the cache was compacted (on-policy), unlike the queries of the
+prefill: the last ``tail_tokens`` cells are dropped on a scratch copy and decoded again at
+their own positions.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import _native
+from ..errors import ConfigError
+from ._scratch import scratch
+
+if TYPE_CHECKING:
+    from ..engine import Session
+
+
+def tail_queries(session: Session, span: tuple[int, int], *, tail_tokens: int = 32, **_: Any) -> dict[int, np.ndarray]:
+    """Queries of the last ``tail_tokens`` tokens of the context, ``{layer: [n, n_head, head_dim]}``.
+
+    Only tokens after the compactable span are read again (they sit one per cell at their own
+    positions), so at most ``n_past - 1 - span[1]`` of them.
+    """
+    if isinstance(tail_tokens, bool) or not isinstance(tail_tokens, int) or tail_tokens < 1:
+        raise ConfigError(f"tail_tokens must be an integer >= 1, not {tail_tokens!r}")
+    n_past = session.n_past
+    n = min(tail_tokens, n_past - 1 - span[1], len(session._tokens))
+    if n < 1:
+        raise ConfigError("queries='tail' needs tokens after the compactable span (keep_last >= 2)")
+    toks = session._tokens[-n:]
+    with scratch(session):
+        if not _native.seq_rm(session.ctx, n_past - n, -1):
+            raise ConfigError(f"this memory cannot drop its last {n} cells to read them again")
+        session._tokens = session._tokens[:-n]
+        session._n_cells -= n
+        return session.capture_queries(toks)
