@@ -86,6 +86,9 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # read again on the cache as it is (after the layer groups fitted so far), instead of the last
     # rows of the reference queries (the repeat pass's, which recall the span's end). 0: off
     "observe": 0,
+    # the per-head guards also choose on the queries of the context's last this-many tokens read
+    # again (never fitted: how the next tokens read the span), next to the held-out rows. 0: off
+    "guard_tail": 0,
 }
 #: Layer groups of ``on_policy=None``. 3: on the tuning contexts of the issue-6 grid (both models,
 #: 1K and 2K tokens, 10x and 20x) it lowered answer NLL and ΔNLL against one group on both models,
@@ -117,7 +120,9 @@ def shipped_budgets(session: Session) -> Path | None:
 #: iterative compaction, which ``hybrid`` lost (docs/results/ACCEPTANCE.md).
 AM_SELECTOR = "attn-rms"
 #: Options passed to the query sources.
-QUERY_OPTIONS = ("repeat_prompt", "repeat_max_tokens", "repeat_piece", "selfstudy_prompts", "selfstudy_tokens")
+QUERY_OPTIONS = (
+    "repeat_prompt", "repeat_max_tokens", "repeat_piece", "selfstudy_prompts", "selfstudy_tokens", "tail_tokens",
+)
 #: The kernel's own defaults serve the pipeline: 30 NNLS iterations gave the same KL and ΔNLL
 #: as 100 and 300 on SmolLM2 caches (1K tokens, 10x and 20x, two texts; docs/results/options.md).
 
@@ -224,6 +229,8 @@ def compact(
         if selector == "keep" and "keep" not in options:
             options["keep"] = _briefing_mask(session, kv, split, fit_q, layers, t)
         obs = _observe(session, span, pipe["observe"], selector)
+        guard_tail = pipe["guard"] and fits and _tail_tokens(pipe["guard_tail"], "guard_tail") > 0
+        tail_q = _tail(session, span, pipe["guard_tail"]) if guard_tail else {}
         groups = _layer_groups(layers, pipe["on_policy"], given, qspec)
         fitted: dict[int, CompactedLayer] = {}
         recapture = 0.0
@@ -236,6 +243,8 @@ def compact(
                 for il in group:
                     fit_q[il], held_q[il] = fq[il], hq[il]
                 obs = _observe(session, span, pipe["observe"], selector)
+                if guard_tail:
+                    tail_q.update({il: q for il, q in _tail(session, span, pipe["guard_tail"]).items() if il in group})
                 recapture += time.perf_counter() - tick
             def fit(il: int) -> CompactedLayer:
                 return _fit_layer_windows(
@@ -253,7 +262,7 @@ def compact(
 
             fitted.update(zip(group, map_layers(fit, group, pipe["fit_threads"]), strict=True))
         if pipe["guard"] and options.get("fit", SELECTORS[selector].fits):
-            held_q = _apply_guards(kv, split, fitted, held_q, session, rep)
+            held_q = _apply_guards(kv, split, fitted, held_q, session, rep, tail_q)
         rep.seconds["fit"] = time.perf_counter() - clock - recapture
         rep.seconds["queries"] += recapture
 
@@ -444,16 +453,25 @@ def _split_queries(Q, heldout: float, max_rows: int, session: Session, max_held:
     return fit, out
 
 
+def _tail_tokens(n, name: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ConfigError(f"{name} must be an integer >= 0 (tokens), not {n!r}")
+    return n
+
+
+def _tail(session: Session, span: tuple[int, int], n: int) -> dict[int, np.ndarray]:
+    """Per layer, the queries of the context's last ``n`` tokens read again, grouped by KV head."""
+    got = qsources.SOURCES["tail"](session, span, tail_tokens=n)
+    return {il: _group(q, session.layers[il]["n_head_kv"]) for il, q in got.items()}
+
+
 def _observe(session: Session, span: tuple[int, int], n: int, selector: str) -> dict[int, np.ndarray]:
     """Per layer, the observation queries of ``observe=n`` grouped by KV head ({} when off)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ConfigError(f"observe must be an integer >= 0 (tokens), not {n!r}")
-    if n == 0:
+    if _tail_tokens(n, "observe") == 0:
         return {}
     if selector not in ("snapkv", "hybrid"):
         raise ConfigError(f"observe= serves the snapkv and hybrid selections, not {selector!r}")
-    got = qsources.SOURCES["tail"](session, span, tail_tokens=n)
-    return {il: _group(q, session.layers[il]["n_head_kv"]) for il, q in got.items()}
+    return _tail(session, span, n)
 
 
 def _group(q: np.ndarray, H: int) -> np.ndarray:
@@ -626,8 +644,9 @@ def _briefing_mask(session, kv, split, fit_q, layers, t) -> np.ndarray:
     return keep_mask_topk(task_position_scores(per_layer), t)
 
 
-def _apply_guards(kv, split, fitted, held_q, session, rep) -> dict[int, np.ndarray]:
-    """Guard every fitted head on half of the held-out tokens; returns the other half (verify)."""
+def _apply_guards(kv, split, fitted, held_q, session, rep, tail_q=None) -> dict[int, np.ndarray]:
+    """Guard every fitted head on half of the held-out tokens (and on ``tail_q``, queries of the
+    context's last tokens, when given); returns the other half (verify)."""
     counts = dict.fromkeys(VARIANTS, 0)
     verify_q = {}
     for il, res in fitted.items():
@@ -636,7 +655,8 @@ def _apply_guards(kv, split, fitted, held_q, session, rep) -> dict[int, np.ndarr
         choose = (np.arange(q.shape[1]) // r) % 2 == 0  # rows are token-major, r per token
         verify_q[il] = q[:, ~choose]
         K, V = _span_arrays(kv, il, split)
-        g = guard_layer(K, V, q[:, choose], session.kq_scale(il), res, _prior(kv, il, split))
+        qc = q[:, choose] if not tail_q or il not in tail_q else np.concatenate([q[:, choose], tail_q[il]], axis=1)
+        g = guard_layer(K, V, qc, session.kq_scale(il), res, _prior(kv, il, split))
         fitted[il] = g.layer
         for c in g.choice:
             counts[VARIANTS[c]] += 1

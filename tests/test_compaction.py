@@ -565,3 +565,29 @@ def test_observe_reads_the_tail_for_snapkv_and_hybrid_and_is_refused_elsewhere(l
         with pytest.raises(ConfigError, match="observe"):
             llama.compact(ratio=4, queries="repeat", **bad, **LENIENT)
         assert llama._snapshot() == st[0]
+
+
+def test_guard_tail_adds_the_tail_queries_to_the_guards_choice(llama, monkeypatch):
+    from pyllamaam import guards
+
+    seen = []
+    real = guards.guard_layer
+
+    def spy(K, V, Q, *a, **k):
+        seen.append(Q.shape[1])
+        return real(K, V, Q, *a, **k)
+
+    monkeypatch.setattr(pipeline, "guard_layer", spy)
+    st = _state(llama)
+    rep = llama.compact(ratio=4, queries="repeat", on_policy=2, **LENIENT)
+    plain, seen[:] = list(seen), []
+    _restore(llama, st)
+    rep2 = llama.compact(ratio=4, queries="repeat", on_policy=2, guard_tail=16, **LENIENT)
+    assert not rep.fell_back and not rep2.fell_back, (rep.reason, rep2.reason)
+    r = llama.layers[rep.layers[0]]["n_head"] // llama.layers[rep.layers[0]]["n_head_kv"]
+    assert [b - a for a, b in zip(plain, seen)] == [16 * r] * len(rep.layers)
+    assert sum(rep2.guards[v] for v in pipeline.VARIANTS) == sum(llama.layers[il]["n_head_kv"] for il in rep2.layers)
+    _restore(llama, st)
+    with pytest.raises(ConfigError, match="guard_tail"):
+        llama.compact(ratio=4, queries="repeat", guard_tail=-2, **LENIENT)
+    assert llama._snapshot() == st[0]

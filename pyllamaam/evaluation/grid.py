@@ -54,6 +54,15 @@ METHODS: dict[str, dict[str, Any] | None] = {
     "am-op3-tail": {"method": "hybrid", "queries": "repeat", "on_policy": 3, "observe": 32},
     # on-policy refits with SnapKV's keys (observing the context's last 32 tokens) and AM's fit
     "am-op3-snaptail": {"method": "snapkv", "queries": "repeat", "fit": True, "on_policy": 3, "observe": 32},
+    # on-policy refits whose queries add the context's last 256 tokens read again (forward reading,
+    # as the next tokens read) to the repeat pass: pooled (~10% of the rows at 2K), or balanced
+    "am-op3-rtail": {"method": "am", "queries": "repeat+tail", "tail_tokens": 256, "on_policy": 3},
+    "am-op3-rtail-b": {"method": "am", "queries": "repeat+tail", "tail_tokens": 256, "on_policy": 3, "mix": "balanced"},
+    # on-policy refits whose per-head guards also choose on the context's last (up to 256) tokens
+    # read again: fitted, shrunk, original or evicted values as the next tokens read the span
+    "am-op3-gtail": {"method": "am", "queries": "repeat", "on_policy": 3, "guard_tail": 256},
+    # on-policy refits on the repeat pass plus the prefill's own queries (fixed: not re-captured)
+    "am-op3-rctx": {"method": "am", "queries": "repeat+context", "on_policy": 3},
     # the mix with each source given half of the fitted rows (self-study is ~150 tokens)
     "am-op3-bmix": {"method": "am", "queries": "repeat+self-study", "on_policy": 3, "mix": "balanced"},
     # SnapKV's keys (the repeat pass's last window, max-pooled) with the Attention Matching fit
