@@ -36,6 +36,8 @@ from .compact import (
 from .compact.parallel import map_layers
 from .compact.result import PAD, CompactedLayer
 from .compact.select import SELECTORS
+from .compact.select.base import rank_by_score
+from .compact.select.snapkv import observed_scores
 from .errors import CompactionError, ConfigError, UnsupportedLayout
 from .guards import VARIANTS, guard_layer
 from .kv import KVState
@@ -89,6 +91,11 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # the per-head guards also choose on the queries of the context's last this-many tokens read
     # again (never fitted: how the next tokens read the span), next to the held-out rows. 0: off
     "guard_tail": 0,
+    # fitted methods: which cells the exact share of the budget (option recent) holds: "recent",
+    # the most recent cells (shared by every head); "observed", per head, the span keys that the
+    # context's last ``observe`` (or 32) tokens, read again, attend to most (SnapKV's scores,
+    # max-pooled). The fit then matches the rest of the span: the two attention sums add up
+    "exact": "recent",
 }
 #: Layer groups of ``on_policy=None``. 3: on the tuning contexts of the issue-6 grid (both models,
 #: 1K and 2K tokens, 10x and 20x) it lowered answer NLL and ΔNLL against one group on both models,
@@ -198,8 +205,13 @@ def compact(
     clock = time.perf_counter()
     kv = session.get_kv()
     fill = fits and pipe["budget_cells"] == "fill" and not _uniform(budgets)
+    if pipe["exact"] not in ("recent", "observed"):
+        raise ConfigError(f"exact must be 'recent' or 'observed', not {pipe['exact']!r}")
+    observed = fits and pipe["exact"] == "observed"
+    if observed and not _uniform(budgets):
+        raise ConfigError("exact='observed' chooses each head's exact keys itself: use uniform budgets")
     user, split, t, extra = _splits(kv, keep_first, keep_last, ratio, target_cells, fits, pipe["recent"])
-    if fill:  # every head fits its own older span: the queries and the fit cover the user's span
+    if fill or observed:  # every head keeps its own exact keys: the queries and the fit cover the user's span
         split = user
     T = len(user.span)
     rep.seconds["extract"] = time.perf_counter() - clock
@@ -228,7 +240,8 @@ def compact(
             window = dict.fromkeys(layers)
         if selector == "keep" and "keep" not in options:
             options["keep"] = _briefing_mask(session, kv, split, fit_q, layers, t)
-        obs = _observe(session, span, pipe["observe"], selector)
+        n_obs = (pipe["observe"] or 32) if observed and extra else pipe["observe"]
+        obs = _observe(session, span, n_obs, "snapkv" if observed and extra else selector)
         guard_tail = pipe["guard"] and fits and _tail_tokens(pipe["guard_tail"], "guard_tail") > 0
         tail_q = _tail(session, span, pipe["guard_tail"]) if guard_tail else {}
         groups = _layer_groups(layers, pipe["on_policy"], given, qspec)
@@ -242,11 +255,16 @@ def compact(
                 fq, hq = _split_queries(Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"], pipe["mix"])
                 for il in group:
                     fit_q[il], held_q[il] = fq[il], hq[il]
-                obs = _observe(session, span, pipe["observe"], selector)
+                obs = _observe(session, span, n_obs, "snapkv" if observed and extra else selector)
                 if guard_tail:
                     tail_q.update({il: q for il, q in _tail(session, span, pipe["guard_tail"]).items() if il in group})
                 recapture += time.perf_counter() - tick
             def fit(il: int) -> CompactedLayer:
+                if observed and extra:
+                    return _fit_layer_exact(
+                        *_span_arrays(kv, il, split), fit_q[il], t - extra, extra, obs[il], session.kq_scale(il),
+                        _prior(kv, il, split), pipe["chunk_tokens"], method=selector, **options,
+                    )
                 return _fit_layer_windows(
                     *_span_arrays(kv, il, split),
                     fit_q[il],
@@ -273,7 +291,7 @@ def compact(
         rep.span_before, rep.span_after = T, new.n_cells - len(user.sinks) - len(user.recent)
         rep.ratio = T / max(1, rep.span_after)
         # the exact recent window moved out of the fit is part of the user's span: its keys count
-        moved = 0 if fill else extra * sum(r.indices.shape[0] for r in fitted.values())
+        moved = 0 if fill or observed else extra * sum(r.indices.shape[0] for r in fitted.values())
         rep.keys_kept = int(sum(int(r.keys_kept.sum()) for r in fitted.values())) + moved
         rep.cells_after = session.n_cells
 
@@ -582,6 +600,47 @@ def _fit_layer_windows(K, V, Q, budget, window, scale, prior, chunk_tokens, **kw
         for k, v in res.timings.items():
             timings[k] = timings.get(k, 0.0) + v
     return CompactedLayer(idx, beta, vals, zeros, tuple(sorted(fallback)), timings)
+
+
+def _fit_layer_exact(K, V, Q, budget, n_exact, obs, scale, prior, chunk_tokens, kernel: int = 7, **kw) -> CompactedLayer:
+    """One layer's fit where each KV head keeps ``n_exact`` span keys exact (original keys, values
+    and bias): the keys the observation queries ``obs`` [H, m, d] attend to most (SnapKV's scores,
+    max-pooled over ``kernel`` cells); ``budget`` keys are fitted on the rest of its span.
+
+    The span's unnormalized attention sum is the exact keys' sum plus the rest's, so a fit that
+    matches the rest matches the whole (as for chunks). Heads have different rests: one fit each.
+    """
+    if "keep" in kw:
+        raise ConfigError("exact='observed' cannot be combined with a shared keep mask (method='keep')")
+    H, T = K.shape[:2]
+    e = int(min(n_exact, T - 1))
+    valid = np.ones((H, T), bool) if prior is None else np.isfinite(prior)
+    exact = np.sort(rank_by_score(observed_scores(obs, K, scale, prior, kernel), valid)[:, :e], axis=1)
+    idx, beta, vals, zeros, fallback, timings = [], [], [], np.zeros(H, np.int64), [], {}
+    for h in range(H):
+        rest = np.setdiff1d(np.arange(T), exact[h])
+        ex = exact[h][valid[h, exact[h]]]
+        pr = None if prior is None else np.ascontiguousarray(prior[h : h + 1, rest])
+        res = _fit_layer(
+            np.ascontiguousarray(K[h : h + 1, rest]), np.ascontiguousarray(V[h : h + 1, rest]), Q[h : h + 1],
+            budget, scale, pr, chunk_tokens, **kw,
+        )
+        keep = res.indices[0] != PAD
+        idx.append(np.concatenate([rest[res.indices[0, keep]], ex]))
+        beta.append(np.concatenate([res.beta[0, keep], np.zeros(len(ex)) if prior is None else prior[h, ex]]))
+        vals.append(np.concatenate([res.values[0, keep], V[h, ex]]))
+        zeros[h] = int(res.zero_weights[0])
+        fallback += [h] if res.fallback_heads else []
+        for k, v in res.timings.items():
+            timings[k] = timings.get(k, 0.0) + v
+    t = max(len(i) for i in idx)
+    I, B = np.full((H, t), PAD, np.int64), np.full((H, t), -np.inf)
+    C2 = np.zeros((H, t, V.shape[2]), V.dtype)
+    for h in range(H):
+        order = np.argsort(idx[h], kind="stable")  # slots in position order
+        n = len(order)
+        I[h, :n], B[h, :n], C2[h, :n] = idx[h][order], beta[h][order], vals[h][order]
+    return CompactedLayer(I, B, C2, zeros, tuple(fallback), timings)
 
 
 def _fit_layer(K, V, Q, budget, scale, prior, chunk_tokens, **kw) -> CompactedLayer:

@@ -591,3 +591,40 @@ def test_guard_tail_adds_the_tail_queries_to_the_guards_choice(llama, monkeypatc
     with pytest.raises(ConfigError, match="guard_tail"):
         llama.compact(ratio=4, queries="repeat", guard_tail=-2, **LENIENT)
     assert llama._snapshot() == st[0]
+
+
+def test_exact_observed_keeps_each_heads_most_read_keys_exact_and_fits_the_rest(llama, monkeypatch):
+    from pyllamaam.compact.select.snapkv import observed_scores
+
+    got = {}
+    real = pipeline._fit_layer_exact
+
+    def spy(K, V, Q, budget, n_exact, obs, scale, prior, *a, **k):
+        res = real(K, V, Q, budget, n_exact, obs, scale, prior, *a, **k)
+        got[len(got)] = (K, V, obs, n_exact, budget, res, observed_scores(obs, K, scale, prior, 7))
+        return res
+
+    monkeypatch.setattr(pipeline, "_fit_layer_exact", spy)
+    st = _state(llama)
+    ref = llama.compact(ratio=4, queries="repeat", on_policy=1, **LENIENT)
+    _restore(llama, st)
+    rep = llama.compact(ratio=4, queries="repeat", on_policy=2, exact="observed", **LENIENT)
+    assert not rep.fell_back, rep.reason
+    assert rep.cells_after == ref.cells_after  # the same cells as the recent window
+    assert len(got) == len(rep.layers)
+    for K, V, obs, e, b, res, score in got.values():
+        assert obs.shape[1] == 32 * llama.layers[rep.layers[0]]["n_head"] // K.shape[0]  # keep_last tokens
+        for h in range(K.shape[0]):
+            kept = res.indices[h][res.kept[h]]
+            top = np.argsort(-score[h], kind="stable")[:e]
+            assert set(top) <= set(kept)  # the most-read keys are kept ...
+            ex = np.isin(res.indices[h], top)
+            np.testing.assert_array_equal(res.values[h][ex], V[h, res.indices[h][ex]])  # ... exact
+            assert np.all(res.beta[h][ex] == 0)
+            assert e < len(kept) <= e + b
+    assert np.isfinite(llama.eval_logits(_ids(3, 4))).all()
+    _restore(llama, st)
+    for bad in ({"exact": "both"}, {"exact": "observed", "budgets": {"L0H0": 1.0}}):
+        with pytest.raises(ConfigError, match="exact"):
+            llama.compact(ratio=4, queries="repeat", **bad, **LENIENT)
+        assert llama._snapshot() == st[0]

@@ -61,6 +61,9 @@ METHODS: dict[str, dict[str, Any] | None] = {
     # on-policy refits whose per-head guards also choose on the context's last (up to 256) tokens
     # read again: fitted, shrunk, original or evicted values as the next tokens read the span
     "am-op3-gtail": {"method": "am", "queries": "repeat", "on_policy": 3, "guard_tail": 256},
+    # on-policy refits whose exact share of the budget holds, per head, the keys the context's
+    # last 32 tokens read again attend to most (SnapKV's choice) instead of the recent window
+    "am-op3-exobs": {"method": "am", "queries": "repeat", "on_policy": 3, "exact": "observed"},
     # on-policy refits on the repeat pass plus the prefill's own queries (fixed: not re-captured)
     "am-op3-rctx": {"method": "am", "queries": "repeat+context", "on_policy": 3},
     # the mix with each source given half of the fitted rows (self-study is ~150 tokens)

@@ -59,10 +59,14 @@ class SnapKV(Selector):
             Qo = inp.obs
         else:
             Qo = inp.Q[:, max(0, n - self.window) :]
-        L = logits(Qo, inp.K, inp.scale, inp.prior_bias).astype(np.float64)
-        L -= L.max(axis=2, keepdims=True)
-        A = np.exp(L)
-        A /= A.sum(axis=2, keepdims=True)
-        score = A.sum(axis=1)  # [H, T]
-        score = maximum_filter1d(score, size=self.kernel, axis=1, mode="constant")
-        return rank_by_score(score, inp.valid)
+        return rank_by_score(observed_scores(Qo, inp.K, inp.scale, inp.prior_bias, self.kernel), inp.valid)
+
+
+def observed_scores(Qo: np.ndarray, K: np.ndarray, scale: float, prior: np.ndarray | None, kernel: int) -> np.ndarray:
+    """SnapKV's key scores [H, T]: the attention the observation queries ``Qo`` [H, m, d] give each
+    key of ``K`` [H, T, d] (softmax over the span), summed, then max-pooled over ``kernel`` keys."""
+    L = logits(Qo, K, scale, prior).astype(np.float64)
+    L -= L.max(axis=2, keepdims=True)
+    A = np.exp(L)
+    A /= A.sum(axis=2, keepdims=True)
+    return maximum_filter1d(A.sum(axis=1), size=kernel, axis=1, mode="constant")
