@@ -259,7 +259,7 @@ def compact(
                 if guard_tail:
                     tail_q.update({il: q for il, q in _tail(session, span, pipe["guard_tail"]).items() if il in group})
                 recapture += time.perf_counter() - tick
-            def fit(il: int) -> CompactedLayer:
+            def fit(il: int, obs: dict[int, np.ndarray] = obs) -> CompactedLayer:
                 if observed and extra:
                     return _fit_layer_exact(
                         *_span_arrays(kv, il, split), fit_q[il], t - extra, extra, obs[il], session.kq_scale(il),
@@ -634,13 +634,13 @@ def _fit_layer_exact(K, V, Q, budget, n_exact, obs, scale, prior, chunk_tokens, 
         for k, v in res.timings.items():
             timings[k] = timings.get(k, 0.0) + v
     t = max(len(i) for i in idx)
-    I, B = np.full((H, t), PAD, np.int64), np.full((H, t), -np.inf)
+    slots, B = np.full((H, t), PAD, np.int64), np.full((H, t), -np.inf)
     C2 = np.zeros((H, t, V.shape[2]), V.dtype)
     for h in range(H):
         order = np.argsort(idx[h], kind="stable")  # slots in position order
         n = len(order)
-        I[h, :n], B[h, :n], C2[h, :n] = idx[h][order], beta[h][order], vals[h][order]
-    return CompactedLayer(I, B, C2, zeros, tuple(fallback), timings)
+        slots[h, :n], B[h, :n], C2[h, :n] = idx[h][order], beta[h][order], vals[h][order]
+    return CompactedLayer(slots, B, C2, zeros, tuple(fallback), timings)
 
 
 def _fit_layer(K, V, Q, budget, scale, prior, chunk_tokens, **kw) -> CompactedLayer:

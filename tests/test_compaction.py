@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
+from pydoc_data.topics import topics
 
 import numpy as np
 import pytest
-from pydoc_data.topics import topics
+from conftest import max_rel
 
 from pyllamaam import pipeline
 from pyllamaam.compact import available_methods
 from pyllamaam.errors import ConfigError, UnsupportedLayout
 from pyllamaam.pipeline import mean_kl
-
-from conftest import max_rel
 
 pytestmark = pytest.mark.native
 
@@ -585,7 +584,7 @@ def test_guard_tail_adds_the_tail_queries_to_the_guards_choice(llama, monkeypatc
     rep2 = llama.compact(ratio=4, queries="repeat", on_policy=2, guard_tail=16, **LENIENT)
     assert not rep.fell_back and not rep2.fell_back, (rep.reason, rep2.reason)
     r = llama.layers[rep.layers[0]]["n_head"] // llama.layers[rep.layers[0]]["n_head_kv"]
-    assert [b - a for a, b in zip(plain, seen)] == [16 * r] * len(rep.layers)
+    assert [b - a for a, b in zip(plain, seen, strict=True)] == [16 * r] * len(rep.layers)
     assert sum(rep2.guards[v] for v in pipeline.VARIANTS) == sum(llama.layers[il]["n_head_kv"] for il in rep2.layers)
     _restore(llama, st)
     with pytest.raises(ConfigError, match="guard_tail"):
