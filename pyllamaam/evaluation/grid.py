@@ -64,6 +64,9 @@ METHODS: dict[str, dict[str, Any] | None] = {
     # on-policy refits whose exact share of the budget holds, per head, the keys the context's
     # last 32 tokens read again attend to most (SnapKV's choice) instead of the recent window
     "am-op3-exobs": {"method": "am", "queries": "repeat", "on_policy": 3, "exact": "observed"},
+    # on-policy refits with a smaller exact recent window (option recent; the default is 0.5)
+    "am-op3-rec0.3": {"method": "am", "queries": "repeat", "on_policy": 3, "recent": 0.3},
+    "am-op3-rec0.4": {"method": "am", "queries": "repeat", "on_policy": 3, "recent": 0.4},
     # on-policy refits on the repeat pass plus the prefill's own queries (fixed: not re-captured)
     "am-op3-rctx": {"method": "am", "queries": "repeat+context", "on_policy": 3},
     # the mix with each source given half of the fitted rows (self-study is ~150 tokens)
