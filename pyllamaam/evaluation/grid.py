@@ -67,6 +67,9 @@ METHODS: dict[str, dict[str, Any] | None] = {
     # on-policy refits with a smaller exact recent window (option recent; the default is 0.5)
     "am-op3-rec0.3": {"method": "am", "queries": "repeat", "on_policy": 3, "recent": 0.3},
     "am-op3-rec0.4": {"method": "am", "queries": "repeat", "on_policy": 3, "recent": 0.4},
+    # on-policy refits on 4x the fitted query rows (max_queries, 2048 rows per KV head by default:
+    # 512 tokens of Gemma-3's 4 query heads, an eighth of a 4K repeat pass)
+    "am-op3-q8k": {"method": "am", "queries": "repeat", "on_policy": 3, "max_queries": 8192},
     # on-policy refits on the repeat pass plus the prefill's own queries (fixed: not re-captured)
     "am-op3-rctx": {"method": "am", "queries": "repeat+context", "on_policy": 3},
     # the mix with each source given half of the fitted rows (self-study is ~150 tokens)
