@@ -16,4 +16,11 @@ run --models gemma3-270m --n-tokens 4096 --seeds 0
 M=full,am,default,snapkv,h2o,window
 run --models gemma3-270m --n-tokens 1024,2048 --seeds 4,5
 run --models smollm2-135m --n-tokens 1024,2048 --seeds 4,5
+# stop 15: the candidate am-op3-q8k (on-policy refits fitted on 4x the query rows, max_queries=8192),
+# chosen on the tuning seeds (tune/sweep13.py), on every acceptance context
+M=full,am-op3-q8k
+run --models gemma3-270m --n-tokens 1024,2048 --seeds 0,1,4,5
+run --models gemma3-270m --n-tokens 4096 --seeds 0
+run --models smollm2-135m --n-tokens 1024,2048 --seeds 0,1,4,5
+run --models smollm2-135m --n-tokens 4096 --seeds 0
 echo "=== done $(date -u +%H:%M:%S)"
