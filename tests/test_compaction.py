@@ -627,3 +627,14 @@ def test_exact_observed_keeps_each_heads_most_read_keys_exact_and_fits_the_rest(
         with pytest.raises(ConfigError, match="exact"):
             llama.compact(ratio=4, queries="repeat", **bad, **LENIENT)
         assert llama._snapshot() == st[0]
+
+
+def test_tail_queries_on_a_hybrid_memory_are_refused_and_nothing_changes(tiny_models):
+    with tiny_models["hybrid"].session(n_ctx=512) as s:
+        s.prefill(_ids(200, 8))
+        st, last = _state(s), s.logits()
+        # a recurrent state cannot drop its last tokens to read them again: refused with the reason
+        with pytest.raises(ConfigError, match="cannot drop its last 8 cells"):
+            s.compact(ratio=4, queries="repeat", method="hybrid", observe=8, **LENIENT)
+        assert _state(s) == st
+        np.testing.assert_array_equal(s.logits(), last)
