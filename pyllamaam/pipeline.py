@@ -42,6 +42,7 @@ from .errors import CompactionError, ConfigError, UnsupportedLayout
 from .guards import VARIANTS, guard_layer
 from .kv import KVState
 from .queries.repeat import REPEAT_PROMPT
+from .queries.tail import tail_logits
 from .report import CompactionReport
 
 if TYPE_CHECKING:
@@ -58,6 +59,11 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # eviction baselines (their span-only error often exceeds 1 without harm: see the report)
     "max_attention_error": None,
     "probe_tokens": 24,  # span tokens re-read after the repeat prompt for the KL probe
+    # the continuation probe: the context's last this-many tokens (after the span: kept exact)
+    # read again before and after, their next-token KL reported as tail_kl. 0: off
+    "tail_probe": 32,
+    # mean KL on the continuation probe, nats: a catastrophe gate like max_kl (None: report only)
+    "max_tail_kl": 3.0,
     # fitted query rows per KV head (evenly subsampled by token). 8192 (every token of a 2K repeat
     # pass on Gemma-3, whose 4 query heads share a KV head) lowered Gemma's answer NLL by 0.31 at
     # 10x on the acceptance contexts but raised its ΔNLL by 0.02 (docs/results/issue6, "Stop 15")
@@ -221,6 +227,9 @@ def compact(
     span_pos = kv.positions[split.span]
     probe = _probe_tokens(session, int(span_pos[0]), pipe["probe_tokens"], qopts) if verify else []
     before = session.eval_logits(probe) if probe else None
+    tail_end, clock = int(kv.positions[user.span][-1]) if len(user.span) else session.n_past - 1, time.perf_counter()
+    tail_before = tail_logits(session, _tail_tokens(pipe["tail_probe"], "tail_probe"), tail_end) if verify and pipe["tail_probe"] else None
+    probe_seconds = time.perf_counter() - clock  # counted with verify, as is reading it again after
     try:
         clock = time.perf_counter()
         span = (int(span_pos[0]), int(span_pos[-1]))
@@ -299,8 +308,8 @@ def compact(
         rep.cells_after = session.n_cells
 
         clock = time.perf_counter()
-        _verify(session, kv, split, fitted, held_q, probe, before, pipe, rep, verify)
-        rep.seconds["verify"] = time.perf_counter() - clock
+        _verify(session, kv, split, fitted, held_q, probe, before, pipe, rep, verify, (tail_before, tail_end))
+        rep.seconds["verify"] = time.perf_counter() - clock + probe_seconds
     except ConfigError:
         session._write_blob(blob, n_cells0)
         raise
@@ -757,7 +766,7 @@ def _assemble(kv: KVState, split: _Split, fitted: dict[int, CompactedLayer]) -> 
 
 
 # --- verify ---
-def _verify(session, kv, split, fitted, held_q, probe, before, pipe, rep, verify) -> None:
+def _verify(session, kv, split, fitted, held_q, probe, before, pipe, rep, verify, tail=(None, 0)) -> None:
     errs = []
     for il, res in fitted.items():
         if held_q[il].shape[1] == 0:
@@ -780,6 +789,14 @@ def _verify(session, kv, split, fitted, held_q, probe, before, pipe, rep, verify
         rep.kl = mean_kl(before, after)
         if not rep.kl <= pipe["max_kl"]:
             raise _GateFailed(f"probe KL {rep.kl:.4f} nats > gate {pipe['max_kl']}")
+    tail_before, tail_end = tail
+    if tail_before is not None:
+        tail_after = tail_logits(session, len(tail_before), tail_end)
+        if tail_after is None or not np.isfinite(tail_after).all():
+            raise _GateFailed("the continuation probe could not be read again after write-back")
+        rep.tail_kl = mean_kl(tail_before, tail_after)
+        if pipe["max_tail_kl"] is not None and not rep.tail_kl <= pipe["max_tail_kl"]:
+            raise _GateFailed(f"continuation probe KL {rep.tail_kl:.4f} nats > gate {pipe['max_tail_kl']}")
 
 
 def mean_kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:

@@ -25,6 +25,9 @@ class CompactionReport:
     seconds : per stage (queries, extract, fit, write, verify).
     attention_error : mean relative attention-output error on held-out queries (None if unknown).
     kl : mean KL(before || after) of next-token distributions on the probe (nats; None if unknown).
+    tail_kl : the same on the continuation probe: the context's last tokens (after the span, kept
+        exact) read again, whose predictions show what the next tokens will see (None if unknown,
+        or on a memory that cannot drop its last cells).
     fell_back : True when the original cache was restored; ``reason`` says why.
     guards : how often each per-head guard fired (:mod:`pyllamaam.guards`): heads kept as
         fitted (``fit``), shrunk (``shrink``), given original values (``original``) or evicted
@@ -47,6 +50,7 @@ class CompactionReport:
     attention_error: float | None = None
     attention_error_worst: float | None = None
     kl: float | None = None
+    tail_kl: float | None = None
     fell_back: bool = False
     reason: str = ""
     guards: dict[str, int] = field(default_factory=dict)
@@ -82,6 +86,8 @@ class CompactionReport:
         if self.attention_error_worst is not None:
             err += f" (worst layer {self.attention_error_worst:.3f})"
         kl = "n/a" if self.kl is None else f"{self.kl:.4f} nats"
+        if self.tail_kl is not None:
+            kl += f"; continuation probe KL {self.tail_kl:.4f} nats"
         times = ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items())
         guards = ""
         if self.guards:

@@ -198,6 +198,7 @@ def test_iswa_compacts_global_layers_only_and_keeps_the_swa_section(tiny_models)
         kv1 = s.get_kv()
         assert rep.layers == [1, 3] and kv1.n_cells == rep.cells_after < kv0.n_cells
         assert kv1.tail == kv0.tail  # sliding-window section byte for byte
+        assert rep.tail_kl is not None and np.isfinite(rep.tail_kl)  # an iSWA cache drops its last cells
         assert np.isfinite(s.eval_logits(_ids(3, 7))).all()
 
 
@@ -210,6 +211,7 @@ def test_hybrid_compacts_attention_layers_and_keeps_the_recurrent_state(tiny_mod
         assert rep.layers == s.compact_layers() == [1, 3]
         assert s.get_kv().tail == kv0.tail
         assert s.n_past == 200
+        assert rep.tail_kl is None  # a recurrent state cannot read its last tokens again: no continuation probe
 
 
 def test_recurrent_memory_is_refused_with_the_reason(tiny_models):
@@ -638,3 +640,29 @@ def test_tail_queries_on_a_hybrid_memory_are_refused_and_nothing_changes(tiny_mo
             s.compact(ratio=4, queries="repeat", method="hybrid", observe=8, **LENIENT)
         assert _state(s) == st
         np.testing.assert_array_equal(s.logits(), last)
+
+
+def test_continuation_probe_is_the_kl_of_the_last_tokens_read_again_and_gates(llama):
+    from pyllamaam.queries.tail import tail_logits
+
+    st, probe = _state(llama), _ids(4, 11)
+    logits = llama.eval_logits(probe)
+    end = llama.n_past - 1 - 32  # the span's last position with keep_last=32
+    before = tail_logits(llama, 32, end)
+    assert before.shape == (32, llama.model.n_vocab) and _state(llama) == st  # read on a scratch copy
+    assert tail_logits(llama, 32, llama.n_past - 6).shape[0] == 5  # only tokens after the span
+    rep = llama.compact(ratio=5, queries="context", keep_last=32)
+    assert not rep.fell_back, rep.reason
+    after = tail_logits(llama, 32, end)
+    assert rep.tail_kl == pytest.approx(mean_kl(before, after), rel=1e-6, abs=1e-9)
+    assert rep.tail_kl > 0 and "continuation probe KL" in str(rep)
+    _restore(llama, st)
+    assert llama.compact(ratio=5, queries="context", tail_probe=0).tail_kl is None
+    _restore(llama, st)
+    # a gate like max_kl: past it, the original cache comes back and the reason says which probe
+    rep = llama.compact(ratio=5, queries="context", max_tail_kl=-1.0)
+    assert rep.fell_back and "continuation probe KL" in rep.reason
+    _assert_unchanged(llama, st, logits, probe)
+    with pytest.raises(ConfigError, match="tail_probe"):
+        llama.compact(ratio=5, queries="context", tail_probe=-2)
+    _assert_unchanged(llama, st, logits, probe)

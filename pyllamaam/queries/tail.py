@@ -40,3 +40,23 @@ def tail_queries(session: Session, span: tuple[int, int], *, tail_tokens: int = 
         session._tokens = session._tokens[:-n]
         session._n_cells -= n
         return session.capture_queries(toks)
+
+
+def tail_logits(session: Session, n: int, after: int) -> np.ndarray | None:
+    """Next-token logits of the context's last ``n`` tokens read again on the cache as it is
+    (float32 [n, n_vocab]): what the continuation probe compares before and after a compaction.
+
+    Only tokens at positions past ``after`` (the compactable span's last position) are read again,
+    so at most ``n_past - 1 - after``; None when fewer than 1 would be, or when the memory cannot
+    drop its last cells (recurrent state). The session is unchanged.
+    """
+    n = min(n, session.n_past - 1 - after, len(session._tokens))
+    if n < 1:
+        return None
+    toks = session._tokens[-n:]
+    with scratch(session):
+        if not _native.seq_rm(session.ctx, session.n_past - n, -1):
+            return None
+        session._tokens = session._tokens[:-n]
+        session._n_cells -= n
+        return session.eval_logits(toks)
