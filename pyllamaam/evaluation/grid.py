@@ -67,6 +67,9 @@ METHODS: dict[str, dict[str, Any] | None] = {
     # on-policy refits with a smaller exact recent window (option recent; the default is 0.5)
     "am-op3-rec0.3": {"method": "am", "queries": "repeat", "on_policy": 3, "recent": 0.3},
     "am-op3-rec0.4": {"method": "am", "queries": "repeat", "on_policy": 3, "recent": 0.4},
+    # and larger ones: a copy in the continuation reads an exact recent token, the fit cannot
+    "am-op3-rec0.8": {"method": "am", "queries": "repeat", "on_policy": 3, "recent": 0.8},
+    "am-op3-rec0.9": {"method": "am", "queries": "repeat", "on_policy": 3, "recent": 0.9},
     # on-policy refits on 4x the fitted query rows (max_queries, 2048 rows per KV head by default:
     # 512 tokens of Gemma-3's 4 query heads, an eighth of a 4K repeat pass)
     "am-op3-q8k": {"method": "am", "queries": "repeat", "on_policy": 3, "max_queries": 8192},

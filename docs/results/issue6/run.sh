@@ -23,4 +23,9 @@ run --models gemma3-270m --n-tokens 1024,2048 --seeds 0,1,4,5
 run --models gemma3-270m --n-tokens 4096 --seeds 0
 run --models smollm2-135m --n-tokens 1024,2048 --seeds 0,1,4,5
 run --models smollm2-135m --n-tokens 4096 --seeds 0
+# stop 16: 4 more contexts per model (seeds 6 and 7, never used for tuning or for choosing a
+# candidate), the default against uniform AM and the eviction baselines: 13 contexts per cell
+M=full,am,default,snapkv,h2o,window
+run --models gemma3-270m --n-tokens 1024,2048 --seeds 6,7
+run --models smollm2-135m --n-tokens 1024,2048 --seeds 6,7
 echo "=== done $(date -u +%H:%M:%S)"
