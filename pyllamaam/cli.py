@@ -81,9 +81,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         rows = [("full", s.n_cells, nll_full, 0.0, 0.0)]
         for method in ("am", "snapkv", "window"):
             s.restore(full_path)
-            # the baselines read the context's last tokens again (SnapKV's observation window),
-            # not a repeat pass they do not need
-            rep = s.compact(ratio=args.ratio, method=method, **({} if method == "am" else {"queries": "tail"}))
+            rep = s.compact(ratio=args.ratio, method=method)  # baselines: queries="tail", no repeat pass
             if method == "am":
                 print(rep)
                 s.save(tmp / "am.pllam")
@@ -234,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="the saved session (.pllam)")
     p.add_argument("--ratio", type=float, default=10.0)
     p.add_argument("--method", default="am")
-    p.add_argument("--queries", default="repeat")
+    p.add_argument("--queries", default=None, help="query source (default: repeat; tail for the eviction baselines)")
     p.add_argument("--model", default=None)
     p.add_argument("--n-ctx", type=int, default=None)
     p.add_argument("--flash-attn", action="store_true")

@@ -392,7 +392,7 @@ class Session:
         ratio: float | None = None,
         target_cells: int | None = None,
         method: str = "am",
-        queries: str = "repeat",
+        queries: str | None = None,
         keep_first: int = 4,
         keep_last: int = 32,
         budgets: Any = None,
@@ -408,8 +408,10 @@ class Session:
         groups, each on queries re-captured after the groups before it: option ``on_policy``,
         1 for the fastest compaction) or any selection method
         of :func:`pyllamaam.compact.available_methods` (baselines keep original values); ``queries``
-        ``"repeat"``, ``"context"``, ``"self-study"``, ``"task"``, a mix like
-        ``"repeat+context"``, or queries captured earlier by :meth:`reference_queries`. The first ``keep_first`` and last ``keep_last`` cells stay verbatim.
+        ``"repeat"``, ``"context"``, ``"self-study"``, ``"task"``, ``"tail"``, a mix like
+        ``"repeat+context"``, or queries captured earlier by :meth:`reference_queries`; None:
+        ``"repeat"`` for fitted methods, ``"tail"`` (the context's last tokens read again, SnapKV's
+        observation window) for the eviction baselines where the memory allows it. The first ``keep_first`` and last ``keep_last`` cells stay verbatim.
         ``budgets``: ``None``/``"uniform"`` (every head alike), ``"shipped"`` (the model's file in
         ``models/budgets/``), or per-head proportions (a JSON path or a mapping); see ``budget_cells``.
         Gates (``max_kl``, ``max_attention_error``) and kernel options go in ``options``. On any

@@ -121,6 +121,16 @@ BUDGETS_DIR = Path(__file__).resolve().parent.parent / "models" / "budgets"
 SHIPPED_BUDGETS_BY_DEFAULT = False
 
 
+def default_queries(session: Session, fits: bool, keep_last: int) -> str:
+    """The query source of ``queries=None``: ``"repeat"`` for fitted methods; for the eviction
+    baselines, which fit nothing, the context's last tokens read again (``"tail"``: SnapKV's
+    observation window, a pass of ``keep_last`` tokens instead of the whole text), or
+    ``"repeat"`` where they cannot be read again (a recurrent state, ``keep_last < 2``)."""
+    if fits or session.memory_layout not in ("kv", "iswa") or keep_last < 2:
+        return "repeat"
+    return "tail"
+
+
 def shipped_budgets(session: Session) -> Path | None:
     """The budgets file shipped for ``session``'s model, if it is a catalog model that has one."""
     from .catalog import name_of
@@ -175,7 +185,7 @@ def compact(
     ratio: float | None = None,
     target_cells: int | None = None,
     method: str = "am",
-    queries: str = "repeat",
+    queries: str | ReferenceQueries | None = None,
     keep_first: int = 4,
     keep_last: int = 32,
     budgets: Mapping[str, float] | str | Path | None = None,
@@ -186,6 +196,8 @@ def compact(
     """Compact ``session``'s cache in place; see :meth:`Session.compact`."""
     layers = _check_gate(session)
     selector = _selector(method)
+    if queries is None:
+        queries = default_queries(session, options.get("fit", SELECTORS[selector].fits), keep_last)
     given = queries if isinstance(queries, ReferenceQueries) else None
     qspec = given.spec if given else "+".join(qsources.parse_spec(queries))
     pipe = {k: options.pop(k, v) for k, v in PIPELINE_DEFAULTS.items()}

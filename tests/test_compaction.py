@@ -666,3 +666,28 @@ def test_continuation_probe_is_the_kl_of_the_last_tokens_read_again_and_gates(ll
     with pytest.raises(ConfigError, match="tail_probe"):
         llama.compact(ratio=5, queries="context", tail_probe=-2)
     _assert_unchanged(llama, st, logits, probe)
+
+
+def test_eviction_baselines_read_the_tail_by_default_and_never_run_a_repeat_pass(llama, tiny_models, monkeypatch):
+    from pyllamaam import queries as qsources
+
+    st = _state(llama)
+    real = dict(qsources.SOURCES)
+
+    def no_repeat(*a, **k):
+        raise AssertionError("a repeat pass for an eviction baseline")
+
+    monkeypatch.setitem(qsources.SOURCES, "repeat", no_repeat)
+    for method in ("snapkv", "window", "random"):
+        rep = llama.compact(ratio=5, method=method)
+        assert not rep.fell_back and rep.queries == "tail" and rep.cells_after < st[1], (method, rep.reason)
+        _restore(llama, st)
+    rep = llama.compact(ratio=5, method="am", on_policy=1)  # fitted methods keep repeat
+    assert rep.fell_back and "a repeat pass" in rep.reason and _state(llama) == st
+    monkeypatch.setitem(qsources.SOURCES, "repeat", real["repeat"])
+    assert llama.compact(ratio=5, method="window", keep_last=1).queries == "repeat"  # no tail to read
+    _restore(llama, st)
+    with tiny_models["hybrid"].session(n_ctx=512) as s:  # a recurrent state cannot read its tail again
+        s.prefill(_ids(200, 8))
+        rep = s.compact(ratio=4, method="window", **LENIENT)
+        assert not rep.fell_back and rep.queries == "repeat", rep.reason
