@@ -28,4 +28,8 @@ run --models smollm2-135m --n-tokens 4096 --seeds 0
 M=full,am,default,snapkv,h2o,window
 run --models gemma3-270m --n-tokens 1024,2048 --seeds 6,7
 run --models smollm2-135m --n-tokens 1024,2048 --seeds 6,7
+# stop 16: the stop-15 candidate am-op3-q8k on the same 4 new contexts, to compare it on all 13
+M=full,am-op3-q8k
+run --models gemma3-270m --n-tokens 1024,2048 --seeds 6,7
+run --models smollm2-135m --n-tokens 1024,2048 --seeds 6,7
 echo "=== done $(date -u +%H:%M:%S)"
