@@ -89,6 +89,34 @@ def test_fidelity_math():
     assert fidelity.nll_rows(hot, [2])[0] < 1e-12
 
 
+def test_copied_targets_mark_what_a_copy_of_the_context_predicts():
+    ctx = [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    # the continuation repeats 4 5 6 7 after a fresh 20 21; 10 starts it, 11 ends it
+    cont = [10, 20, 21, 4, 5, 6, 7, 11]
+    # targets are cont[1:]; a 3-gram match (n=3) needs the two tokens before each target
+    assert fidelity.copied_targets(ctx, cont, n=3).tolist() == [False, False, False, False, True, True, False]
+    # across the seam: the pair (3, 1) spans the context's last token and the continuation's first
+    assert fidelity.copied_targets([1, 2, 3], [3, 1, 2, 3], n=2).tolist() == [False, True, True]
+    assert fidelity.copied_targets([5, 6], [7], n=2).tolist() == []
+    with pytest.raises(ConfigError):
+        fidelity.copied_targets(ctx, cont, n=1)
+    # the split: the fresh and copied means weigh back to the whole
+    rng = np.random.default_rng(1)
+    p, q = rng.normal(size=(7, 30)), rng.normal(size=(7, 30))
+    t = rng.integers(0, 30, size=7)
+    mask = fidelity.copied_targets(ctx, cont, n=3)
+    f = fidelity.fidelity(p, q, t, mask)
+    assert f["n_copied"] == 2 and f["copied"] == mask.astype(int).tolist()
+    assert np.mean(f["delta_nll_tokens"]) == pytest.approx(f["delta_nll"], abs=1e-5)
+    k = f["n_copied"]
+    assert (k * f["delta_nll_copied"] + (7 - k) * f["delta_nll_fresh"]) / 7 == pytest.approx(f["delta_nll"])
+    assert (k * f["kl_copied"] + (7 - k) * f["kl_fresh"]) / 7 == pytest.approx(f["kl"])
+    none = fidelity.fidelity(p, q, t, np.zeros(7, dtype=bool))
+    assert none["delta_nll_copied"] is None and none["delta_nll_fresh"] == pytest.approx(f["delta_nll"])
+    with pytest.raises(ConfigError):
+        fidelity.fidelity(p, q, t, np.zeros(6, dtype=bool))
+
+
 def test_grid_cells_and_resume_keys(tmp_path):
     spec = GridSpec(models=["m"], n_tokens=[100], ratios=[2, 5], methods=["full", "am", "snapkv"], seeds=[0, 1])
     cells = list(spec.cells())
@@ -105,7 +133,7 @@ def _check_eval_outputs(out):
     assert cells
     for r in cells:
         assert {"key", "model", "method", "ratio", "n_tokens", "fidelity", "tasks", "accuracy", "prefill_seconds"} <= set(r)
-        assert {"kl", "delta_nll", "nll_full", "nll"} <= set(r["fidelity"])
+        assert {"kl", "delta_nll", "nll_full", "nll", "n_copied", "delta_nll_fresh"} <= set(r["fidelity"])
         for t in r["tasks"]:
             assert {"kind", "answer", "correct", "prediction", "answer_nll", "token_accuracy"} <= set(t)
         if r["method"] == "full":

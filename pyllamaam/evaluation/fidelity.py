@@ -55,7 +55,34 @@ def continuation_logits(session: Session, toks: Sequence[int]) -> np.ndarray:
     return session.eval_logits(list(toks))[:-1]
 
 
-def fidelity(full: np.ndarray, compacted: np.ndarray, targets: Sequence[int]) -> dict[str, float]:
+def copied_targets(context: Sequence[int], continuation: Sequence[int], n: int = 3) -> np.ndarray:
+    """Which continuation tokens a verbatim copy of the context predicts, [len(continuation) - 1].
+
+    Target ``i`` is ``continuation[i + 1]``. It counts as copied when the ``n`` tokens ending at
+    it (read across the seam: the context's last tokens come before the continuation) occur
+    somewhere in ``context``: an induction head that matched the ``n - 1`` tokens before it finds
+    the target as the next token there. Such tokens need the exact key and value of an old cell,
+    look, so a compaction's ΔNLL on them and on the other ("fresh") tokens is best read apart.
+    ``n=3`` (two tokens matched, then the copy): ``n=2`` also counts the commonest word pairs,
+    and with ``n=4`` a copied run misses its first tokens where the tokenizer splits it
+    differently in the context (Gemma-3's ASCII-table borders).
+    """
+    if n < 2:
+        raise ConfigError(f"a copy needs n >= 2 tokens to match, not {n}")
+    ctx = [int(t) for t in context]
+    seen = {tuple(ctx[j : j + n]) for j in range(len(ctx) - n + 1)}
+    seq = ctx[-(n - 1) :] + [int(t) for t in continuation]
+    off = len(seq) - len(continuation)  # where continuation[0] sits in seq
+    out = np.zeros(max(len(continuation) - 1, 0), dtype=bool)
+    for i in range(len(out)):
+        end = off + i + 1  # continuation[i + 1]
+        out[i] = end - n + 1 >= 0 and tuple(seq[end - n + 1 : end + 1]) in seen
+    return out
+
+
+def fidelity(
+    full: np.ndarray, compacted: np.ndarray, targets: Sequence[int], copied: np.ndarray | None = None
+) -> dict[str, float]:
     """KL(full || compacted) and NLL of the true continuation under both.
 
     Parameters
@@ -64,16 +91,23 @@ def fidelity(full: np.ndarray, compacted: np.ndarray, targets: Sequence[int]) ->
         Logits over the same continuation from the full and the compacted cache.
     targets : the n true next tokens.
 
+    copied : optional bool mask, [n]: the targets a copy of the context predicts
+        (:func:`copied_targets`).
+
     Returns
     -------
     dict with ``kl``, ``kl_se``, ``kl_max``, ``nll_full``, ``nll``, ``delta_nll``,
-    ``delta_nll_se`` (nats per token; the standard errors are over tokens).
+    ``delta_nll_se`` (nats per token; the standard errors are over tokens). With ``copied``, also
+    ``n_copied`` and the mean ΔNLL and KL over the copied targets and over the rest
+    (``delta_nll_copied``, ``delta_nll_fresh``, ``kl_copied``, ``kl_fresh``; None where a side is
+    empty), and every target's ΔNLL (``delta_nll_tokens``, 5 decimals) and copy flag
+    (``copied``), so that other splits can be read later without running the cell again.
     """
     kl = kl_rows(full, compacted)
     a, b = nll_rows(full, targets), nll_rows(compacted, targets)
     k, kse = mean_se(kl)
     d, dse = mean_se(b - a)
-    return {
+    out = {
         "kl": k,
         "kl_se": kse,
         "kl_max": float(kl.max()),
@@ -82,6 +116,17 @@ def fidelity(full: np.ndarray, compacted: np.ndarray, targets: Sequence[int]) ->
         "delta_nll": d,
         "delta_nll_se": dse,
     }
+    if copied is not None:
+        c = np.asarray(copied, dtype=bool)
+        if c.shape != kl.shape:
+            raise ConfigError(f"copied mask of shape {c.shape} for {len(kl)} targets")
+        out["n_copied"] = int(c.sum())
+        out["copied"] = c.astype(int).tolist()
+        out["delta_nll_tokens"] = [round(float(x), 5) for x in b - a]
+        for name, m in (("copied", c), ("fresh", ~c)):
+            out[f"delta_nll_{name}"] = float((b - a)[m].mean()) if m.any() else None
+            out[f"kl_{name}"] = float(kl[m].mean()) if m.any() else None
+    return out
 
 
 def answer_check(session: Session, prompt: Sequence[int], answer: Sequence[int]) -> dict[str, object]:

@@ -192,6 +192,7 @@ def _run_context(model, model_name, n, seed, cells, spec) -> Iterator[dict[str, 
     ctx = build_context(model, n, seed, spec.kinds)
     toks = model.tokenize(ctx.text, add_bos=model.info["add_bos"])
     cont = model.tokenize(ctx.continuation)[: spec.continuation + 1]
+    copied = fidelity.copied_targets(toks, cont)
     questions = [(t, model.tokenize(ctx.prompt(t)), model.tokenize(" " + t.answer)) for t in ctx.tasks]
     base = {"model": model_name, "n_tokens_target": n, "n_tokens": len(toks), "seed": seed}
     with model.session(n_ctx=2 * len(toks) + 512, n_threads=spec.n_threads) as s, tempfile.TemporaryDirectory() as tmp:
@@ -223,7 +224,7 @@ def _run_context(model, model_name, n, seed, cells, spec) -> Iterator[dict[str, 
                 rec["compaction"]["seconds"]["queries"] += capture
                 rec["compaction"]["total_seconds"] += capture
                 rec["compaction_seconds"] = rep.total_seconds + capture
-            rec["fidelity"] = fidelity.fidelity(full, fidelity.continuation_logits(s, cont), cont[1:])
+            rec["fidelity"] = fidelity.fidelity(full, fidelity.continuation_logits(s, cont), cont[1:], copied)
             rec["tasks"] = [
                 {"kind": t.kind, "answer": t.answer, **fidelity.answer_check(s, q, a)} for t, q, a in questions
             ]

@@ -5,9 +5,12 @@ baseline (the one of snapkv / h2o / window with the lowest mean on that measure)
 (mean answer NLL of the planted facts) and on the continuation ΔNLL. Differences are paired over
 contexts: mean ± standard error, and how many contexts the candidate wins.
 
-    python docs/results/issue6/acceptance.py CELLS.jsonl [CANDIDATE] [--json | --robust] [--seeds=4,5]
+    python docs/results/issue6/acceptance.py CELLS.jsonl [CANDIDATE] [--json | --robust] [--seeds=4,5] [--split]
 
---seeds keeps only the contexts of those seeds. Prints a markdown table (or one JSON object per (model, ratio) with --json;
+--seeds keeps only the contexts of those seeds. --split adds the ΔNLL of the continuation's
+copied tokens (those a verbatim copy of the context predicts) and of the rest, read apart, for
+cells run since stop 17 (``fidelity.copied_targets``; a context without copies drops out of the
+copied row). Prints a markdown table (or one JSON object per (model, ratio) with --json;
 with --robust, the median paired differences and two-sided sign-test p-values on the wins)."""
 import collections
 import json
@@ -18,9 +21,15 @@ from scipy.stats import binomtest
 
 EVICTION = ("snapkv", "h2o", "window")
 MEASURES = {"suite": lambda r: r["answer_nll"], "dnll": lambda r: r["fidelity"]["delta_nll"]}
+SPLIT = {
+    "dnll_fresh": lambda r: r["fidelity"].get("delta_nll_fresh"),
+    "dnll_copied": lambda r: r["fidelity"].get("delta_nll_copied"),
+}
+LABELS = {"suite": "suite (answer NLL)", "dnll": "ΔNLL", "dnll_fresh": "ΔNLL, fresh tokens",
+          "dnll_copied": "ΔNLL, copied tokens"}
 
 
-def compare(rows, cand):
+def compare(rows, cand, measures=MEASURES):
     by = collections.defaultdict(dict)
     for r in rows:
         method = "am" if r["method"] == "am-r0.5" else r["method"]  # tune/sweep.py's name for plain am
@@ -30,12 +39,15 @@ def compare(rows, cand):
         need = [cand, "am", *EVICTION]
         if not all(m in meth for m in need):
             continue
-        ctxs = sorted(set.intersection(*(set(meth[m]) for m in need)))
-        res = {"model": model, "ratio": ratio, "candidate": cand, "contexts": len(ctxs)}
-        for name, f in MEASURES.items():
+        every = sorted(set.intersection(*(set(meth[m]) for m in need)))
+        res = {"model": model, "ratio": ratio, "candidate": cand, "contexts": len(every)}
+        for name, f in measures.items():
+            ctxs = [c for c in every if all(f(meth[m][c]) is not None for m in need)]
+            if not ctxs:
+                continue
             mean = {m: float(np.mean([f(meth[m][c]) for c in ctxs])) for m in need}
             best = min(EVICTION, key=lambda m: mean[m])
-            res[name] = {"mean": mean, "best_eviction": best}
+            res[name] = {"mean": mean, "best_eviction": best, "contexts": len(ctxs)}
             for ref in ("am", best):
                 d = np.array([f(meth[cand][c]) - f(meth[ref][c]) for c in ctxs])
                 se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
@@ -58,14 +70,14 @@ def table(results):
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        for name in MEASURES:
+        for name in [k for k in LABELS if k in r]:
             m = r[name]
-            a, e = m["vs_am"], m["vs_best_eviction"]
+            a, e, n = m["vs_am"], m["vs_best_eviction"], m["contexts"]
             lines.append(
-                f"| {r['model']} | {r['ratio']:g}x | {r['contexts']} | {'suite (answer NLL)' if name == 'suite' else 'ΔNLL'} "
+                f"| {r['model']} | {r['ratio']:g}x | {n} | {LABELS[name]} "
                 f"| {m['mean'][r['candidate']]:.3f} | {m['mean']['am']:.3f} | {m['mean'][m['best_eviction']]:.3f} ({m['best_eviction']}) "
-                f"| {a['diff']:+.3f} ± {a['se']:.3f} ({a['wins']}/{r['contexts']}) "
-                f"| {e['diff']:+.3f} ± {e['se']:.3f} ({e['wins']}/{r['contexts']}) | {'yes' if m['holds'] else '**no**'} |"
+                f"| {a['diff']:+.3f} ± {a['se']:.3f} ({a['wins']}/{n}) "
+                f"| {e['diff']:+.3f} ± {e['se']:.3f} ({e['wins']}/{n}) | {'yes' if m['holds'] else '**no**'} |"
             )
     return "\n".join(lines)
 
@@ -76,10 +88,10 @@ def robust_table(results):
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        for name in MEASURES:
+        for name in [k for k in LABELS if k in r]:
             a, e = r[name]["vs_am"], r[name]["vs_best_eviction"]
             lines.append(
-                f"| {r['model']} | {r['ratio']:g}x | {r['contexts']} | {'suite (answer NLL)' if name == 'suite' else 'ΔNLL'} "
+                f"| {r['model']} | {r['ratio']:g}x | {r[name]['contexts']} | {LABELS[name]} "
                 f"| {a['median']:+.3f} | {a['sign_p']:.2f} | {e['median']:+.3f} ({r[name]['best_eviction']}) | {e['sign_p']:.2f} |"
             )
     return "\n".join(lines)
@@ -92,7 +104,8 @@ if __name__ == "__main__":
         if a.startswith("--seeds="):
             keep = {int(x) for x in a.split("=", 1)[1].split(",")}
             rows = [r for r in rows if r["seed"] in keep]
-    results = compare(rows, args[1] if len(args) > 1 else "default")
+    measures = {**MEASURES, **SPLIT} if "--split" in sys.argv else MEASURES
+    results = compare(rows, args[1] if len(args) > 1 else "default", measures)
     if "--json" in sys.argv:
         for r in results:
             print(json.dumps(r))
