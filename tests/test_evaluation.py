@@ -146,6 +146,7 @@ def _check_eval_outputs(out):
     assert {"am", "best_eviction", "baseline"} <= set(summary["headline"][0]["delta_nll"])
     md = (out / "results.md").read_text()
     assert md.startswith("## Headline") and "| am |" in md
+    assert "ΔNLL of the continuation's other tokens" in md  # the copy split of every new cell
     pngs = list(out.glob("quality_*.png"))
     assert pngs and pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return cells

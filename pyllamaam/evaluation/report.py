@@ -24,13 +24,17 @@ METRICS: dict[str, tuple[str, bool]] = {
     "answer_nll": ("answer NLL (nats/token)", True),
     "delta_nll": ("ΔNLL of the continuation (nats/token)", True),
     "kl": ("KL(full || compacted) (nats/token)", True),
+    # the continuation's tokens that a verbatim copy of the context predicts, and the rest
+    # (fidelity.copied_targets); cells run before stop 17 have neither
+    "delta_nll_copied": ("ΔNLL of the continuation's copied tokens (nats/token)", True),
+    "delta_nll_fresh": ("ΔNLL of the continuation's other tokens (nats/token)", True),
     "compaction_over_prefill": ("compaction s / prefill s", True),
 }
 
 
 def _value(rec: dict[str, Any], metric: str) -> float | None:
-    if metric in ("delta_nll", "kl"):
-        return rec["fidelity"][metric]
+    if metric in ("delta_nll", "kl", "delta_nll_copied", "delta_nll_fresh"):
+        return rec["fidelity"].get(metric)
     if metric == "compaction_over_prefill":
         return rec["compaction_seconds"] / rec["prefill_seconds"] if "compaction_seconds" in rec else None
     return rec.get(metric)
@@ -121,6 +125,8 @@ def markdown(rows: list[dict[str, Any]], heads: list[dict[str, Any]]) -> str:
         methods = list(dict.fromkeys(r["method"] for r in rs))
         full = next((r for r in rs if r["method"] == "full"), None)
         for m, (label, lower) in METRICS.items():
+            if not any(m in r for r in rs):
+                continue
             lines += ["", f"### {model}, {n} tokens: {label} ({'lower' if lower else 'higher'} is better)", ""]
             lines.append("| method | " + " | ".join(f"{x:g}x" for x in ratios) + " |")
             lines.append("|---|" + "---|" * len(ratios))

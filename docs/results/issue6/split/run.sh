@@ -1,0 +1,16 @@
+#!/bin/bash
+# Stop 17: the 13 acceptance contexts per model again, with the continuation's ΔNLL split into
+# copied and fresh tokens (fidelity.copied_targets) and kept per token. Same methods, same
+# contexts and seeds as docs/results/issue6/run.sh (stops 12-16); the code of the methods is
+# unchanged since stop 16.
+set -e
+cd "$(dirname "$0")/../../../.."
+source .venv/bin/activate
+OUT=docs/results/issue6/split
+M=full,am,default,snapkv,h2o,window
+run() { echo "=== $(date -u +%H:%M:%S) $*"; python -m pyllamaam eval --out $OUT --no-progress --ratios 10,20 --methods $M "$@" 2>&1 | grep -v "^llama\|^load" | tail -3; }
+run --models gemma3-270m --n-tokens 1024,2048 --seeds 0,1,4,5,6,7
+run --models gemma3-270m --n-tokens 4096 --seeds 0
+run --models smollm2-135m --n-tokens 1024,2048 --seeds 0,1,4,5,6,7
+run --models smollm2-135m --n-tokens 4096 --seeds 0
+echo "=== done $(date -u +%H:%M:%S)"
