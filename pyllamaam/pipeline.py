@@ -105,7 +105,15 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # context's last ``observe`` (or 32) tokens, read again, attend to most (SnapKV's scores,
     # max-pooled). The fit then matches the rest of the span: the two attention sums add up
     "exact": "recent",
+    # fitted methods, exact="recent": the share of the exact cells (not keep_last's) that holds
+    # text the context repeats instead of the most recent span cells: the latest occurrence of
+    # every run of ``RECURRING_N`` tokens that occurs more than once in the context, most recent
+    # first (a continuation that copies needs the copied text's own keys and values, which a fit
+    # cannot hold). 0: off
+    "recurring": 0.0,
 }
+#: Tokens of the runs that ``recurring`` counts as repeated text.
+RECURRING_N = 4
 #: Layer groups of ``on_policy=None``. 3: on the tuning contexts of the issue-6 grid (both models,
 #: 1K and 2K tokens, 10x and 20x) it lowered answer NLL and ΔNLL against one group on both models,
 #: for 2-3x the compaction time; the shipped budgets and the self-study mix on top of it did not
@@ -231,8 +239,16 @@ def compact(
     observed = fits and pipe["exact"] == "observed"
     if observed and not _uniform(budgets):
         raise ConfigError("exact='observed' chooses each head's exact keys itself: use uniform budgets")
+    if not (isinstance(pipe["recurring"], (int, float)) and 0 <= pipe["recurring"] <= 1):
+        raise ConfigError(f"recurring must be a number in [0, 1], not {pipe['recurring']!r}")
     user, split, t, extra = _splits(kv, keep_first, keep_last, ratio, target_cells, fits, pipe["recent"])
-    if fill or observed:  # every head keeps its own exact keys: the queries and the fit cover the user's span
+    recurring = None  # exact="recent" with repeated text: the user's span indices kept exact
+    if fits and pipe["recurring"] and extra and not fill and not observed:
+        recurring = _recurring_exact(session, kv.positions[user.span], extra, pipe["recurring"])
+        rep.recurring_cells = int(np.sum(recurring < len(user.span) - extra))
+        if not rep.recurring_cells:
+            recurring = None  # nothing repeats: the plain recent window
+    if fill or observed or recurring is not None:  # the queries and the fit cover the user's span
         split = user
     T = len(user.span)
     rep.seconds["extract"] = time.perf_counter() - clock
@@ -284,6 +300,13 @@ def compact(
                     tail_q.update({il: q for il, q in _tail(session, span, pipe["guard_tail"]).items() if il in group})
                 recapture += time.perf_counter() - tick
             def fit(il: int, obs: dict[int, np.ndarray] = obs) -> CompactedLayer:
+                if recurring is not None:
+                    K, V = _span_arrays(kv, il, split)[:2]
+                    return _fit_layer_exact(
+                        K, V, fit_q[il], t - extra, extra, None, session.kq_scale(il), _prior(kv, il, split),
+                        pipe["chunk_tokens"], exact=np.broadcast_to(recurring, (K.shape[0], len(recurring))),
+                        method=selector, **options,
+                    )
                 if observed and extra:
                     return _fit_layer_exact(
                         *_span_arrays(kv, il, split), fit_q[il], t - extra, extra, obs[il], session.kq_scale(il),
@@ -315,7 +338,7 @@ def compact(
         rep.span_before, rep.span_after = T, new.n_cells - len(user.sinks) - len(user.recent)
         rep.ratio = T / max(1, rep.span_after)
         # the exact recent window moved out of the fit is part of the user's span: its keys count
-        moved = 0 if fill or observed else extra * sum(r.indices.shape[0] for r in fitted.values())
+        moved = 0 if fill or observed or recurring is not None else extra * sum(r.indices.shape[0] for r in fitted.values())
         rep.keys_kept = int(sum(int(r.keys_kept.sum()) for r in fitted.values())) + moved
         rep.cells_after = session.n_cells
 
@@ -437,6 +460,35 @@ def _recent_extra(t: int, keep_last: int, share: float) -> int:
     if not (isinstance(share, (int, float)) and 0 <= share < 1):
         raise ConfigError(f"recent must be a number in [0, 1), got {share!r}")
     return int(min(max(0, round(share * (t + keep_last)) - keep_last), t - 1))
+
+
+def _recurring_exact(session: Session, positions: np.ndarray, n_exact: int, share: float) -> np.ndarray:
+    """The span indices (sorted) of the ``n_exact`` exact cells with ``recurring=share``: up to
+    ``round(share * n_exact)`` cells of repeated text (the latest occurrence of each run of
+    ``RECURRING_N`` tokens that occurs more than once in the context, most recent first, outside
+    the recent window), and the most recent span cells for the rest.
+
+    ``positions`` are the span cells' positions, in order; the tokens are the session's own.
+    """
+    toks, n, T = session._tokens, RECURRING_N, len(positions)
+    if len(toks) <= int(positions[-1]):
+        raise ConfigError("the session's tokens do not cover its cache: cannot find repeated text")
+    latest: dict[tuple[int, ...], int] = {}
+    seen_twice: set[tuple[int, ...]] = set()
+    for j in range(len(toks) - n + 1):
+        g = tuple(toks[j : j + n])
+        if g in latest:
+            seen_twice.add(g)
+        latest[g] = j
+    marked = np.zeros(len(toks), bool)
+    for g in seen_twice:
+        marked[latest[g] : latest[g] + n] = True
+    r = int(round(share * n_exact))
+    cand = np.flatnonzero(marked[positions])  # span indices of repeated text
+    while int(np.sum(cand < T - (n_exact - r))) < r:  # fewer repeats: the recent window grows back
+        r = int(np.sum(cand < T - (n_exact - r)))
+    rep = cand[cand < T - (n_exact - r)][-r:] if r else cand[:0]
+    return np.union1d(rep, np.arange(T - (n_exact - r), T)).astype(np.int64)
 
 
 def _target(T: int, ratio, target_cells, keep_first: int, keep_last: int) -> int:
@@ -626,37 +678,49 @@ def _fit_layer_windows(K, V, Q, budget, window, scale, prior, chunk_tokens, **kw
     return CompactedLayer(idx, beta, vals, zeros, tuple(sorted(fallback)), timings)
 
 
-def _fit_layer_exact(K, V, Q, budget, n_exact, obs, scale, prior, chunk_tokens, kernel: int = 7, **kw) -> CompactedLayer:
+def _fit_layer_exact(
+    K, V, Q, budget, n_exact, obs, scale, prior, chunk_tokens, kernel: int = 7, exact=None, **kw
+) -> CompactedLayer:
     """One layer's fit where each KV head keeps ``n_exact`` span keys exact (original keys, values
     and bias): the keys the observation queries ``obs`` [H, m, d] attend to most (SnapKV's scores,
-    max-pooled over ``kernel`` cells); ``budget`` keys are fitted on the rest of its span.
+    max-pooled over ``kernel`` cells), or the span indices ``exact`` [H, e] where given; ``budget``
+    keys are fitted on the rest of its span.
 
     The span's unnormalized attention sum is the exact keys' sum plus the rest's, so a fit that
-    matches the rest matches the whole (as for chunks). Heads have different rests: one fit each.
+    matches the rest matches the whole (as for chunks). Heads with the same exact keys share one
+    batched fit; the others get one each.
     """
     if "keep" in kw:
-        raise ConfigError("exact='observed' cannot be combined with a shared keep mask (method='keep')")
+        raise ConfigError("exact keys chosen per head cannot be combined with a shared keep mask (method='keep')")
     H, T = K.shape[:2]
-    e = int(min(n_exact, T - 1))
     valid = np.ones((H, T), bool) if prior is None else np.isfinite(prior)
-    exact = np.sort(rank_by_score(observed_scores(obs, K, scale, prior, kernel), valid)[:, :e], axis=1)
-    idx, beta, vals, zeros, fallback, timings = [], [], [], np.zeros(H, np.int64), [], {}
+    if exact is None:
+        e = int(min(n_exact, T - 1))
+        exact = np.sort(rank_by_score(observed_scores(obs, K, scale, prior, kernel), valid)[:, :e], axis=1)
+    exact = np.asarray(exact, np.int64)
+    idx, beta, vals = [None] * H, [None] * H, [None] * H
+    zeros, fallback, timings = np.zeros(H, np.int64), [], {}
+    groups: dict[bytes, list[int]] = {}
     for h in range(H):
-        rest = np.setdiff1d(np.arange(T), exact[h])
-        ex = exact[h][valid[h, exact[h]]]
-        pr = None if prior is None else np.ascontiguousarray(prior[h : h + 1, rest])
+        groups.setdefault(exact[h].tobytes(), []).append(h)
+    for hs in groups.values():
+        rest = np.setdiff1d(np.arange(T), exact[hs[0]])
+        pr = None if prior is None else np.ascontiguousarray(prior[hs][:, rest])
         res = _fit_layer(
-            np.ascontiguousarray(K[h : h + 1, rest]), np.ascontiguousarray(V[h : h + 1, rest]), Q[h : h + 1],
+            np.ascontiguousarray(K[hs][:, rest]), np.ascontiguousarray(V[hs][:, rest]), np.ascontiguousarray(Q[hs]),
             budget, scale, pr, chunk_tokens, **kw,
         )
-        keep = res.indices[0] != PAD
-        idx.append(np.concatenate([rest[res.indices[0, keep]], ex]))
-        beta.append(np.concatenate([res.beta[0, keep], np.zeros(len(ex)) if prior is None else prior[h, ex]]))
-        vals.append(np.concatenate([res.values[0, keep], V[h, ex]]))
-        zeros[h] = int(res.zero_weights[0])
-        fallback += [h] if res.fallback_heads else []
+        for j, h in enumerate(hs):
+            ex = exact[h][valid[h, exact[h]]]
+            keep = res.indices[j] != PAD
+            idx[h] = np.concatenate([rest[res.indices[j, keep]], ex])
+            beta[h] = np.concatenate([res.beta[j, keep], np.zeros(len(ex)) if prior is None else prior[h, ex]])
+            vals[h] = np.concatenate([res.values[j, keep], V[h, ex]])
+            zeros[h] = int(res.zero_weights[j])
+        fallback += [hs[j] for j in res.fallback_heads]
         for k, v in res.timings.items():
             timings[k] = timings.get(k, 0.0) + v
+    fallback = sorted(fallback)
     t = max(len(i) for i in idx)
     slots, B = np.full((H, t), PAD, np.int64), np.full((H, t), -np.inf)
     C2 = np.zeros((H, t, V.shape[2]), V.dtype)

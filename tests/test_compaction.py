@@ -631,6 +631,61 @@ def test_exact_observed_keeps_each_heads_most_read_keys_exact_and_fits_the_rest(
         assert llama._snapshot() == st[0]
 
 
+def test_recurring_keeps_the_latest_copy_of_repeated_text_exact_in_place_of_recent_cells(tiny_models, monkeypatch):
+    # 240 random tokens with two runs repeated: A (6 tokens) at 20 and 70, B (5 tokens) at 40 and 150
+    toks = _ids(240, 11)
+    a, b = _ids(6, 12), _ids(5, 13)
+    toks[20:26] = toks[70:76] = a
+    toks[40:45] = toks[150:155] = b
+    got = {}
+    real = pipeline._fit_layer_exact
+
+    def spy(K, V, Q, budget, n_exact, obs, scale, prior, *args, exact=None, **kw):
+        res = real(K, V, Q, budget, n_exact, obs, scale, prior, *args, exact=exact, **kw)
+        got[len(got)] = (V, np.array(exact), budget, res)
+        return res
+
+    monkeypatch.setattr(pipeline, "_fit_layer_exact", spy)
+    with tiny_models["llama"].session(n_ctx=512) as s:
+        s.prefill(toks)
+        st = _state(s)
+        ref = s.compact(ratio=4, queries="repeat", **LENIENT)
+        _restore(s, st)
+        rep = s.compact(ratio=4, queries="repeat", recurring=0.5, **LENIENT)
+        assert not rep.fell_back, rep.reason
+        assert rep.cells_after == ref.cells_after  # the same cells as the recent window
+        # the span is positions 4..207 (keep_first=4, keep_last=32); the exact share is e cells;
+        # repeats outside the recent window: A's latest copy (70..75) and B's (150..154), most recent first
+        V, exact, budget, res = got[0]
+        e = exact.shape[1]
+        r = rep.recurring_cells
+        assert r == min(round(0.5 * e), 11)
+        want = sorted([p - 4 for p in [*range(150, 155), *range(70, 76)]][:r])
+        assert sorted(set(exact[0]) - set(range(204 - (e - r), 204))) == want
+        assert len(set(exact[0])) == e and np.all(exact == exact[0])  # shared by every head
+        for h in range(V.shape[0]):  # kept exact: original values, no bias
+            ex = np.isin(res.indices[h], exact[h])
+            assert ex.sum() == e
+            np.testing.assert_array_equal(res.values[h][ex], V[h, res.indices[h][ex]])
+            assert np.all(res.beta[h][ex] == 0)
+        assert np.isfinite(s.eval_logits(_ids(3, 4))).all()
+        # nothing repeats: the plain recent window, byte for byte
+        _restore(s, st)
+        for bad in (-0.1, 1.5, "all"):
+            with pytest.raises(ConfigError, match="recurring"):
+                s.compact(ratio=4, queries="repeat", recurring=bad, **LENIENT)
+            assert s._snapshot() == st[0]
+    with tiny_models["llama"].session(n_ctx=512) as s:
+        plain = list(range(10, 250))  # no run of 4 tokens occurs twice
+        s.prefill(plain)
+        st = _state(s)
+        s.compact(ratio=4, queries="repeat", **LENIENT)
+        one = s._snapshot()
+        _restore(s, st)
+        rep = s.compact(ratio=4, queries="repeat", recurring=0.5, **LENIENT)
+        assert rep.recurring_cells == 0 and s._snapshot() == one
+
+
 def test_tail_queries_on_a_hybrid_memory_are_refused_and_nothing_changes(tiny_models):
     with tiny_models["hybrid"].session(n_ctx=512) as s:
         s.prefill(_ids(200, 8))

@@ -70,6 +70,11 @@ METHODS: dict[str, dict[str, Any] | None] = {
     # and larger ones: a copy in the continuation reads an exact recent token, the fit cannot
     "am-op3-rec0.8": {"method": "am", "queries": "repeat", "on_policy": 3, "recent": 0.8},
     "am-op3-rec0.9": {"method": "am", "queries": "repeat", "on_policy": 3, "recent": 0.9},
+    # on-policy refits whose exact share holds repeated text (the latest copy of every run of 4
+    # tokens the context repeats) in place of some of the most recent span cells (option recurring)
+    "am-op3-recur0.25": {"method": "am", "queries": "repeat", "on_policy": 3, "recurring": 0.25},
+    "am-op3-recur0.5": {"method": "am", "queries": "repeat", "on_policy": 3, "recurring": 0.5},
+    "am-op3-recur1": {"method": "am", "queries": "repeat", "on_policy": 3, "recurring": 1.0},
     # on-policy refits on 4x the fitted query rows (max_queries, 2048 rows per KV head by default:
     # 512 tokens of Gemma-3's 4 query heads, an eighth of a 4K repeat pass)
     "am-op3-q8k": {"method": "am", "queries": "repeat", "on_policy": 3, "max_queries": 8192},
