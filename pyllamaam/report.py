@@ -85,6 +85,8 @@ class CompactionReport:
                 f"(span {self.span_before} -> {self.span_after}, {self.ratio:.1f}x), "
                 f"{self.keys_kept} keys kept"
             )
+            if self.recurring_cells:
+                head += f", {self.recurring_cells} exact cells of repeated text"
         err = "n/a" if self.attention_error is None else f"{self.attention_error:.3f}"
         if self.attention_error_worst is not None:
             err += f" (worst layer {self.attention_error_worst:.3f})"

@@ -659,7 +659,7 @@ def test_recurring_keeps_the_latest_copy_of_repeated_text_exact_in_place_of_rece
         V, exact, budget, res = got[0]
         e = exact.shape[1]
         r = rep.recurring_cells
-        assert r == min(round(0.5 * e), 11)
+        assert r == min(round(0.5 * e), 11) and f"{r} exact cells of repeated text" in str(rep)
         want = sorted([p - 4 for p in [*range(150, 155), *range(70, 76)]][:r])
         assert sorted(set(exact[0]) - set(range(204 - (e - r), 204))) == want
         assert len(set(exact[0])) == e and np.all(exact == exact[0])  # shared by every head

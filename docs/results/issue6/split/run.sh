@@ -2,7 +2,7 @@
 # Stop 17: the 13 acceptance contexts per model again, with the continuation's ΔNLL split into
 # copied and fresh tokens (fidelity.copied_targets) and kept per token. Same methods, same
 # contexts and seeds as docs/results/issue6/run.sh (stops 12-16); the code of the methods is
-# unchanged since stop 16.
+# unchanged since stop 16. The script resumes: cells already in cells.jsonl are skipped.
 set -e
 cd "$(dirname "$0")/../../../.."
 source .venv/bin/activate
@@ -10,6 +10,11 @@ OUT=docs/results/issue6/split
 M=full,am,default,snapkv,h2o,window
 run() { echo "=== $(date -u +%H:%M:%S) $*"; python -m pyllamaam eval --out $OUT --no-progress --ratios 10,20 --methods $M "$@" 2>&1 | grep -v "^llama\|^load" | tail -3; }
 run --models gemma3-270m --n-tokens 1024,2048 --seeds 0,1,4,5,6,7
+# the stop-17 candidate am-op3-recur1 (option recurring=1: the exact share beyond keep_last holds
+# the context's repeated text), chosen on the tuning seeds (tune/sweep15.py), on the same contexts
+M=am-op3-recur1
+run --models gemma3-270m --n-tokens 1024,2048 --seeds 0,1,4,5,6,7
+M=full,am,default,snapkv,h2o,window,am-op3-recur1
 run --models gemma3-270m --n-tokens 4096 --seeds 0
 run --models smollm2-135m --n-tokens 1024,2048 --seeds 0,1,4,5,6,7
 run --models smollm2-135m --n-tokens 4096 --seeds 0
