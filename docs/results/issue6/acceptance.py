@@ -5,7 +5,7 @@ baseline (the one of snapkv / h2o / window with the lowest mean on that measure)
 (mean answer NLL of the planted facts) and on the continuation ΔNLL. Differences are paired over
 contexts: mean ± standard error, and how many contexts the candidate wins.
 
-    python docs/results/issue6/acceptance.py CELLS.jsonl [CANDIDATE] [--json | --robust] [--seeds=4,5] [--split]
+    python docs/results/issue6/acceptance.py CELLS.jsonl[,MORE.jsonl] [CANDIDATE] [--json | --robust] [--seeds=4,5] [--split]
 
 --seeds keeps only the contexts of those seeds. --split adds the ΔNLL of the continuation's
 copied tokens (those a verbatim copy of the context predicts) and of the rest, read apart, for
@@ -99,7 +99,9 @@ def robust_table(results):
 
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    rows = [json.loads(line) for line in open(args[0]) if line.strip()]
+    # CELLS may be several files, comma-separated: a cell in a later file replaces the same cell
+    # (model, tokens, seed, method, ratio) from an earlier one
+    rows = list({r["key"]: r for p in args[0].split(",") for r in map(json.loads, filter(str.strip, open(p)))}.values())
     for a in sys.argv[1:]:
         if a.startswith("--seeds="):
             keep = {int(x) for x in a.split("=", 1)[1].split(",")}
