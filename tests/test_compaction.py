@@ -649,7 +649,8 @@ def test_recurring_keeps_the_latest_copy_of_repeated_text_exact_in_place_of_rece
     with tiny_models["llama"].session(n_ctx=512) as s:
         s.prefill(toks)
         st = _state(s)
-        ref = s.compact(ratio=4, queries="repeat", **LENIENT)
+        ref = s.compact(ratio=4, queries="repeat", recurring=0, **LENIENT)
+        assert ref.recurring_cells == 0 and not got
         _restore(s, st)
         rep = s.compact(ratio=4, queries="repeat", recurring=0.5, **LENIENT)
         assert not rep.fell_back, rep.reason
@@ -669,6 +670,10 @@ def test_recurring_keeps_the_latest_copy_of_repeated_text_exact_in_place_of_rece
             np.testing.assert_array_equal(res.values[h][ex], V[h, res.indices[h][ex]])
             assert np.all(res.beta[h][ex] == 0)
         assert np.isfinite(s.eval_logits(_ids(3, 4))).all()
+        # the default gives the whole exact window to repeated text where there is enough of it
+        _restore(s, st)
+        full = s.compact(ratio=4, queries="repeat", **LENIENT)
+        assert full.recurring_cells == min(e, 11) and full.cells_after == ref.cells_after
         # nothing repeats: the plain recent window, byte for byte
         _restore(s, st)
         for bad in (-0.1, 1.5, "all"):
@@ -679,10 +684,10 @@ def test_recurring_keeps_the_latest_copy_of_repeated_text_exact_in_place_of_rece
         plain = list(range(10, 250))  # no run of 4 tokens occurs twice
         s.prefill(plain)
         st = _state(s)
-        s.compact(ratio=4, queries="repeat", **LENIENT)
+        s.compact(ratio=4, queries="repeat", recurring=0, **LENIENT)
         one = s._snapshot()
         _restore(s, st)
-        rep = s.compact(ratio=4, queries="repeat", recurring=0.5, **LENIENT)
+        rep = s.compact(ratio=4, queries="repeat", **LENIENT)
         assert rep.recurring_cells == 0 and s._snapshot() == one
 
 

@@ -89,6 +89,11 @@ METHODS: dict[str, dict[str, Any] | None] = {
     "window": {"method": "window", "queries": "context"},
     "random": {"method": "random", "queries": "context"},
 }
+# every named variant keeps the exact recent window it was measured with (recurring=0, the
+# default until stop 17); only "default" follows Session.compact's defaults as they are now
+for _name, _kw in METHODS.items():
+    if _kw is not None and _name != "default":
+        _kw.setdefault("recurring", 0.0)
 #: Methods that keep original keys and values (the eviction baselines AM is compared to).
 EVICTION = ("snapkv", "h2o", "window", "random")
 
