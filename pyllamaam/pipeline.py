@@ -103,7 +103,9 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # fitted methods: which cells the exact share of the budget (option recent) holds: "recent",
     # the most recent cells (shared by every head); "observed", per head, the span keys that the
     # context's last ``observe`` (or 32) tokens, read again, attend to most (SnapKV's scores,
-    # max-pooled). The fit then matches the rest of the span: the two attention sums add up
+    # max-pooled); "lookahead", per head, the span keys that ``observe`` (or LOOKAHEAD_TOKENS)
+    # tokens of the model's own greedy continuation attend to most (what the next tokens will read,
+    # copies included). The fit then matches the rest of the span: the two attention sums add up
     "exact": "recent",
     # fitted methods, exact="recent": the share of the exact cells (not keep_last's) that holds
     # text the context repeats instead of the most recent span cells: the latest occurrence of
@@ -114,6 +116,8 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # for 1-5% more time (docs/results/issue6/README.md, "Stop 17")
     "recurring": 1.0,
 }
+#: Tokens generated for ``exact="lookahead"`` where ``observe`` is 0 (the grid's continuations are 64).
+LOOKAHEAD_TOKENS = 64
 #: Tokens of the runs that ``recurring`` counts as repeated text.
 RECURRING_N = 4
 #: Layer groups of ``on_policy=None``. 3: on the tuning contexts of the issue-6 grid (both models,
@@ -158,6 +162,7 @@ AM_SELECTOR = "attn-rms"
 #: Options passed to the query sources.
 QUERY_OPTIONS = (
     "repeat_prompt", "repeat_max_tokens", "repeat_piece", "selfstudy_prompts", "selfstudy_tokens", "tail_tokens",
+    "lookahead_tokens",
 )
 #: The kernel's own defaults serve the pipeline: 30 NNLS iterations gave the same KL and ΔNLL
 #: as 100 and 300 on SmolLM2 caches (1K tokens, 10x and 20x, two texts; docs/results/options.md).
@@ -236,11 +241,12 @@ def compact(
     clock = time.perf_counter()
     kv = session.get_kv()
     fill = fits and pipe["budget_cells"] == "fill" and not _uniform(budgets)
-    if pipe["exact"] not in ("recent", "observed"):
-        raise ConfigError(f"exact must be 'recent' or 'observed', not {pipe['exact']!r}")
-    observed = fits and pipe["exact"] == "observed"
+    if pipe["exact"] not in ("recent", "observed", "lookahead"):
+        raise ConfigError(f"exact must be 'recent', 'observed' or 'lookahead', not {pipe['exact']!r}")
+    observed = fits and pipe["exact"] in ("observed", "lookahead")
     if observed and not _uniform(budgets):
-        raise ConfigError("exact='observed' chooses each head's exact keys itself: use uniform budgets")
+        raise ConfigError(f"exact={pipe['exact']!r} chooses each head's exact keys itself: use uniform budgets")
+    look = observed and pipe["exact"] == "lookahead"
     if not (isinstance(pipe["recurring"], (int, float)) and 0 <= pipe["recurring"] <= 1):
         raise ConfigError(f"recurring must be a number in [0, 1], not {pipe['recurring']!r}")
     user, split, t, extra = _splits(kv, keep_first, keep_last, ratio, target_cells, fits, pipe["recent"])
@@ -283,8 +289,8 @@ def compact(
             window = dict.fromkeys(layers)
         if selector == "keep" and "keep" not in options:
             options["keep"] = _briefing_mask(session, kv, split, fit_q, layers, t)
-        n_obs = (pipe["observe"] or 32) if observed and extra else pipe["observe"]
-        obs = _observe(session, span, n_obs, "snapkv" if observed and extra else selector)
+        n_obs = (pipe["observe"] or (LOOKAHEAD_TOKENS if look else 32)) if observed and extra else pipe["observe"]
+        obs = _observe(session, span, n_obs, "snapkv" if observed and extra else selector, bool(look and extra))
         guard_tail = pipe["guard"] and fits and _tail_tokens(pipe["guard_tail"], "guard_tail") > 0
         tail_q = _tail(session, span, pipe["guard_tail"]) if guard_tail else {}
         groups = _layer_groups(layers, pipe["on_policy"], given, qspec)
@@ -298,7 +304,7 @@ def compact(
                 fq, hq = _split_queries(Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"], pipe["mix"])
                 for il in group:
                     fit_q[il], held_q[il] = fq[il], hq[il]
-                obs = _observe(session, span, n_obs, "snapkv" if observed and extra else selector)
+                obs = _observe(session, span, n_obs, "snapkv" if observed and extra else selector, bool(look and extra))
                 if guard_tail:
                     tail_q.update({il: q for il, q in _tail(session, span, pipe["guard_tail"]).items() if il in group})
                 recapture += time.perf_counter() - tick
@@ -565,13 +571,18 @@ def _tail(session: Session, span: tuple[int, int], n: int) -> dict[int, np.ndarr
     return {il: _group(q, session.layers[il]["n_head_kv"]) for il, q in got.items()}
 
 
-def _observe(session: Session, span: tuple[int, int], n: int, selector: str) -> dict[int, np.ndarray]:
-    """Per layer, the observation queries of ``observe=n`` grouped by KV head ({} when off)."""
+def _observe(session: Session, span: tuple[int, int], n: int, selector: str, lookahead: bool = False) -> dict[int, np.ndarray]:
+    """Per layer, the observation queries of ``observe=n`` grouped by KV head ({} when off): the
+    context's last ``n`` tokens read again, or with ``lookahead`` ``n`` tokens of the model's own
+    greedy continuation."""
     if _tail_tokens(n, "observe") == 0:
         return {}
     if selector not in ("snapkv", "hybrid"):
         raise ConfigError(f"observe= serves the snapkv and hybrid selections, not {selector!r}")
-    return _tail(session, span, n)
+    if not lookahead:
+        return _tail(session, span, n)
+    got = qsources.SOURCES["lookahead"](session, span, lookahead_tokens=n)
+    return {il: _group(q, session.layers[il]["n_head_kv"]) for il, q in got.items()}
 
 
 def _group(q: np.ndarray, H: int) -> np.ndarray:

@@ -631,6 +631,71 @@ def test_exact_observed_keeps_each_heads_most_read_keys_exact_and_fits_the_rest(
         assert llama._snapshot() == st[0]
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_lookahead_queries_are_the_greedy_continuations_own_and_leave_no_trace(tiny_models, arch, monkeypatch):
+    from pyllamaam.queries import lookahead_queries, scratch
+    from pyllamaam.queries.lookahead import lookahead_tokens_of
+
+    with tiny_models[arch].session(n_ctx=512) as s:
+        s.prefill(_ids(200, 5))
+        st, tokens, last = _state(s), s.tokens, s.logits()
+        got = lookahead_queries(s, (4, 180), lookahead_tokens=10)
+        assert _state(s) == st and s.tokens == tokens
+        np.testing.assert_array_equal(s.logits(), last)
+        with scratch(s):
+            greedy = lookahead_tokens_of(s, 10)
+        after = s.eval_logits(greedy)  # logits after each token, on the context as it was
+        assert greedy == [int(np.argmax(x)) for x in (last, *after[:-1])]  # each the argmax after those before
+        with scratch(s):
+            fed = s.capture_queries(greedy)  # the same tokens fed at once: the same queries
+        assert set(got) == set(fed)
+        for il, q in got.items():
+            assert q.shape == fed[il].shape == (10, *q.shape[1:])
+            assert max_rel(q, fed[il]) < 1e-3, il
+        first = greedy[0]  # an end-of-generation token is passed over for the next likeliest
+        monkeypatch.setattr(type(s.model), "is_eog", lambda self, t: t == first)
+        with scratch(s):
+            assert lookahead_tokens_of(s, 1) == [int(np.argsort(-last, kind="stable")[1])]
+        for bad, msg in ((0, "lookahead_tokens"), (True, "lookahead_tokens"), (400, "free cells")):
+            with pytest.raises(ConfigError, match=msg):
+                lookahead_queries(s, (4, 180), lookahead_tokens=bad)
+        assert _state(s) == st
+
+
+def test_exact_lookahead_keeps_the_keys_the_greedy_continuation_reads_exact(llama, monkeypatch):
+    from pyllamaam.queries import lookahead_queries
+
+    got = []
+    real = pipeline._fit_layer_exact
+
+    def spy(K, V, Q, budget, n_exact, obs, *a, **k):
+        got.append((obs, k.get("exact")))
+        return real(K, V, Q, budget, n_exact, obs, *a, **k)
+
+    monkeypatch.setattr(pipeline, "_fit_layer_exact", spy)
+    st = _state(llama)
+    want = lookahead_queries(llama, (0, 0), lookahead_tokens=8)
+    ref = llama.compact(ratio=4, queries="repeat", on_policy=1, **LENIENT)
+    _restore(llama, st)
+    got.clear()
+    rep = llama.compact(ratio=4, queries="repeat", on_policy=1, exact="lookahead", observe=8, **LENIENT)
+    assert not rep.fell_back, rep.reason
+    assert rep.cells_after == ref.cells_after and rep.recurring_cells in (None, 0)
+    assert len(got) == len(rep.layers)
+    for il, (obs, exact) in zip(rep.layers, got, strict=True):
+        assert exact is None  # chosen per head by the observation queries' scores
+        np.testing.assert_allclose(obs, pipeline._group(want[il], llama.layers[il]["n_head_kv"]), rtol=1e-5, atol=1e-6)
+    _restore(llama, st)
+    got.clear()
+    llama.compact(ratio=4, queries="repeat", on_policy=1, exact="lookahead", **LENIENT)
+    r = llama.layers[rep.layers[0]]["n_head"] // llama.layers[rep.layers[0]]["n_head_kv"]
+    assert got[0][0].shape[1] == pipeline.LOOKAHEAD_TOKENS * r  # observe=0: LOOKAHEAD_TOKENS tokens
+    _restore(llama, st)
+    with pytest.raises(ConfigError, match="exact"):
+        llama.compact(ratio=4, queries="repeat", exact="lookahead", budgets={"L0H0": 1.0}, **LENIENT)
+    assert llama._snapshot() == st[0]
+
+
 def test_recurring_keeps_the_latest_copy_of_repeated_text_exact_in_place_of_recent_cells(tiny_models, monkeypatch):
     # 240 random tokens with two runs repeated: A (6 tokens) at 20 and 70, B (5 tokens) at 40 and 150
     toks = _ids(240, 11)

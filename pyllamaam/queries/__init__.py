@@ -7,7 +7,8 @@ restores the session exactly afterwards (:func:`scratch`).
 
 Sources: ``"context"`` (captured during prefill, free), ``"repeat"`` (a repeat-the-text pass),
 ``"self-study"`` (the model's own short texts about the context), ``"task"`` (the upcoming task
-prompt), ``"tail"`` (the context's last tokens read again: what the next tokens need); a
+prompt), ``"tail"`` (the context's last tokens read again: what the next tokens need), ``"lookahead"``
+(the model's own greedy continuation: what the next tokens will read); a
 mixture is ``"repeat+context"``.
 """
 
@@ -21,6 +22,7 @@ import numpy as np
 from ..errors import ConfigError
 from ._scratch import scratch
 from .context import context_queries
+from .lookahead import lookahead_queries
 from .repeat import repeat_queries
 from .selfstudy import selfstudy_queries
 from .tail import tail_queries
@@ -37,6 +39,7 @@ SOURCES: dict[str, Source] = {
     "self-study": selfstudy_queries,
     "task": task_queries,
     "tail": tail_queries,
+    "lookahead": lookahead_queries,
 }
 
 __all__ = ["SOURCES", "Queries", "collect", "parse_spec", "scratch"]
