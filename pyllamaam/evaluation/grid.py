@@ -78,14 +78,11 @@ METHODS: dict[str, dict[str, Any] | None] = {
     # on-policy refits whose exact share holds, per head, the keys that 64 tokens of the model's own
     # greedy continuation attend to most (exact="lookahead": what the next tokens will read)
     "am-op3-look": {"method": "am", "queries": "repeat", "on_policy": 3, "exact": "lookahead", "recurring": 0.0},
-    # the default with the greedy continuation's queries in the fit: an equal share of the rows
-    # (64 tokens, balanced) or as many rows as tokens (256 tokens, pooled)
+    # the default with the greedy continuation's queries (64 tokens) in the fit, as an equal
+    # share of the rows (mix="balanced")
     "am-op3-recur1-lmix": {
         "method": "am", "queries": "repeat+lookahead", "on_policy": 3, "recurring": 1.0,
         "lookahead_tokens": 64, "mix": "balanced",
-    },
-    "am-op3-recur1-lpool": {
-        "method": "am", "queries": "repeat+lookahead", "on_policy": 3, "recurring": 1.0, "lookahead_tokens": 256,
     },
     # on-policy refits on 4x the fitted query rows (max_queries, 2048 rows per KV head by default:
     # 512 tokens of Gemma-3's 4 query heads, an eighth of a 4K repeat pass)

@@ -1,7 +1,7 @@
 """Sixteenth tuning sweep (tuning seeds, stop 18): the model's own greedy continuation as a
 look ahead at what the next tokens will read. ``exact="lookahead"`` keeps, per head, the keys
-64 generated tokens attend to most exact; the ``-lmix`` / ``-lpool`` variants add the generated
-tokens' queries to the default's fit (balanced: half the rows; pooled: 256 tokens).
+64 generated tokens attend to most exact; ``am-op3-recur1-lmix`` adds 64 generated tokens'
+queries to the default's fit as half of its rows (mix="balanced").
     python docs/results/issue6/tune/sweep16.py MODEL N_TOKENS SEEDS RATIOS OUT"""
 import sys
 from pathlib import Path
