@@ -609,7 +609,9 @@ def _tail(session: Session, span: tuple[int, int], n: int) -> dict[int, np.ndarr
     return {il: _group(q, session.layers[il]["n_head_kv"]) for il, q in got.items()}
 
 
-def _observe(session: Session, span: tuple[int, int], n: int, selector: str, lookahead: bool = False) -> dict[int, np.ndarray]:
+def _observe(
+    session: Session, span: tuple[int, int], n: int, selector: str, lookahead: bool = False
+) -> dict[int, np.ndarray]:
     """Per layer, the observation queries of ``observe=n`` grouped by KV head ({} when off): the
     context's last ``n`` tokens read again, or with ``lookahead`` ``n`` tokens of the model's own
     greedy continuation."""

@@ -21,8 +21,8 @@ class CompactionReport:
     keys_kept : keys kept over all (layer, KV head) slots of the span (padding excluded).
     budgets : the head budgets used: ``"uniform"`` or the budgets file (or ``"given"`` for a mapping).
     on_policy : layer groups fitted in order (queries re-captured before each group after the first).
-    recurring_cells : exact cells that hold repeated or copied text (option ``recurring``) instead of the
-        most recent span cells.
+    recurring_cells : exact cells that hold repeated or copied text (option ``recurring``)
+        instead of the most recent span cells.
     copy_cells : of those, the cells of text the model's own greedy continuation copies (option
         ``copies``).
     ratio : the achieved cell ratio over the span.

@@ -39,15 +39,17 @@ def lookahead_tokens_of(session: Session, n: int) -> list[int]:
 def lookahead_queries(
     session: Session, span: tuple[int, int], *, lookahead_tokens: int = 64, **_: Any
 ) -> dict[int, np.ndarray]:
-    """Queries of ``lookahead_tokens`` greedily generated tokens, ``{layer: [n, n_head, head_dim]}``."""
-    if isinstance(lookahead_tokens, bool) or not isinstance(lookahead_tokens, int) or lookahead_tokens < 1:
-        raise ConfigError(f"lookahead_tokens must be an integer >= 1, not {lookahead_tokens!r}")
-    if lookahead_tokens > room(session):
-        raise ConfigError(f"queries='lookahead' needs {lookahead_tokens} free cells, {room(session)} free")
+    """Queries of ``lookahead_tokens`` greedily generated tokens,
+    ``{layer: [n, n_head, head_dim]}``."""
+    n = lookahead_tokens
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"lookahead_tokens must be an integer >= 1, not {n!r}")
+    if n > room(session):
+        raise ConfigError(f"queries='lookahead' needs {n} free cells, {room(session)} free")
     with scratch(session):
         session._capture = {}
         try:
-            lookahead_tokens_of(session, lookahead_tokens)
+            lookahead_tokens_of(session, n)
             got = session._capture
         finally:
             session._capture = None
