@@ -41,8 +41,6 @@ from .compact.select.snapkv import observed_scores
 from .errors import CompactionError, ConfigError, UnsupportedLayout
 from .guards import VARIANTS, guard_layer
 from .kv import KVState
-from .queries._scratch import room
-from .queries.lookahead import lookahead_tokens_of
 from .queries.repeat import REPEAT_PROMPT
 from .queries.tail import tail_logits
 from .report import CompactionReport
@@ -117,16 +115,10 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # lowered answer NLL in all 4 (model, ratio) cells (-0.02 to -0.11) with ΔNLL level or lower,
     # for 1-5% more time (docs/results/issue6/README.md, "Stop 17")
     "recurring": 1.0,
-    # with recurring > 0: the model's own greedy continuation of this many tokens is generated on a
-    # scratch copy first, and the context text it copies (the latest occurrence of each of its runs
-    # of RECURRING_N tokens, and the ``copy_extend`` tokens after it) goes into the recurring share
-    # before the repeated text. 0: off
-    "copies": 0,
-    "copy_extend": 16,
 }
 #: Tokens generated for ``exact="lookahead"`` where ``observe`` is 0 (the grid's continuations are 64).
 LOOKAHEAD_TOKENS = 64
-#: Tokens of the runs that ``recurring`` counts as repeated text (and ``copies`` as copied text).
+#: Tokens of the runs that ``recurring`` counts as repeated text.
 RECURRING_N = 4
 #: Layer groups of ``on_policy=None``. 3: on the tuning contexts of the issue-6 grid (both models,
 #: 1K and 2K tokens, 10x and 20x) it lowered answer NLL and ΔNLL against one group on both models,
@@ -260,13 +252,8 @@ def compact(
     user, split, t, extra = _splits(kv, keep_first, keep_last, ratio, target_cells, fits, pipe["recent"])
     recurring = None  # exact="recent" with repeated text: the user's span indices kept exact
     keep_mask = selector == "keep" or "keep" in options
-    copies, copy_extend = _tail_tokens(pipe["copies"], "copies"), _tail_tokens(pipe["copy_extend"], "copy_extend")
-    if copies and not pipe["recurring"]:
-        raise ConfigError("copies= fills the share of option recurring: set recurring > 0")
     if fits and pipe["recurring"] and extra and not (fill or observed or keep_mask):
-        recurring = _recurring_exact(
-            session, kv.positions[user.span], extra, pipe["recurring"], copies, copy_extend, rep
-        )
+        recurring = _recurring_exact(session, kv.positions[user.span], extra, pipe["recurring"])
         rep.recurring_cells = 0 if recurring is None else int(np.sum(recurring < len(user.span) - extra))
         if not rep.recurring_cells:
             recurring = None  # nothing repeats: the plain recent window
@@ -486,20 +473,11 @@ def _recent_extra(t: int, keep_last: int, share: float) -> int:
     return int(min(max(0, round(share * (t + keep_last)) - keep_last), t - 1))
 
 
-def _recurring_exact(
-    session: Session, positions: np.ndarray, n_exact: int, share: float, copies: int = 0, extend: int = 0,
-    rep: CompactionReport | None = None,
-) -> np.ndarray | None:
+def _recurring_exact(session: Session, positions: np.ndarray, n_exact: int, share: float) -> np.ndarray | None:
     """The span indices (sorted) of the ``n_exact`` exact cells with ``recurring=share``: up to
     ``round(share * n_exact)`` cells of repeated text (the latest occurrence of each run of
     ``RECURRING_N`` tokens that occurs more than once in the context, most recent first, outside
     the recent window), and the most recent span cells for the rest.
-
-    With ``copies`` > 0 the model first continues the context greedily for that many tokens (on a
-    scratch copy; fewer where fewer cells are free), and the text that continuation copies (the
-    latest occurrence of each of its runs of ``RECURRING_N`` tokens found in the context, with the
-    ``extend`` tokens after it) takes that share before the repeated text, most recent first.
-    ``rep.copy_cells`` counts those cells.
 
     ``positions`` are the span cells' positions, in order; the tokens are the session's own. None
     where they do not cover the cache (a cache written from outside): the plain recent window.
@@ -517,28 +495,12 @@ def _recurring_exact(
     marked = np.zeros(len(toks), bool)
     for g in seen_twice:
         marked[latest[g] : latest[g] + n] = True
-    copied = np.zeros(len(toks), bool)
-    if copies:
-        with qsources.scratch(session):
-            ahead = lookahead_tokens_of(session, min(copies, room(session)))
-        seq = toks[len(toks) - (n - 1) :] + ahead  # across the seam: the context's last tokens first
-        for j in range(len(seq) - n + 1):
-            at = latest.get(tuple(seq[j : j + n]))
-            if at is not None:
-                copied[at : at + n + extend] = True
     r = int(round(share * n_exact))
-    cand = np.flatnonzero(marked[positions] | copied[positions])  # span indices of repeated or copied text
-    while int(np.sum(cand < T - (n_exact - r))) < r:  # fewer candidates: the recent window grows back
+    cand = np.flatnonzero(marked[positions])  # span indices of repeated text
+    while int(np.sum(cand < T - (n_exact - r))) < r:  # fewer repeats: the recent window grows back
         r = int(np.sum(cand < T - (n_exact - r)))
-    lim = T - (n_exact - r)
-    first = np.flatnonzero(copied[positions])
-    first = first[first < lim][-r:] if r else first[:0]
-    rest = np.setdiff1d(cand[cand < lim], first)
-    k = r - len(first)
-    take = np.union1d(first, rest[-k:] if k else rest[:0])
-    if rep is not None:
-        rep.copy_cells = int(len(first))
-    return np.union1d(take, np.arange(lim, T)).astype(np.int64)
+    rep = cand[cand < T - (n_exact - r)][-r:] if r else cand[:0]
+    return np.union1d(rep, np.arange(T - (n_exact - r), T)).astype(np.int64)
 
 
 def _target(T: int, ratio, target_cells, keep_first: int, keep_last: int) -> int:

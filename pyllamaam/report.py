@@ -21,10 +21,8 @@ class CompactionReport:
     keys_kept : keys kept over all (layer, KV head) slots of the span (padding excluded).
     budgets : the head budgets used: ``"uniform"`` or the budgets file (or ``"given"`` for a mapping).
     on_policy : layer groups fitted in order (queries re-captured before each group after the first).
-    recurring_cells : exact cells that hold repeated or copied text (option ``recurring``)
-        instead of the most recent span cells.
-    copy_cells : of those, the cells of text the model's own greedy continuation copies (option
-        ``copies``).
+    recurring_cells : exact cells that hold repeated text (option ``recurring``) instead of the
+        most recent span cells.
     ratio : the achieved cell ratio over the span.
     seconds : per stage (queries, extract, fit, write, verify).
     attention_error : mean relative attention-output error on held-out queries (None if unknown).
@@ -48,7 +46,6 @@ class CompactionReport:
     budgets: str = "uniform"
     on_policy: int = 1
     recurring_cells: int = 0
-    copy_cells: int = 0
     ratio: float = 1.0
     n_queries: int = 0
     layers: list[int] = field(default_factory=list)
@@ -89,8 +86,7 @@ class CompactionReport:
                 f"{self.keys_kept} keys kept"
             )
             if self.recurring_cells:
-                copied = f" ({self.copy_cells} copied by the look ahead)" if self.copy_cells else ""
-                head += f", {self.recurring_cells} exact cells of repeated text{copied}"
+                head += f", {self.recurring_cells} exact cells of repeated text"
         err = "n/a" if self.attention_error is None else f"{self.attention_error:.3f}"
         if self.attention_error_worst is not None:
             err += f" (worst layer {self.attention_error_worst:.3f})"

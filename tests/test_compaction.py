@@ -756,60 +756,6 @@ def test_recurring_keeps_the_latest_copy_of_repeated_text_exact_in_place_of_rece
         assert rep.recurring_cells == 0 and s._snapshot() == one
 
 
-def test_copies_put_the_text_the_greedy_continuation_copies_first_in_the_recurring_share(tiny_models, monkeypatch):
-    # the recurring test's context (A at 20 and 70, B at 40 and 150) and a run C at 100..103 that
-    # occurs once; the look ahead (mocked: a random model copies nothing) copies C
-    toks = _ids(240, 11)
-    a, b, c = _ids(6, 12), _ids(5, 13), toks[100:104]
-    toks[20:26] = toks[70:76] = a
-    toks[40:45] = toks[150:155] = b
-    asked, got = [], {}
-    real = pipeline._fit_layer_exact
-
-    def ahead(session, n):
-        asked.append((n, session.n_cells))
-        return [9000, *c, 9001, 9002][:n]  # tokens the context does not hold around a copy of C
-
-    def spy(K, V, Q, budget, n_exact, obs, scale, prior, *args, exact=None, **kw):
-        got[len(got)] = np.array(exact)
-        return real(K, V, Q, budget, n_exact, obs, scale, prior, *args, exact=exact, **kw)
-
-    monkeypatch.setattr(pipeline, "_fit_layer_exact", spy)
-    with tiny_models["llama"].session(n_ctx=512) as s:
-        s.prefill(toks)
-        st = _state(s)
-        monkeypatch.setattr(pipeline, "lookahead_tokens_of", ahead)
-        rep = s.compact(ratio=4, queries="repeat", copies=8, copy_extend=3, **LENIENT)
-        assert not rep.fell_back, rep.reason
-        assert asked == [(8, 240)]  # once, before any layer is fitted, on the whole cache
-        e = got[0].shape[1]  # the span is positions 4..207: span index = position - 4
-        copied = [p - 4 for p in range(100, 107)]  # C and the 3 tokens after it
-        recur = [p - 4 for p in [*range(70, 76), *range(150, 155)]]
-        assert e == 10 and rep.copy_cells == 7 and rep.recurring_cells == 10
-        assert sorted(got[0][0]) == sorted(copied + recur[-3:])  # copies first, then the latest repeats
-        assert "(7 copied by the look ahead)" in str(rep)
-        assert _state(s)[2] == st[2] and s.tokens == toks
-        # no room for a look ahead: fewer tokens generated
-        _restore(s, st)
-        got.clear()
-        asked.clear()
-        monkeypatch.setattr(pipeline, "room", lambda session: 5)
-        rep = s.compact(ratio=4, queries="repeat", copies=8, copy_extend=3, **LENIENT)
-        assert asked == [(5, 240)] and rep.copy_cells == 7
-        monkeypatch.undo()
-        # the real look ahead: the session is as before but for the compaction
-        _restore(s, st)
-        rep = s.compact(ratio=4, queries="repeat", copies=8, **LENIENT)
-        assert not rep.fell_back, rep.reason
-        assert s.tokens == toks and s.n_past == st[2] and rep.cells_after == s.n_cells
-        _restore(s, st)
-        for bad, msg in (({"copies": -1}, "copies"), ({"copies": 8, "recurring": 0}, "recurring"),
-                         ({"copies": 8, "copy_extend": 1.5}, "copy_extend")):
-            with pytest.raises(ConfigError, match=msg):
-                s.compact(ratio=4, queries="repeat", **bad, **LENIENT)
-            assert s._snapshot() == st[0]
-
-
 def test_tail_queries_on_a_hybrid_memory_are_refused_and_nothing_changes(tiny_models):
     with tiny_models["hybrid"].session(n_ctx=512) as s:
         s.prefill(_ids(200, 8))

@@ -84,20 +84,6 @@ METHODS: dict[str, dict[str, Any] | None] = {
         "method": "am", "queries": "repeat+lookahead", "on_policy": 3, "recurring": 1.0,
         "lookahead_tokens": 64, "mix": "balanced",
     },
-    # the default whose recurring share first holds the text that 64 tokens of the model's own
-    # greedy continuation copy (option copies), with 0, 16 or 32 tokens after each copied run
-    "am-op3-recur1-copy0": {
-        "method": "am", "queries": "repeat", "on_policy": 3, "recurring": 1.0, "copies": 64,
-        "copy_extend": 0,
-    },
-    "am-op3-recur1-copy16": {
-        "method": "am", "queries": "repeat", "on_policy": 3, "recurring": 1.0, "copies": 64,
-        "copy_extend": 16,
-    },
-    "am-op3-recur1-copy32": {
-        "method": "am", "queries": "repeat", "on_policy": 3, "recurring": 1.0, "copies": 64,
-        "copy_extend": 32,
-    },
     # on-policy refits on 4x the fitted query rows (max_queries, 2048 rows per KV head by default:
     # 512 tokens of Gemma-3's 4 query heads, an eighth of a 4K repeat pass)
     "am-op3-q8k": {"method": "am", "queries": "repeat", "on_policy": 3, "max_queries": 8192},
