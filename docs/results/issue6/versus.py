@@ -2,9 +2,11 @@
 both ran, per (model, ratio): answer NLL and ΔNLL as mean ± SE of candidate − reference (contexts
 where the candidate is lower), and compaction / prefill of each (mean).
 
-    python docs/results/issue6/versus.py CELLS.jsonl[,MORE.jsonl] CANDIDATE [REFERENCE]
+    python docs/results/issue6/versus.py CELLS.jsonl[,MORE.jsonl] CANDIDATE [REFERENCE[,SAME]]
 
-A cell in a later file replaces the same cell from an earlier one."""
+A cell in a later file replaces the same cell from an earlier one. Several reference names are
+one method under several names (e.g. ``default,am-op3``: the stop-16 default, which later runs
+ask for as am-op3); for each context the first name that ran it is taken."""
 import collections
 import json
 import sys
@@ -18,7 +20,9 @@ def pairs(rows, cand, ref):
         by[(r["model"], r["ratio"], r["method"])][(r["n_tokens_target"], r["seed"])] = r
     out = []
     for model, ratio in sorted({(m, x) for m, x, meth in by if meth == cand}):
-        c, b = by[(model, ratio, cand)], by[(model, ratio, ref)]
+        c, b = by[(model, ratio, cand)], {}
+        for name in reversed(ref.split(",")):  # the first name wins
+            b.update(by[(model, ratio, name)])
         ks = sorted(set(c) & set(b))
         if not ks:
             continue
