@@ -111,10 +111,11 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # text the context repeats instead of the most recent span cells: the latest occurrence of
     # every run of ``RECURRING_N`` tokens that occurs more than once in the context, most recent
     # first (a continuation that copies needs the copied text's own keys and values, which a fit
-    # cannot hold). 0: off. 1 (the default): on the 13 acceptance contexts of both models it
-    # lowered answer NLL in all 4 (model, ratio) cells (-0.02 to -0.11) with ΔNLL level or lower,
-    # for 1-5% more time (docs/results/issue6/README.md, "Stop 17")
-    "recurring": 1.0,
+    # cannot hold). 0 (the default): off. 1 (the default of stop 17) lowered answer NLL on the 13
+    # acceptance contexts of both models; on 17 (4 new, stop 18) it raised Gemma-3's ΔNLL (+0.016
+    # at 10x, +0.025 at 20x): it gives the recent text the next tokens copy (the sentence before)
+    # away for older repeats (docs/results/issue6/README.md, "Stop 18")
+    "recurring": 0.0,
 }
 #: Tokens generated for ``exact="lookahead"`` where ``observe`` is 0 (the grid's continuations are 64).
 LOOKAHEAD_TOKENS = 64

@@ -735,10 +735,12 @@ def test_recurring_keeps_the_latest_copy_of_repeated_text_exact_in_place_of_rece
             np.testing.assert_array_equal(res.values[h][ex], V[h, res.indices[h][ex]])
             assert np.all(res.beta[h][ex] == 0)
         assert np.isfinite(s.eval_logits(_ids(3, 4))).all()
-        # the default gives the whole exact window to repeated text where there is enough of it
+        # recurring=1 gives the whole exact window to repeated text where there is enough of it
         _restore(s, st)
-        full = s.compact(ratio=4, queries="repeat", **LENIENT)
+        full = s.compact(ratio=4, queries="repeat", recurring=1.0, **LENIENT)
         assert full.recurring_cells == min(e, 11) and full.cells_after == ref.cells_after
+        _restore(s, st)
+        assert s.compact(ratio=4, queries="repeat", **LENIENT).recurring_cells == 0  # off by default
         # nothing repeats: the plain recent window, byte for byte
         _restore(s, st)
         for bad in (-0.1, 1.5, "all"):
@@ -752,7 +754,7 @@ def test_recurring_keeps_the_latest_copy_of_repeated_text_exact_in_place_of_rece
         s.compact(ratio=4, queries="repeat", recurring=0, **LENIENT)
         one = s._snapshot()
         _restore(s, st)
-        rep = s.compact(ratio=4, queries="repeat", **LENIENT)
+        rep = s.compact(ratio=4, queries="repeat", recurring=1.0, **LENIENT)
         assert rep.recurring_cells == 0 and s._snapshot() == one
 
 

@@ -99,7 +99,7 @@ METHODS: dict[str, dict[str, Any] | None] = {
     "random": {"method": "random", "queries": "context"},
 }
 # every named variant keeps the exact recent window it was measured with (recurring=0, the
-# default until stop 17); only "default" follows Session.compact's defaults as they are now
+# default but in stop 17); only "default" follows Session.compact's defaults as they are now
 for _name, _kw in METHODS.items():
     if _kw is not None and _name != "default":
         _kw.setdefault("recurring", 0.0)

@@ -5,7 +5,10 @@ baseline (the one of snapkv / h2o / window with the lowest mean on that measure)
 (mean answer NLL of the planted facts) and on the continuation ΔNLL. Differences are paired over
 contexts: mean ± standard error, and how many contexts the candidate wins.
 
-    python docs/results/issue6/acceptance.py CELLS.jsonl[,MORE.jsonl] [CANDIDATE] [--json | --robust] [--seeds=4,5] [--split]
+    python docs/results/issue6/acceptance.py CELLS.jsonl[,MORE.jsonl] [CANDIDATE[,SAME]] [--json | --robust] [--seeds=4,5] [--split]
+
+Several candidate names are one method under several names (``default,am-op3``: the stop-16
+default, which later runs ask for as am-op3); for each context the first name that ran it counts.
 
 --seeds keeps only the contexts of those seeds. --split adds the ΔNLL of the continuation's
 copied tokens (those a verbatim copy of the context predicts) and of the rest, read apart, for
@@ -30,10 +33,17 @@ LABELS = {"suite": "suite (answer NLL)", "dnll": "ΔNLL", "dnll_fresh": "ΔNLL, 
 
 
 def compare(rows, cand, measures=MEASURES):
+    names = cand.split(",")  # one method under several names: for each context the first that ran it
     by = collections.defaultdict(dict)
     for r in rows:
         method = "am" if r["method"] == "am-r0.5" else r["method"]  # tune/sweep.py's name for plain am
         by[(r["model"], r["ratio"])].setdefault(method, {})[(r["n_tokens_target"], r["seed"])] = r
+    for meth in by.values():
+        merged: dict = {}
+        for name in reversed(names):
+            merged.update(meth.get(name, {}))
+        if merged:
+            meth[cand] = merged
     out = []
     for (model, ratio), meth in sorted(by.items()):
         need = [cand, "am", *EVICTION]
