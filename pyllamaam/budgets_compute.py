@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from . import pipeline
-from .compact import compact_layer, save_head_budgets
+from . import kvsplit, pipeline
+from .compact import compact_layer, save_head_budgets, spanfit
 from .errors import ConfigError
+from .queries import rows
 
 
 def _text(model: Any, n_tokens: int, cont: int) -> tuple[list[int], list[int]]:
@@ -56,17 +57,17 @@ def head_sensitivity(
         blob, n_cells = s._snapshot(), s.n_cells
         ref = s.reference_queries("repeat", keep_first, keep_last)
         kv = s.get_kv()
-        split = pipeline._split(kv, keep_first, keep_last)
+        split = kvsplit.split_cells(kv, keep_first, keep_last)
         T = len(split.span)
-        fit_q, _ = pipeline._split_queries(ref.queries, 0.2, 2048, s, 1024)
+        fit_q, _ = rows.split_queries(ref.queries, 0.2, 2048, s, 1024)
         layers = s.compact_layers()
         H = kv.keys[layers[0]].shape[1]
         curves = np.zeros((len(layers), H, len(ratios)))
         bar = tqdm(total=len(layers) * H * len(ratios), disable=not progress, unit="head", desc="sensitivity")
         clock = time.perf_counter()
         for i, il in enumerate(layers):
-            K, V = pipeline._span_arrays(kv, il, split)
-            prior = pipeline._prior(kv, il, split)
+            K, V = kvsplit.span_arrays(kv, il, split)
+            prior = kvsplit.span_prior(kv, il, split)
             for j, r in enumerate(ratios):
                 res = compact_layer(K, V, fit_q[il], max(1, round(T / r)), s.kq_scale(il), prior_bias=prior)
                 for h in range(H):
@@ -122,12 +123,12 @@ def fill_sensitivity(
         blob, n_cells = s._snapshot(), s.n_cells
         ref = s.reference_queries("repeat", keep_first, keep_last)
         kv = s.get_kv()
-        split = pipeline._split(kv, keep_first, keep_last)
+        split = kvsplit.split_cells(kv, keep_first, keep_last)
         T = len(split.span)
-        t = pipeline._target(T, target, None, keep_first, keep_last)
-        t_fit = t - pipeline._recent_extra(t, keep_last, pipeline.PIPELINE_DEFAULTS["recent"])
+        t = kvsplit.span_target(T, target, None, keep_first, keep_last)
+        t_fit = t - kvsplit.recent_extra(t, keep_last, pipeline.PIPELINE_DEFAULTS["recent"])
         keys = sorted({int(min(t, max(1, round(f * t_fit)))) for f in levels})
-        fit_q, _ = pipeline._split_queries(ref.queries, 0.2, 2048, s, 1024)
+        fit_q, _ = rows.split_queries(ref.queries, 0.2, 2048, s, 1024)
         layers = s.compact_layers()
         H = kv.keys[layers[0]].shape[1]
         curves = np.zeros((len(layers), H, len(keys)))
@@ -135,10 +136,10 @@ def fill_sensitivity(
         bar = tqdm(total=len(layers) * H * len(keys), disable=not progress, unit="head", desc="sensitivity")
         clock = time.perf_counter()
         for i, il in enumerate(layers):
-            K, V = pipeline._span_arrays(kv, il, split)
-            prior = pipeline._prior(kv, il, split)
+            K, V = kvsplit.span_arrays(kv, il, split)
+            prior = kvsplit.span_prior(kv, il, split)
             for j, b in enumerate(keys):
-                res = pipeline._fit_layer_windows(
+                res = spanfit.fit_layer_windows(
                     K, V, fit_q[il], b, t - b, s.kq_scale(il), prior, None, method=pipeline.AM_SELECTOR
                 )
                 for h in range(H):

@@ -1,14 +1,8 @@
 """compact(): extract KV -> reference queries -> fit per layer -> write back -> verify/rollback.
 
-The math lives in :mod:`pyllamaam.compact`, the query sources in :mod:`pyllamaam.queries`;
-this module only wires them to a :class:`~pyllamaam.engine.Session` (DESIGN.md section 2).
-
-Cells of the compactable cache, in position order, split into three parts: the first
-``keep_first`` (attention sinks) and the last ``keep_last`` (recent window, which holds the
-cell decoding continues after) stay verbatim; the span between them is replaced by
-``t`` cells per (layer, KV head) fitted by Attention Matching or chosen by a baseline.
-The compacted cells take evenly spaced distinct positions inside the span: positions only
-decide masking of later queries (all later), and keys keep their own RoPE phase.
+The math lives in :mod:`pyllamaam.compact`, the query sources in :mod:`pyllamaam.queries`, the
+split of the cache into sinks, span and recent window in :mod:`pyllamaam.kvsplit`; this module
+only wires them to a :class:`~pyllamaam.engine.Session` (DESIGN.md section 2).
 """
 
 from __future__ import annotations
@@ -22,25 +16,25 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import kvsplit
 from . import queries as qsources
 from .compact import (
     allocate_budgets,
     attention_errors,
     available_methods,
-    compact_layer,
     keep_mask_topk,
     load_head_budgets,
     proportions_array,
+    spanfit,
     task_position_scores,
 )
 from .compact.parallel import map_layers
-from .compact.result import PAD, CompactedLayer
+from .compact.result import CompactedLayer
 from .compact.select import SELECTORS
-from .compact.select.base import rank_by_score
-from .compact.select.snapkv import observed_scores
 from .errors import CompactionError, ConfigError, UnsupportedLayout
 from .guards import VARIANTS, guard_layer
 from .kv import KVState
+from .queries import rows
 from .queries.repeat import REPEAT_PROMPT
 from .queries.tail import tail_logits
 from .report import CompactionReport
@@ -185,13 +179,6 @@ class ReferenceQueries:
     seconds: float  # what the capture cost
 
 
-@dataclass
-class _Split:
-    sinks: np.ndarray  # cell indices into the KVState, position order
-    span: np.ndarray
-    recent: np.ndarray
-
-
 class _GateFailed(Exception):
     """A verification gate failed (internal: always turned into a fallback)."""
 
@@ -250,11 +237,11 @@ def compact(
     look = observed and pipe["exact"] == "lookahead"
     if not (isinstance(pipe["recurring"], (int, float)) and 0 <= pipe["recurring"] <= 1):
         raise ConfigError(f"recurring must be a number in [0, 1], not {pipe['recurring']!r}")
-    user, split, t, extra = _splits(kv, keep_first, keep_last, ratio, target_cells, fits, pipe["recent"])
+    user, split, t, extra = kvsplit.splits(kv, keep_first, keep_last, ratio, target_cells, fits, pipe["recent"])
     recurring = None  # exact="recent" with repeated text: the user's span indices kept exact
     keep_mask = selector == "keep" or "keep" in options
     if fits and pipe["recurring"] and extra and not (fill or observed or keep_mask):
-        recurring = _recurring_exact(session, kv.positions[user.span], extra, pipe["recurring"])
+        recurring = kvsplit.recurring_exact(session._tokens, kv.positions[user.span], extra, pipe["recurring"], RECURRING_N)
         rep.recurring_cells = 0 if recurring is None else int(np.sum(recurring < len(user.span) - extra))
         if not rep.recurring_cells:
             recurring = None  # nothing repeats: the plain recent window
@@ -274,12 +261,12 @@ def compact(
         if given is None:
             Q = qsources.collect(session, qspec, span, task=task, **qopts)
         else:
-            _check_given(given, span, _span_of(kv, user), n_cells0)
+            _check_given(given, span, kvsplit.span_of(kv, user), n_cells0)
             Q = given.queries
         rep.seconds["queries"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        fit_q, held_q = _split_queries(Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"], pipe["mix"])
+        fit_q, held_q = rows.split_queries(Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"], pipe["mix"])
         rep.n_queries = int(sum(len(q) for q in next(iter(fit_q.values()))))
         if fill:
             per_head = _head_budgets(budgets, layers, kv, T, t - extra, t / max(1, t - extra), "keys")
@@ -300,9 +287,9 @@ def compact(
         for g, group in enumerate(groups):
             if g > 0:  # on-policy: the next layers' queries see the layers fitted so far
                 tick = time.perf_counter()
-                session.set_kv(_partial(kv, split, fitted))
+                session.set_kv(kvsplit.partial(kv, split, fitted))
                 Q = qsources.collect(session, qspec, span, task=task, **qopts)
-                fq, hq = _split_queries(Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"], pipe["mix"])
+                fq, hq = rows.split_queries(Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"], pipe["mix"])
                 for il in group:
                     fit_q[il], held_q[il] = fq[il], hq[il]
                 obs = _observe(session, span, n_obs, "snapkv" if observed and extra else selector, bool(look and extra))
@@ -311,24 +298,24 @@ def compact(
                 recapture += time.perf_counter() - tick
             def fit(il: int, obs: dict[int, np.ndarray] = obs) -> CompactedLayer:
                 if recurring is not None:
-                    K, V = _span_arrays(kv, il, split)[:2]
-                    return _fit_layer_exact(
-                        K, V, fit_q[il], t - extra, extra, None, session.kq_scale(il), _prior(kv, il, split),
+                    K, V = kvsplit.span_arrays(kv, il, split)[:2]
+                    return spanfit.fit_layer_exact(
+                        K, V, fit_q[il], t - extra, extra, None, session.kq_scale(il), kvsplit.span_prior(kv, il, split),
                         pipe["chunk_tokens"], exact=np.broadcast_to(recurring, (K.shape[0], len(recurring))),
                         method=selector, **options,
                     )
                 if observed and extra:
-                    return _fit_layer_exact(
-                        *_span_arrays(kv, il, split), fit_q[il], t - extra, extra, obs[il], session.kq_scale(il),
-                        _prior(kv, il, split), pipe["chunk_tokens"], method=selector, **options,
+                    return spanfit.fit_layer_exact(
+                        *kvsplit.span_arrays(kv, il, split), fit_q[il], t - extra, extra, obs[il], session.kq_scale(il),
+                        kvsplit.span_prior(kv, il, split), pipe["chunk_tokens"], method=selector, **options,
                     )
-                return _fit_layer_windows(
-                    *_span_arrays(kv, il, split),
+                return spanfit.fit_layer_windows(
+                    *kvsplit.span_arrays(kv, il, split),
                     fit_q[il],
                     per_head[il],
                     window[il],
                     session.kq_scale(il),
-                    _prior(kv, il, split),
+                    kvsplit.span_prior(kv, il, split),
                     pipe["chunk_tokens"],
                     method=selector,
                     obs=obs.get(il),
@@ -342,7 +329,7 @@ def compact(
         rep.seconds["queries"] += recapture
 
         clock = time.perf_counter()
-        new = _assemble(kv, split, fitted)
+        new = kvsplit.assemble(kv, split, fitted)
         session.set_kv(new)
         rep.seconds["write"] = time.perf_counter() - clock
         rep.span_before, rep.span_after = T, new.n_cells - len(user.sinks) - len(user.recent)
@@ -397,27 +384,14 @@ def reference_queries(
     kv = session.get_kv()
     if ratio is None and target_cells is None:
         _check_args(2.0, None, keep_first, keep_last)
-        span = _span_of(kv, _split(kv, keep_first, keep_last))
+        span = kvsplit.span_of(kv, kvsplit.split_cells(kv, keep_first, keep_last))
     else:
         _check_args(ratio, target_cells, keep_first, keep_last)
         fits = SELECTORS[_selector(method)].fits
-        span = _span_of(kv, _splits(kv, keep_first, keep_last, ratio, target_cells, fits, recent)[1])
+        span = kvsplit.span_of(kv, kvsplit.splits(kv, keep_first, keep_last, ratio, target_cells, fits, recent)[1])
     clock = time.perf_counter()
     Q = qsources.collect(session, spec, span, task=task, **options)
     return ReferenceQueries(spec, span, session.n_cells, Q, time.perf_counter() - clock)
-
-
-def _span_of(kv: KVState, split: _Split) -> tuple[int, int]:
-    pos = kv.positions[split.span]
-    return int(pos[0]), int(pos[-1])
-
-
-def _splits(kv, keep_first, keep_last, ratio, target_cells, fits, recent):
-    """(the user's split, the split fitted, cells fitted + moved to the window, cells moved)."""
-    user = _split(kv, keep_first, keep_last)
-    t = _target(len(user.span), ratio, target_cells, keep_first, keep_last)
-    extra = _recent_extra(t, keep_last, recent) if fits else 0
-    return user, (_split(kv, keep_first, keep_last + extra) if extra else user), t, extra
 
 
 def _check_given(given: ReferenceQueries, span: tuple[int, int], whole: tuple[int, int], n_cells: int) -> None:
@@ -456,108 +430,12 @@ def _check_args(ratio, target_cells, keep_first, keep_last) -> None:
         raise ConfigError("keep_first must be >= 0 and keep_last >= 1 (the last cell must stay)")
 
 
-def _split(kv: KVState, keep_first: int, keep_last: int) -> _Split:
-    order = np.argsort(kv.positions, kind="stable")
-    n = len(order)
-    if n <= keep_first + keep_last + 1:
-        raise ConfigError(
-            f"nothing to compact: {n} cells, keep_first={keep_first} and keep_last={keep_last} keep them all"
-        )
-    return _Split(order[:keep_first], order[keep_first : n - keep_last], order[n - keep_last :])
-
-
-def _recent_extra(t: int, keep_last: int, share: float) -> int:
-    """Cells moved from the fitted budget ``t`` to the exact recent window, so that the window
-    holds ``share`` of ``t + keep_last`` (never fewer than keep_last; the fit keeps >= 1 cell)."""
-    if not (isinstance(share, (int, float)) and 0 <= share < 1):
-        raise ConfigError(f"recent must be a number in [0, 1), got {share!r}")
-    return int(min(max(0, round(share * (t + keep_last)) - keep_last), t - 1))
-
-
-def _recurring_exact(session: Session, positions: np.ndarray, n_exact: int, share: float) -> np.ndarray | None:
-    """The span indices (sorted) of the ``n_exact`` exact cells with ``recurring=share``: up to
-    ``round(share * n_exact)`` cells of repeated text (the latest occurrence of each run of
-    ``RECURRING_N`` tokens that occurs more than once in the context, most recent first, outside
-    the recent window), and the most recent span cells for the rest.
-
-    ``positions`` are the span cells' positions, in order; the tokens are the session's own. None
-    where they do not cover the cache (a cache written from outside): the plain recent window.
-    """
-    toks, n, T = session._tokens, RECURRING_N, len(positions)
-    if len(toks) <= int(positions[-1]):
-        return None
-    latest: dict[tuple[int, ...], int] = {}
-    seen_twice: set[tuple[int, ...]] = set()
-    for j in range(len(toks) - n + 1):
-        g = tuple(toks[j : j + n])
-        if g in latest:
-            seen_twice.add(g)
-        latest[g] = j
-    marked = np.zeros(len(toks), bool)
-    for g in seen_twice:
-        marked[latest[g] : latest[g] + n] = True
-    r = int(round(share * n_exact))
-    cand = np.flatnonzero(marked[positions])  # span indices of repeated text
-    while int(np.sum(cand < T - (n_exact - r))) < r:  # fewer repeats: the recent window grows back
-        r = int(np.sum(cand < T - (n_exact - r)))
-    rep = cand[cand < T - (n_exact - r)][-r:] if r else cand[:0]
-    return np.union1d(rep, np.arange(T - (n_exact - r), T)).astype(np.int64)
-
-
-def _target(T: int, ratio, target_cells, keep_first: int, keep_last: int) -> int:
-    t = round(T / ratio) if ratio is not None else int(target_cells) - keep_first - keep_last
-    if not 1 <= t < T:
-        raise ConfigError(f"the span has {T} cells; a target of {t} compacted cells is out of range [1, {T})")
-    return t
-
-
 # --- queries ---
 def _probe_tokens(session: Session, first_pos: int, n: int, qopts: dict) -> list[int]:
     """The repeat prompt and the span's first tokens: a recall probe of compacted content."""
     prompt = session.model.tokenize(qopts.get("repeat_prompt", REPEAT_PROMPT))
     toks = prompt + session._tokens[first_pos : first_pos + n]
     return toks[: max(0, session.n_ctx - session.n_cells)]
-
-
-def _split_queries(Q, heldout: float, max_rows: int, session: Session, max_held: int | None = None, mix: str = "pooled"):
-    """Per layer: (fit, held-out) queries grouped by KV head, [H, n * r, d] each.
-
-    Every ``1/heldout``-th token of each source is held out. ``mix="pooled"`` samples the
-    fitted and held-out tokens evenly over all sources, so each source weighs as many tokens
-    as it captured; ``"balanced"`` gives every source of a mixture an equal share of the rows
-    (a short source's rows repeat: integer weights), e.g. 144 self-study tokens against a
-    4K-token repeat pass."""
-    n_tok = len(next(iter(Q.values())))
-    if n_tok < 2:
-        raise ConfigError(f"only {n_tok} reference query tokens: too few to fit and verify")
-    if mix not in ("pooled", "balanced"):
-        raise ConfigError(f"mix must be 'pooled' or 'balanced', not {mix!r}")
-    parts = [p for p in getattr(Q, "parts", [n_tok]) if p > 0]
-    if sum(parts) != n_tok or mix == "pooled":
-        parts = [n_tok]
-    step = max(2, round(1 / heldout)) if heldout > 0 else n_tok + 1
-    bounds = np.cumsum([0, *parts])
-    local = np.concatenate([np.arange(n) for n in parts])
-    held = local % step == step - 1
-    fit_tok = [np.flatnonzero(~held[a:b]) + a for a, b in zip(bounds[:-1], bounds[1:])]
-    held_tok = [np.flatnonzero(held[a:b]) + a for a, b in zip(bounds[:-1], bounds[1:])]
-
-    def pick(toks: list[np.ndarray], cap: int) -> np.ndarray:
-        if len(toks) == 1:
-            t = toks[0]
-            return t[np.linspace(0, len(t) - 1, min(cap, len(t))).round().astype(int)] if len(t) else t
-        share = max(1, cap // len(toks))  # equal rows per source, short sources repeated
-        out = [t[np.linspace(0, len(t) - 1, share).round().astype(int)] for t in toks if len(t)]
-        return np.concatenate(out) if out else toks[0]
-
-    fit, out = {}, {}
-    for il, q in Q.items():
-        H, r = session.layers[il]["n_head_kv"], q.shape[1] // session.layers[il]["n_head_kv"]
-        cap = max(1, max_rows // r)
-        hcap = cap if max_held is None else max(2, max_held // r)
-        f, h = pick(fit_tok, cap), pick(held_tok, hcap)
-        fit[il], out[il] = _group(q[f], H), _group(q[h], H)
-    return fit, out
 
 
 def _tail_tokens(n, name: str) -> int:
@@ -569,7 +447,7 @@ def _tail_tokens(n, name: str) -> int:
 def _tail(session: Session, span: tuple[int, int], n: int) -> dict[int, np.ndarray]:
     """Per layer, the queries of the context's last ``n`` tokens read again, grouped by KV head."""
     got = qsources.SOURCES["tail"](session, span, tail_tokens=n)
-    return {il: _group(q, session.layers[il]["n_head_kv"]) for il, q in got.items()}
+    return {il: rows.group_by_kv_head(q, session.layers[il]["n_head_kv"]) for il, q in got.items()}
 
 
 def _observe(
@@ -585,28 +463,10 @@ def _observe(
     if not lookahead:
         return _tail(session, span, n)
     got = qsources.SOURCES["lookahead"](session, span, lookahead_tokens=n)
-    return {il: _group(q, session.layers[il]["n_head_kv"]) for il, q in got.items()}
-
-
-def _group(q: np.ndarray, H: int) -> np.ndarray:
-    """[n, n_head, d] -> [H, n * r, d]: query head j belongs to KV head j // r (token-major rows)."""
-    n, n_head, d = q.shape
-    r = n_head // H
-    return np.ascontiguousarray(q.reshape(n, H, r, d).transpose(1, 0, 2, 3).reshape(H, n * r, d))
+    return {il: rows.group_by_kv_head(q, session.layers[il]["n_head_kv"]) for il, q in got.items()}
 
 
 # --- fit ---
-def _span_arrays(kv: KVState, il: int, split: _Split) -> tuple[np.ndarray, np.ndarray]:
-    K = kv.keys[il][split.span].transpose(1, 0, 2)
-    V = kv.values[il][split.span].transpose(1, 0, 2)
-    return np.ascontiguousarray(K), np.ascontiguousarray(V)
-
-
-def _prior(kv: KVState, il: int, split: _Split) -> np.ndarray | None:
-    b = kv.bias[il][split.span].T
-    return np.ascontiguousarray(b) if np.any(b != 0) else None
-
-
 def _uniform(budgets) -> bool:
     return budgets is None or (isinstance(budgets, str) and budgets == "uniform")
 
@@ -638,176 +498,9 @@ def _layer_groups(layers: list[int], n_groups, given, qspec: str) -> list[list[i
     return [list(g) for g in np.array_split(np.asarray(layers), n_groups)]
 
 
-def _partial(kv: KVState, split: _Split, fitted: dict[int, CompactedLayer]) -> KVState:
-    """Every cell kept; in fitted layers the span's first slots hold the fit, the rest bias -inf.
-
-    Positions only decide masking and every later query sees the whole span, so the fitted
-    slots can sit in any span cells while the layers not yet fitted keep all of theirs.
-    """
-    out = kv.subset(np.arange(len(kv.positions)))
-    for il, res in fitted.items():
-        K, _ = _span_arrays(kv, il, split)
-        t = res.indices.shape[1]
-        slots, rest = split.span[:t], split.span[t:]
-        out.keys[il][slots] = res.keys(K).transpose(1, 0, 2)
-        out.values[il][slots] = res.values.transpose(1, 0, 2)
-        out.bias[il][slots] = res.beta.T
-        out.bias[il][rest] = -np.inf
-    return out
-
-
-def _fit_layer_windows(K, V, Q, budget, window, scale, prior, chunk_tokens, **kw) -> CompactedLayer:
-    """One layer's fit where KV head h fits ``budget[h]`` keys on its span but the last
-    ``window[h]`` cells, which it keeps exact (original keys and values, their bias): every head
-    then fills ``budget[h] + window[h]`` slots (``window=None``: the plain fit, no window)."""
-    if window is None or not np.any(window):
-        return _fit_layer(K, V, Q, budget, scale, prior, chunk_tokens, **kw)
-    if "keep" in kw:
-        raise ConfigError("head budgets with recent windows cannot be combined with a shared keep mask")
-    H, T = K.shape[:2]
-    b = np.broadcast_to(np.asarray(budget, dtype=np.int64), (H,))
-    w = np.broadcast_to(np.asarray(window, dtype=np.int64), (H,))
-    t = int((b + w).max())
-    idx = np.full((H, t), PAD, np.int64)
-    beta = np.full((H, t), -np.inf)
-    vals = np.zeros((H, t, V.shape[2]), V.dtype)
-    zeros = np.zeros(H, np.int64)
-    fallback: list[int] = []
-    timings: dict[str, float] = {}
-    for wv in np.unique(w):  # heads with the same window share one batched fit
-        hs = np.flatnonzero(w == wv)
-        Tf = T - int(wv)
-        pr = None if prior is None else np.ascontiguousarray(prior[hs, :Tf])
-        sub = dict(kw, obs=None if kw.get("obs") is None else np.ascontiguousarray(kw["obs"][hs]))
-        res = _fit_layer(
-            np.ascontiguousarray(K[hs, :Tf]), np.ascontiguousarray(V[hs, :Tf]), np.ascontiguousarray(Q[hs]),
-            b[hs], scale, pr, chunk_tokens, **sub,
-        )
-        for j, h in enumerate(hs):
-            keep = res.indices[j] != PAD
-            n_fit = int(keep.sum())
-            rec = np.arange(Tf, T)
-            n = n_fit + len(rec)
-            idx[h, :n] = np.concatenate([res.indices[j, keep], rec])
-            beta[h, :n] = np.concatenate([res.beta[j, keep], np.zeros(len(rec)) if prior is None else prior[h, Tf:]])
-            vals[h, :n] = np.concatenate([res.values[j, keep], V[h, Tf:]])
-        zeros[hs] = res.zero_weights
-        fallback += [int(hs[j]) for j in res.fallback_heads]
-        for k, v in res.timings.items():
-            timings[k] = timings.get(k, 0.0) + v
-    return CompactedLayer(idx, beta, vals, zeros, tuple(sorted(fallback)), timings)
-
-
-def _fit_layer_exact(
-    K, V, Q, budget, n_exact, obs, scale, prior, chunk_tokens, kernel: int = 7, exact=None, **kw
-) -> CompactedLayer:
-    """One layer's fit where each KV head keeps ``n_exact`` span keys exact (original keys, values
-    and bias): the keys the observation queries ``obs`` [H, m, d] attend to most (SnapKV's scores,
-    max-pooled over ``kernel`` cells), or the span indices ``exact`` [H, e] where given; ``budget``
-    keys are fitted on the rest of its span.
-
-    The span's unnormalized attention sum is the exact keys' sum plus the rest's, so a fit that
-    matches the rest matches the whole (as for chunks). Heads with the same exact keys share one
-    batched fit; the others get one each.
-    """
-    if "keep" in kw:
-        raise ConfigError("exact keys chosen per head cannot be combined with a shared keep mask (method='keep')")
-    H, T = K.shape[:2]
-    valid = np.ones((H, T), bool) if prior is None else np.isfinite(prior)
-    if exact is None:
-        e = int(min(n_exact, T - 1))
-        exact = np.sort(rank_by_score(observed_scores(obs, K, scale, prior, kernel), valid)[:, :e], axis=1)
-    exact = np.asarray(exact, np.int64)
-    idx, beta, vals = [None] * H, [None] * H, [None] * H
-    zeros, fallback, timings = np.zeros(H, np.int64), [], {}
-    groups: dict[bytes, list[int]] = {}
-    for h in range(H):
-        groups.setdefault(exact[h].tobytes(), []).append(h)
-    for hs in groups.values():
-        rest = np.setdiff1d(np.arange(T), exact[hs[0]])
-        pr = None if prior is None else np.ascontiguousarray(prior[hs][:, rest])
-        res = _fit_layer(
-            np.ascontiguousarray(K[hs][:, rest]), np.ascontiguousarray(V[hs][:, rest]), np.ascontiguousarray(Q[hs]),
-            budget, scale, pr, chunk_tokens, **kw,
-        )
-        for j, h in enumerate(hs):
-            ex = exact[h][valid[h, exact[h]]]
-            keep = res.indices[j] != PAD
-            idx[h] = np.concatenate([rest[res.indices[j, keep]], ex])
-            beta[h] = np.concatenate([res.beta[j, keep], np.zeros(len(ex)) if prior is None else prior[h, ex]])
-            vals[h] = np.concatenate([res.values[j, keep], V[h, ex]])
-            zeros[h] = int(res.zero_weights[j])
-        fallback += [hs[j] for j in res.fallback_heads]
-        for k, v in res.timings.items():
-            timings[k] = timings.get(k, 0.0) + v
-    fallback = sorted(fallback)
-    t = max(len(i) for i in idx)
-    slots, B = np.full((H, t), PAD, np.int64), np.full((H, t), -np.inf)
-    C2 = np.zeros((H, t, V.shape[2]), V.dtype)
-    for h in range(H):
-        order = np.argsort(idx[h], kind="stable")  # slots in position order
-        n = len(order)
-        slots[h, :n], B[h, :n], C2[h, :n] = idx[h][order], beta[h][order], vals[h][order]
-    return CompactedLayer(slots, B, C2, zeros, tuple(fallback), timings)
-
-
-def _fit_layer(K, V, Q, budget, scale, prior, chunk_tokens, **kw) -> CompactedLayer:
-    """One layer's fit, whole or in spans of ``chunk_tokens`` cells.
-
-    Chunked, each span is compacted against the same queries (which saw the whole context) with
-    its share of the budget: the span's attention sums add up to the whole, so matching each
-    one matches their total, and no score block is larger than n x chunk_tokens per head.
-    """
-    T = K.shape[1]
-    if chunk_tokens is None or chunk_tokens >= T:
-        return compact_layer(K, V, Q, budget, scale, prior_bias=prior, **kw)
-    if not (isinstance(chunk_tokens, int) and chunk_tokens >= 16):
-        raise ConfigError(f"chunk_tokens must be an integer >= 16, not {chunk_tokens!r}")
-    if "keep" in kw:
-        raise ConfigError("chunk_tokens cannot be combined with a shared keep mask (method='keep')")
-    edges = np.linspace(0, T, -(-T // chunk_tokens) + 1).round().astype(int)
-    b = np.broadcast_to(np.asarray(budget), (K.shape[0],))
-    # each chunk's share of every head's budget, by largest remainders so the shares sum exactly
-    share = b[:, None] * np.diff(edges)[None, :] / T
-    parts = np.floor(share).astype(int)
-    short = b - parts.sum(axis=1)
-    order = np.argsort(-(share - parts), axis=1, kind="stable")
-    for h in range(len(b)):
-        parts[h, order[h, : short[h]]] += 1
-    results, starts = [], []
-    for c, (a, z) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
-        bc = np.minimum(np.maximum(parts[:, c], 1), z - a)
-        pc = None if prior is None else np.ascontiguousarray(prior[:, a:z])
-        results.append(compact_layer(K[:, a:z], V[:, a:z], Q, bc, scale, prior_bias=pc, **kw))
-        starts.append(a)
-    return _concat(results, starts)
-
-
-def _concat(results: list[CompactedLayer], starts: list[int]) -> CompactedLayer:
-    """Chunk results as one layer: kept slots in position order, padding at the end."""
-    idx = np.concatenate([np.where(r.kept, r.indices + a, PAD) for r, a in zip(results, starts, strict=True)], axis=1)
-    beta = np.concatenate([r.beta for r in results], axis=1)
-    vals = np.concatenate([r.values for r in results], axis=1)
-    order = np.argsort(idx == PAD, axis=1, kind="stable")  # kept first, each in its order
-    t = int((idx != PAD).sum(axis=1).max())
-    take = order[:, :t]
-    timings: dict[str, float] = {}
-    for r in results:
-        for k, v in r.timings.items():
-            timings[k] = timings.get(k, 0.0) + v
-    return CompactedLayer(
-        np.take_along_axis(idx, take, 1),
-        np.take_along_axis(beta, take, 1),
-        np.take_along_axis(vals, take[:, :, None], 1),
-        sum(r.zero_weights for r in results),
-        tuple(sorted({h for r in results for h in r.fallback_heads})),
-        timings,
-    )
-
-
 def _briefing_mask(session, kv, split, fit_q, layers, t) -> np.ndarray:
     """Latent Briefing: one keep mask for every head, top-t by task-query attention."""
-    per_layer = ((_span_arrays(kv, il, split)[0], fit_q[il], session.kq_scale(il)) for il in layers)
+    per_layer = ((kvsplit.span_arrays(kv, il, split)[0], fit_q[il], session.kq_scale(il)) for il in layers)
     return keep_mask_topk(task_position_scores(per_layer), t)
 
 
@@ -821,9 +514,9 @@ def _apply_guards(kv, split, fitted, held_q, session, rep, tail_q=None) -> dict[
         r = session.layers[il]["n_head"] // session.layers[il]["n_head_kv"]
         choose = (np.arange(q.shape[1]) // r) % 2 == 0  # rows are token-major, r per token
         verify_q[il] = q[:, ~choose]
-        K, V = _span_arrays(kv, il, split)
+        K, V = kvsplit.span_arrays(kv, il, split)
         qc = q[:, choose] if not tail_q or il not in tail_q else np.concatenate([q[:, choose], tail_q[il]], axis=1)
-        g = guard_layer(K, V, qc, session.kq_scale(il), res, _prior(kv, il, split))
+        g = guard_layer(K, V, qc, session.kq_scale(il), res, kvsplit.span_prior(kv, il, split))
         fitted[il] = g.layer
         for c in g.choice:
             counts[VARIANTS[c]] += 1
@@ -836,39 +529,14 @@ def _apply_guards(kv, split, fitted, held_q, session, rep, tail_q=None) -> dict[
 
 
 # --- write back ---
-def _assemble(kv: KVState, split: _Split, fitted: dict[int, CompactedLayer]) -> KVState:
-    """Sinks + compacted slots + recent window as one KVState (padding: bias -inf, zeros)."""
-    t = max(r.indices.shape[1] for r in fitted.values())
-    span_pos = kv.positions[split.span]
-    slot_pos = span_pos[np.linspace(0, len(span_pos) - 1, t).round().astype(int)] if t > 1 else span_pos[:1]
-    out = kv.subset(np.concatenate([split.sinks, split.recent]))
-    ns = len(split.sinks)
-    out.positions = np.concatenate([kv.positions[split.sinks], slot_pos, kv.positions[split.recent]]).astype(np.int32)
-    for il, res in fitted.items():
-        K, _ = _span_arrays(kv, il, split)
-        H, tl = res.indices.shape
-        C1 = np.zeros((t, H, K.shape[2]), np.float32)
-        C2 = np.zeros((t, H, res.values.shape[2]), np.float32)
-        beta = np.full((t, H), -np.inf, np.float32)
-        C1[:tl] = res.keys(K).transpose(1, 0, 2)
-        C2[:tl] = res.values.transpose(1, 0, 2)
-        beta[:tl] = res.beta.T
-        if np.isnan(beta).any() or not np.isfinite(C2).all():
-            raise CompactionError(f"layer {il}: non-finite fitted values or NaN bias")
-        for name, mid in (("keys", C1), ("values", C2), ("bias", beta)):
-            arr = getattr(out, name)[il]
-            getattr(out, name)[il] = np.concatenate([arr[:ns], mid, arr[ns:]])
-    return out
-
-
 # --- verify ---
 def _verify(session, kv, split, fitted, held_q, probe, before, pipe, rep, verify, tail=(None, 0)) -> None:
     errs = []
     for il, res in fitted.items():
         if held_q[il].shape[1] == 0:
             continue
-        K, V = _span_arrays(kv, il, split)
-        e = attention_errors(K, V, held_q[il], session.kq_scale(il), res, _prior(kv, il, split))
+        K, V = kvsplit.span_arrays(kv, il, split)
+        e = attention_errors(K, V, held_q[il], session.kq_scale(il), res, kvsplit.span_prior(kv, il, split))
         errs.append(float(np.mean(e.output)))
     if errs:
         rep.attention_error, rep.attention_error_worst = float(np.mean(errs)), float(np.max(errs))

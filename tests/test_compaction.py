@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from conftest import max_rel
 
-from pyllamaam import pipeline
-from pyllamaam.compact import available_methods
+from pyllamaam import kvsplit, pipeline
+from pyllamaam.compact import available_methods, spanfit
+from pyllamaam.queries import rows
 from pyllamaam.errors import ConfigError, UnsupportedLayout
 from pyllamaam.pipeline import mean_kl
 
@@ -104,26 +105,26 @@ def _boom(*a, **k):
 
 
 @pytest.mark.parametrize(
-    "target, fake",
+    "module, target, fake",
     [
-        ("compact_layer", _boom),  # fit
-        ("compact_layer", "nan"),  # NaN values
-        ("_assemble", _boom),  # before write-back
-        ("_verify", _boom),  # after write-back
+        (spanfit, "compact_layer", _boom),  # fit
+        (spanfit, "compact_layer", "nan"),  # NaN values
+        (kvsplit, "assemble", _boom),  # before write-back
+        (pipeline, "_verify", _boom),  # after write-back
     ],
 )
-def test_fault_at_any_stage_restores_the_cache_exactly(llama, monkeypatch, target, fake):
+def test_fault_at_any_stage_restores_the_cache_exactly(llama, monkeypatch, module, target, fake):
     st, probe = _state(llama), _ids(4, 3)
     logits = llama.eval_logits(probe)
     if fake == "nan":
-        real = pipeline.compact_layer
+        real = spanfit.compact_layer
 
         def fake(*a, **k):
             res = real(*a, **k)
             res.values[...] = np.nan
             return res
 
-    monkeypatch.setattr(pipeline, target, fake)
+    monkeypatch.setattr(module, target, fake)
     rep = llama.compact(ratio=4, queries="context")
     assert rep.fell_back and rep.reason
     _assert_unchanged(llama, st, logits, probe)
@@ -141,8 +142,8 @@ def test_a_refused_write_back_restores_the_cache(llama, monkeypatch):
                 d[il] = d[il][:-1]
         return out
 
-    pipeline_assemble = pipeline._assemble
-    monkeypatch.setattr(pipeline, "_assemble", bad_assemble)
+    pipeline_assemble = kvsplit.assemble
+    monkeypatch.setattr(kvsplit, "assemble", bad_assemble)
     rep = llama.compact(ratio=4, queries="context")
     assert rep.fell_back and "StateError" in rep.reason
     _assert_unchanged(llama, st, logits, probe)
@@ -232,13 +233,13 @@ def test_compacting_twice_includes_the_existing_bias(llama, monkeypatch):
     assert not rep1.fell_back
     llama.prefill(_ids(100, 10))
     seen = []
-    real = pipeline.compact_layer
+    real = spanfit.compact_layer
 
     def spy(*a, **k):
         seen.append(k["prior_bias"])
         return real(*a, **k)
 
-    monkeypatch.setattr(pipeline, "compact_layer", spy)
+    monkeypatch.setattr(spanfit, "compact_layer", spy)
     rep2 = llama.compact(ratio=3, queries="context", **LENIENT)
     assert not rep2.fell_back, rep2.reason
     assert all(p is not None and np.isinf(p).any() | (p != 0).any() for p in seen)
@@ -353,8 +354,8 @@ def test_chunked_fit_keeps_the_budget_and_matches_the_whole_span_closely():
     from pyllamaam.compact.synthetic import synthetic_layer
 
     L = synthetic_layer(H=3, T=1024, n=384, d=32, seed=5)
-    whole = pipeline._fit_layer(L.K, L.V, L.Q_fit, 128, L.scale, None, None)
-    chunked = pipeline._fit_layer(L.K, L.V, L.Q_fit, 128, L.scale, None, 300)
+    whole = spanfit.fit_layer(L.K, L.V, L.Q_fit, 128, L.scale, None, None)
+    chunked = spanfit.fit_layer(L.K, L.V, L.Q_fit, 128, L.scale, None, 300)
     assert chunked.keys_kept.max() <= 128 and chunked.keys_kept.min() >= 100
     for h in range(3):
         kept = chunked.indices[h][chunked.kept[h]]
@@ -363,7 +364,7 @@ def test_chunked_fit_keeps_the_budget_and_matches_the_whole_span_closely():
     e_chunk = attention_errors(L.K, L.V, L.Q_test, L.scale, chunked).output
     assert (e_chunk < 1.5 * e_whole + 0.02).all(), (e_chunk, e_whole)
     with pytest.raises(ConfigError, match="chunk_tokens"):
-        pipeline._fit_layer(L.K, L.V, L.Q_fit, 128, L.scale, None, 3)
+        spanfit.fit_layer(L.K, L.V, L.Q_fit, 128, L.scale, None, 3)
 
 
 def test_chunked_compaction_end_to_end_gives_the_same_cells(llama):
@@ -418,17 +419,17 @@ def test_balanced_mix_gives_each_source_an_equal_share_and_holds_out_within_each
     q = np.repeat(tok[:, None, None], 2, axis=1) * np.ones((1, 1, d), np.float32)
     Q = Queries({0: q}, [n_a, n_b])
     sess = SimpleNamespace(layers={0: {"n_head_kv": 1}})
-    fit_p, held_p = pipeline._split_queries(Q, 0.2, 400, sess, 100, "pooled")
-    fit_b, held_b = pipeline._split_queries(Q, 0.2, 400, sess, 100, "balanced")
-    rows = lambda x: x[0][0, ::2, 0]  # token ids of the fitted rows (one per token per query head)
+    fit_p, held_p = rows.split_queries(Q, 0.2, 400, sess, 100, "pooled")
+    fit_b, held_b = rows.split_queries(Q, 0.2, 400, sess, 100, "balanced")
+    ids = lambda x: x[0][0, ::2, 0]  # token ids of the fitted rows (one per token per query head)
     assert fit_p[0].shape == fit_b[0].shape == (1, 400, d)
-    assert (rows(fit_p) >= n_a).sum() < 40  # pooled: the short source gets its token share
-    assert (rows(fit_b) >= n_a).sum() == (rows(fit_b) < n_a).sum() == 100  # balanced: half the rows
-    fitted, held = set(rows(fit_b).tolist()), set(rows(held_b).tolist())
+    assert (ids(fit_p) >= n_a).sum() < 40  # pooled: the short source gets its token share
+    assert (ids(fit_b) >= n_a).sum() == (ids(fit_b) < n_a).sum() == 100  # balanced: half the rows
+    fitted, held = set(ids(fit_b).tolist()), set(ids(held_b).tolist())
     assert not fitted & held  # no held-out token is fitted, in either source
     assert any(t >= n_a for t in held) and any(t < n_a for t in held)
     with pytest.raises(ConfigError, match="mix"):
-        pipeline._split_queries(Q, 0.2, 400, sess, 100, "even")
+        rows.split_queries(Q, 0.2, 400, sess, 100, "even")
 
 
 def test_mixed_queries_record_each_source_and_balanced_mix_compacts(llama):
@@ -444,11 +445,11 @@ def test_mixed_queries_record_each_source_and_balanced_mix_compacts(llama):
 
 def test_partial_state_hides_the_unused_slots_of_fitted_layers(llama):
     kv = llama.get_kv()
-    split = pipeline._split(kv, 4, 32)
+    split = kvsplit.split_cells(kv, 4, 32)
     il = llama.compact_layers()[0]
-    K, V = pipeline._span_arrays(kv, il, split)
-    res = pipeline._fit_layer(K, V, K[:, ::3], 10, llama.kq_scale(il), None, None)
-    out = pipeline._partial(kv, split, {il: res})
+    K, V = kvsplit.span_arrays(kv, il, split)
+    res = spanfit.fit_layer(K, V, K[:, ::3], 10, llama.kq_scale(il), None, None)
+    out = kvsplit.partial(kv, split, {il: res})
     t = res.indices.shape[1]
     assert np.isneginf(out.bias[il][split.span[t:]]).all()
     assert np.array_equal(out.bias[il][split.span[:t]], res.beta.T.astype(np.float32))
@@ -598,14 +599,14 @@ def test_exact_observed_keeps_each_heads_most_read_keys_exact_and_fits_the_rest(
     from pyllamaam.compact.select.snapkv import observed_scores
 
     got = {}
-    real = pipeline._fit_layer_exact
+    real = spanfit.fit_layer_exact
 
     def spy(K, V, Q, budget, n_exact, obs, scale, prior, *a, **k):
         res = real(K, V, Q, budget, n_exact, obs, scale, prior, *a, **k)
         got[len(got)] = (K, V, obs, n_exact, budget, res, observed_scores(obs, K, scale, prior, 7))
         return res
 
-    monkeypatch.setattr(pipeline, "_fit_layer_exact", spy)
+    monkeypatch.setattr(spanfit, "fit_layer_exact", spy)
     st = _state(llama)
     ref = llama.compact(ratio=4, queries="repeat", on_policy=1, **LENIENT)
     _restore(llama, st)
@@ -666,13 +667,13 @@ def test_exact_lookahead_keeps_the_keys_the_greedy_continuation_reads_exact(llam
     from pyllamaam.queries import lookahead_queries
 
     got = []
-    real = pipeline._fit_layer_exact
+    real = spanfit.fit_layer_exact
 
     def spy(K, V, Q, budget, n_exact, obs, *a, **k):
         got.append((obs, k.get("exact")))
         return real(K, V, Q, budget, n_exact, obs, *a, **k)
 
-    monkeypatch.setattr(pipeline, "_fit_layer_exact", spy)
+    monkeypatch.setattr(spanfit, "fit_layer_exact", spy)
     st = _state(llama)
     want = lookahead_queries(llama, (0, 0), lookahead_tokens=8)
     ref = llama.compact(ratio=4, queries="repeat", on_policy=1, **LENIENT)
@@ -684,7 +685,7 @@ def test_exact_lookahead_keeps_the_keys_the_greedy_continuation_reads_exact(llam
     assert len(got) == len(rep.layers)
     for il, (obs, exact) in zip(rep.layers, got, strict=True):
         assert exact is None  # chosen per head by the observation queries' scores
-        np.testing.assert_allclose(obs, pipeline._group(want[il], llama.layers[il]["n_head_kv"]), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(obs, rows.group_by_kv_head(want[il], llama.layers[il]["n_head_kv"]), rtol=1e-5, atol=1e-6)
     _restore(llama, st)
     got.clear()
     llama.compact(ratio=4, queries="repeat", on_policy=1, exact="lookahead", **LENIENT)
@@ -703,14 +704,14 @@ def test_recurring_keeps_the_latest_copy_of_repeated_text_exact_in_place_of_rece
     toks[20:26] = toks[70:76] = a
     toks[40:45] = toks[150:155] = b
     got = {}
-    real = pipeline._fit_layer_exact
+    real = spanfit.fit_layer_exact
 
     def spy(K, V, Q, budget, n_exact, obs, scale, prior, *args, exact=None, **kw):
         res = real(K, V, Q, budget, n_exact, obs, scale, prior, *args, exact=exact, **kw)
         got[len(got)] = (V, np.array(exact), budget, res)
         return res
 
-    monkeypatch.setattr(pipeline, "_fit_layer_exact", spy)
+    monkeypatch.setattr(spanfit, "fit_layer_exact", spy)
     with tiny_models["llama"].session(n_ctx=512) as s:
         s.prefill(toks)
         st = _state(s)

@@ -6,7 +6,7 @@ again) next to the true continuation's KL. One JSON line per (context, variant) 
 
     python docs/results/diagnosis/gemma_continuation.py MODEL RATIO N:SEED [N:SEED ...]
 
-Research code: the masking patches ``pipeline._assemble`` (the final write) for one variant."""
+Research code: the masking patches ``kvsplit.assemble`` (the final write) for one variant."""
 import dataclasses
 import json
 import sys
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 import pyllamaam
-from pyllamaam import pipeline
+from pyllamaam import kvsplit
 from pyllamaam.evaluation import fidelity, grid
 
 VARIANTS = {
@@ -28,7 +28,7 @@ VARIANTS = {
     "window": {"method": "window", "queries": "context"},
     "snapkv": {"method": "snapkv", "queries": "context"},
 }
-_assemble = pipeline._assemble
+_assemble = kvsplit.assemble
 MASK = [False]
 
 
@@ -38,7 +38,7 @@ def _masked(kv, split, fitted):
     return _assemble(kv, split, fitted)
 
 
-pipeline._assemble = _masked
+kvsplit.assemble = _masked
 model_name, ratio = sys.argv[1], float(sys.argv[2])
 spec = grid.GridSpec()
 with pyllamaam.load_model(grid._model_name(model_name)) as model:
