@@ -183,6 +183,38 @@ class _GateFailed(Exception):
     """A verification gate failed (internal: always turned into a fallback)."""
 
 
+@dataclass
+class _Plan:
+    """One :func:`compact` call's arguments, resolved and checked before the cache is touched."""
+
+    layers: list[int]
+    selector: str
+    fits: bool
+    qspec: str
+    given: ReferenceQueries | None
+    task: str | None
+    budgets: Any
+    pipe: dict[str, Any]  # PIPELINE_DEFAULTS, as given
+    qopts: dict[str, Any]  # options of the query sources
+    options: dict[str, Any]  # kernel options
+    fill: bool  # head budgets whose heads fill the cells with exact recent windows
+    observed: bool  # exact="observed" or "lookahead": the exact keys chosen per head
+    look: bool  # exact="lookahead"
+
+
+@dataclass
+class _Cut:
+    """Where the cells go: the user's split, the split fitted, the cells kept (``t``, without
+    sinks and ``keep_last``), those of them that are an exact recent window (``extra``), and the
+    user's span indices kept exact for option ``recurring`` (None: the plain recent window)."""
+
+    user: kvsplit.Split
+    split: kvsplit.Split
+    t: int
+    extra: int
+    recurring: np.ndarray | None
+
+
 def compact(
     session: Session,
     ratio: float | None = None,
@@ -197,6 +229,54 @@ def compact(
     **options: Any,
 ) -> CompactionReport:
     """Compact ``session``'s cache in place; see :meth:`Session.compact`."""
+    plan = _plan(session, ratio, target_cells, method, queries, keep_first, keep_last, budgets, task, options)
+    rep = CompactionReport(method=method, queries=plan.qspec, layers=plan.layers, cells_before=session.n_cells)
+    rep.on_policy = plan.pipe["on_policy"]
+    rep.budgets = "uniform" if _uniform(plan.budgets) else (
+        str(plan.budgets) if isinstance(plan.budgets, (str, Path)) else "given"
+    )
+    blob, n_cells0 = session._snapshot(), session.n_cells
+
+    clock = time.perf_counter()
+    kv = session.get_kv()
+    cut = _cut(session, kv, plan, (keep_first, keep_last, ratio, target_cells), rep)
+    rep.seconds["extract"] = time.perf_counter() - clock
+    span_pos = kv.positions[cut.split.span]
+    probes, probe_seconds = _read_probes(session, kv, cut, plan, verify)
+    try:
+        clock = time.perf_counter()
+        span = (int(span_pos[0]), int(span_pos[-1]))
+        if plan.given is None:
+            Q = qsources.collect(session, plan.qspec, span, task=plan.task, **plan.qopts)
+        else:
+            _check_given(plan.given, span, kvsplit.span_of(kv, cut.user), n_cells0)
+            Q = plan.given.queries
+        rep.seconds["queries"] = time.perf_counter() - clock
+
+        fitted, held_q = _fit(session, kv, plan, cut, span, Q, rep)
+
+        clock = time.perf_counter()
+        _write(session, kv, plan, cut, fitted, rep)
+        rep.seconds["write"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        probe, before, tail = probes
+        _verify(session, kv, cut.split, fitted, held_q, probe, before, plan.pipe, rep, verify, tail)
+        rep.seconds["verify"] = time.perf_counter() - clock + probe_seconds
+    except ConfigError:
+        session._write_blob(blob, n_cells0)
+        raise
+    except BaseException as err:  # crash-safe: whatever happened, the original cache returns
+        session._write_blob(blob, n_cells0)
+        if not isinstance(err, Exception):
+            raise
+        rep.fell_back, rep.cells_after = True, n_cells0
+        rep.reason = str(err) if isinstance(err, _GateFailed) else f"{type(err).__name__}: {err}"
+        log.warning("compaction fell back, cache restored: %s", rep.reason)
+    return rep
+
+
+def _plan(session, ratio, target_cells, method, queries, keep_first, keep_last, budgets, task, options) -> _Plan:
     layers = _check_gate(session)
     selector = _selector(method)
     if queries is None:
@@ -218,143 +298,133 @@ def compact(
         budgets = (shipped_budgets(session) if SHIPPED_BUDGETS_BY_DEFAULT and fits else None) or "uniform"
     if pipe["max_attention_error"] is None:
         pipe["max_attention_error"] = 0.9 if fits else float("inf")
-    rep = CompactionReport(method=method, queries=qspec, layers=layers, cells_before=session.n_cells)
     if pipe["on_policy"] is None:  # re-capture needs a forward-pass source run by this call
         forward = fits and given is None and qspec != "context"
         pipe["on_policy"] = min(ON_POLICY_GROUPS, len(layers)) if forward else 1
-    rep.on_policy = pipe["on_policy"]
-    rep.budgets = "uniform" if _uniform(budgets) else (str(budgets) if isinstance(budgets, (str, Path)) else "given")
-    blob, n_cells0 = session._snapshot(), session.n_cells
-
-    clock = time.perf_counter()
-    kv = session.get_kv()
     fill = fits and pipe["budget_cells"] == "fill" and not _uniform(budgets)
     if pipe["exact"] not in ("recent", "observed", "lookahead"):
         raise ConfigError(f"exact must be 'recent', 'observed' or 'lookahead', not {pipe['exact']!r}")
     observed = fits and pipe["exact"] in ("observed", "lookahead")
     if observed and not _uniform(budgets):
         raise ConfigError(f"exact={pipe['exact']!r} chooses each head's exact keys itself: use uniform budgets")
-    look = observed and pipe["exact"] == "lookahead"
     if not (isinstance(pipe["recurring"], (int, float)) and 0 <= pipe["recurring"] <= 1):
         raise ConfigError(f"recurring must be a number in [0, 1], not {pipe['recurring']!r}")
-    user, split, t, extra = kvsplit.splits(kv, keep_first, keep_last, ratio, target_cells, fits, pipe["recent"])
-    recurring = None  # exact="recent" with repeated text: the user's span indices kept exact
-    keep_mask = selector == "keep" or "keep" in options
-    if fits and pipe["recurring"] and extra and not (fill or observed or keep_mask):
-        recurring = kvsplit.recurring_exact(session._tokens, kv.positions[user.span], extra, pipe["recurring"], RECURRING_N)
+    look = observed and pipe["exact"] == "lookahead"
+    return _Plan(layers, selector, fits, qspec, given, task, budgets, pipe, qopts, options, fill, observed, look)
+
+
+def _cut(session: Session, kv: KVState, plan: _Plan, sizes: tuple, rep: CompactionReport) -> _Cut:
+    """The split of ``kv``'s cells; with ``recurring``, which exact cells hold repeated text."""
+    keep_first, keep_last, ratio, target_cells = sizes
+    pipe = plan.pipe
+    user, split, t, extra = kvsplit.splits(kv, keep_first, keep_last, ratio, target_cells, plan.fits, pipe["recent"])
+    recurring = None
+    keep_mask = plan.selector == "keep" or "keep" in plan.options
+    if plan.fits and pipe["recurring"] and extra and not (plan.fill or plan.observed or keep_mask):
+        recurring = kvsplit.recurring_exact(
+            session._tokens, kv.positions[user.span], extra, pipe["recurring"], RECURRING_N
+        )
         rep.recurring_cells = 0 if recurring is None else int(np.sum(recurring < len(user.span) - extra))
         if not rep.recurring_cells:
             recurring = None  # nothing repeats: the plain recent window
-    if fill or observed or recurring is not None:  # the queries and the fit cover the user's span
+    if plan.fill or plan.observed or recurring is not None:  # the queries and the fit cover the user's span
         split = user
-    T = len(user.span)
-    rep.seconds["extract"] = time.perf_counter() - clock
-    span_pos = kv.positions[split.span]
-    probe = _probe_tokens(session, int(span_pos[0]), pipe["probe_tokens"], qopts) if verify else []
+    return _Cut(user, split, t, extra, recurring)
+
+
+def _read_probes(session: Session, kv: KVState, cut: _Cut, plan: _Plan, verify: bool) -> tuple[tuple, float]:
+    """The full cache's logits on the recall probe and on the continuation probe (for verify)."""
+    pipe = plan.pipe
+    first = int(kv.positions[cut.split.span][0])
+    probe = _probe_tokens(session, first, pipe["probe_tokens"], plan.qopts) if verify else []
     before = session.eval_logits(probe) if probe else None
-    tail_end, clock = int(kv.positions[user.span][-1]) if len(user.span) else session.n_past - 1, time.perf_counter()
-    tail_before = tail_logits(session, _tail_tokens(pipe["tail_probe"], "tail_probe"), tail_end) if verify and pipe["tail_probe"] else None
-    probe_seconds = time.perf_counter() - clock  # counted with verify, as is reading it again after
-    try:
-        clock = time.perf_counter()
-        span = (int(span_pos[0]), int(span_pos[-1]))
-        if given is None:
-            Q = qsources.collect(session, qspec, span, task=task, **qopts)
-        else:
-            _check_given(given, span, kvsplit.span_of(kv, user), n_cells0)
-            Q = given.queries
-        rep.seconds["queries"] = time.perf_counter() - clock
+    tail_end = int(kv.positions[cut.user.span][-1]) if len(cut.user.span) else session.n_past - 1
+    clock, tail_before = time.perf_counter(), None
+    if verify and pipe["tail_probe"]:
+        tail_before = tail_logits(session, _tail_tokens(pipe["tail_probe"], "tail_probe"), tail_end)
+    # counted with verify, as is reading it again after
+    return (probe, before, (tail_before, tail_end)), time.perf_counter() - clock
 
-        clock = time.perf_counter()
-        fit_q, held_q = rows.split_queries(Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"], pipe["mix"])
-        rep.n_queries = int(sum(len(q) for q in next(iter(fit_q.values()))))
-        if fill:
-            per_head = _head_budgets(budgets, layers, kv, T, t - extra, t / max(1, t - extra), "keys")
-            window = {il: t - np.asarray(b) for il, b in per_head.items()}
-        else:
-            cells = "ratio" if pipe["budget_cells"] == "fill" else pipe["budget_cells"]  # eviction: no window to fill
-            per_head = _head_budgets(budgets, layers, kv, len(split.span), t - extra, pipe["budget_cap"], cells)
-            window = dict.fromkeys(layers)
-        if selector == "keep" and "keep" not in options:
-            options["keep"] = _briefing_mask(session, kv, split, fit_q, layers, t)
-        n_obs = (pipe["observe"] or (LOOKAHEAD_TOKENS if look else 32)) if observed and extra else pipe["observe"]
-        obs = _observe(session, span, n_obs, "snapkv" if observed and extra else selector, bool(look and extra))
-        guard_tail = pipe["guard"] and fits and _tail_tokens(pipe["guard_tail"], "guard_tail") > 0
-        tail_q = _tail(session, span, pipe["guard_tail"]) if guard_tail else {}
-        groups = _layer_groups(layers, pipe["on_policy"], given, qspec)
-        fitted: dict[int, CompactedLayer] = {}
-        recapture = 0.0
-        for g, group in enumerate(groups):
-            if g > 0:  # on-policy: the next layers' queries see the layers fitted so far
-                tick = time.perf_counter()
-                session.set_kv(kvsplit.partial(kv, split, fitted))
-                Q = qsources.collect(session, qspec, span, task=task, **qopts)
-                fq, hq = rows.split_queries(Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"], pipe["mix"])
-                for il in group:
-                    fit_q[il], held_q[il] = fq[il], hq[il]
-                obs = _observe(session, span, n_obs, "snapkv" if observed and extra else selector, bool(look and extra))
-                if guard_tail:
-                    tail_q.update({il: q for il, q in _tail(session, span, pipe["guard_tail"]).items() if il in group})
-                recapture += time.perf_counter() - tick
-            def fit(il: int, obs: dict[int, np.ndarray] = obs) -> CompactedLayer:
-                if recurring is not None:
-                    K, V = kvsplit.span_arrays(kv, il, split)[:2]
-                    return spanfit.fit_layer_exact(
-                        K, V, fit_q[il], t - extra, extra, None, session.kq_scale(il), kvsplit.span_prior(kv, il, split),
-                        pipe["chunk_tokens"], exact=np.broadcast_to(recurring, (K.shape[0], len(recurring))),
-                        method=selector, **options,
-                    )
-                if observed and extra:
-                    return spanfit.fit_layer_exact(
-                        *kvsplit.span_arrays(kv, il, split), fit_q[il], t - extra, extra, obs[il], session.kq_scale(il),
-                        kvsplit.span_prior(kv, il, split), pipe["chunk_tokens"], method=selector, **options,
-                    )
-                return spanfit.fit_layer_windows(
-                    *kvsplit.span_arrays(kv, il, split),
-                    fit_q[il],
-                    per_head[il],
-                    window[il],
-                    session.kq_scale(il),
-                    kvsplit.span_prior(kv, il, split),
-                    pipe["chunk_tokens"],
-                    method=selector,
-                    obs=obs.get(il),
-                    **options,
-                )
 
-            fitted.update(zip(group, map_layers(fit, group, pipe["fit_threads"]), strict=True))
-        if pipe["guard"] and options.get("fit", SELECTORS[selector].fits):
-            held_q = _apply_guards(kv, split, fitted, held_q, session, rep, tail_q)
-        rep.seconds["fit"] = time.perf_counter() - clock - recapture
-        rep.seconds["queries"] += recapture
+def _fit(session, kv, plan, cut, span, Q, rep) -> tuple[dict[int, CompactedLayer], dict[int, np.ndarray]]:
+    """Every layer fitted, in ``on_policy`` groups (each later group's queries re-captured on the
+    cache with the groups before it written); returns the fits and the held-out queries left for
+    verify."""
+    pipe, layers, selector, split, t, extra = plan.pipe, plan.layers, plan.selector, cut.split, cut.t, cut.extra
+    clock = time.perf_counter()
+    fit_q, held_q = rows.split_queries(Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"], pipe["mix"])
+    rep.n_queries = int(sum(len(q) for q in next(iter(fit_q.values()))))
+    T = len(cut.user.span)
+    if plan.fill:
+        per_head = _head_budgets(plan.budgets, layers, kv, T, t - extra, t / max(1, t - extra), "keys")
+        window = {il: t - np.asarray(b) for il, b in per_head.items()}
+    else:
+        cells = "ratio" if pipe["budget_cells"] == "fill" else pipe["budget_cells"]  # eviction: no window to fill
+        per_head = _head_budgets(plan.budgets, layers, kv, len(split.span), t - extra, pipe["budget_cap"], cells)
+        window = dict.fromkeys(layers)
+    if selector == "keep" and "keep" not in plan.options:
+        plan.options["keep"] = _briefing_mask(session, kv, split, fit_q, layers, t)
+    exact_obs = plan.observed and extra
+    n_obs = (pipe["observe"] or (LOOKAHEAD_TOKENS if plan.look else 32)) if exact_obs else pipe["observe"]
+    obs_sel = "snapkv" if exact_obs else selector
+    obs = _observe(session, span, n_obs, obs_sel, bool(plan.look and extra))
+    guard_tail = pipe["guard"] and plan.fits and _tail_tokens(pipe["guard_tail"], "guard_tail") > 0
+    tail_q = _tail(session, span, pipe["guard_tail"]) if guard_tail else {}
+    fitted: dict[int, CompactedLayer] = {}
+    recapture = 0.0
+    for g, group in enumerate(_layer_groups(layers, pipe["on_policy"], plan.given, plan.qspec)):
+        if g > 0:  # on-policy: the next layers' queries see the layers fitted so far
+            tick = time.perf_counter()
+            session.set_kv(kvsplit.partial(kv, split, fitted))
+            Q = qsources.collect(session, plan.qspec, span, task=plan.task, **plan.qopts)
+            fq, hq = rows.split_queries(Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"], pipe["mix"])
+            for il in group:
+                fit_q[il], held_q[il] = fq[il], hq[il]
+            obs = _observe(session, span, n_obs, obs_sel, bool(plan.look and extra))
+            if guard_tail:
+                tail_q.update({il: q for il, q in _tail(session, span, pipe["guard_tail"]).items() if il in group})
+            recapture += time.perf_counter() - tick
 
-        clock = time.perf_counter()
-        new = kvsplit.assemble(kv, split, fitted)
-        session.set_kv(new)
-        rep.seconds["write"] = time.perf_counter() - clock
-        rep.span_before, rep.span_after = T, new.n_cells - len(user.sinks) - len(user.recent)
-        rep.ratio = T / max(1, rep.span_after)
-        # the exact recent window moved out of the fit is part of the user's span: its keys count
-        moved = 0 if fill or observed or recurring is not None else extra * sum(
-            r.indices.shape[0] for r in fitted.values()
-        )
-        rep.keys_kept = int(sum(int(r.keys_kept.sum()) for r in fitted.values())) + moved
-        rep.cells_after = session.n_cells
+        def fit(il: int, obs: dict[int, np.ndarray] = obs) -> CompactedLayer:
+            return _fit_one(session, kv, plan, cut, il, fit_q[il], obs, per_head[il], window[il])
 
-        clock = time.perf_counter()
-        _verify(session, kv, split, fitted, held_q, probe, before, pipe, rep, verify, (tail_before, tail_end))
-        rep.seconds["verify"] = time.perf_counter() - clock + probe_seconds
-    except ConfigError:
-        session._write_blob(blob, n_cells0)
-        raise
-    except BaseException as err:  # crash-safe: whatever happened, the original cache returns
-        session._write_blob(blob, n_cells0)
-        if not isinstance(err, Exception):
-            raise
-        rep.fell_back, rep.cells_after = True, n_cells0
-        rep.reason = str(err) if isinstance(err, _GateFailed) else f"{type(err).__name__}: {err}"
-        log.warning("compaction fell back, cache restored: %s", rep.reason)
-    return rep
+        fitted.update(zip(group, map_layers(fit, group, pipe["fit_threads"]), strict=True))
+    if pipe["guard"] and plan.fits:
+        held_q = _apply_guards(kv, split, fitted, held_q, session, rep, tail_q)
+    rep.seconds["fit"] = time.perf_counter() - clock - recapture
+    rep.seconds["queries"] += recapture
+    return fitted, held_q
+
+
+def _fit_one(session, kv, plan, cut, il, q, obs, budget, window) -> CompactedLayer:
+    """Layer ``il``'s fit on its queries ``q``: next to exact cells of repeated text (option
+    ``recurring``), next to exact keys chosen per head (option ``exact``), or with each head's
+    exact recent window (head budgets with ``budget_cells="fill"``; None: the plain fit)."""
+    K, V = kvsplit.span_arrays(kv, il, cut.split)
+    scale, prior, chunks = session.kq_scale(il), kvsplit.span_prior(kv, il, cut.split), plan.pipe["chunk_tokens"]
+    kw = dict(plan.options, method=plan.selector)
+    n_fit, extra = cut.t - cut.extra, cut.extra
+    if cut.recurring is not None:
+        exact = np.broadcast_to(cut.recurring, (K.shape[0], len(cut.recurring)))
+        return spanfit.fit_layer_exact(K, V, q, n_fit, extra, None, scale, prior, chunks, exact=exact, **kw)
+    if plan.observed and extra:
+        return spanfit.fit_layer_exact(K, V, q, n_fit, extra, obs[il], scale, prior, chunks, **kw)
+    return spanfit.fit_layer_windows(K, V, q, budget, window, scale, prior, chunks, obs=obs.get(il), **kw)
+
+
+def _write(session, kv, plan, cut, fitted, rep) -> None:
+    """Write the compacted cells back and report what they hold."""
+    new = kvsplit.assemble(kv, cut.split, fitted)
+    session.set_kv(new)
+    T = len(cut.user.span)
+    rep.span_before, rep.span_after = T, new.n_cells - len(cut.user.sinks) - len(cut.user.recent)
+    rep.ratio = T / max(1, rep.span_after)
+    # the exact recent window moved out of the fit is part of the user's span: its keys count
+    moved = 0 if plan.fill or plan.observed or cut.recurring is not None else cut.extra * sum(
+        r.indices.shape[0] for r in fitted.values()
+    )
+    rep.keys_kept = int(sum(int(r.keys_kept.sum()) for r in fitted.values())) + moved
+    rep.cells_after = session.n_cells
 
 
 def reference_queries(
