@@ -5,7 +5,7 @@ baseline (the one of snapkv / h2o / window with the lowest mean on that measure)
 (mean answer NLL of the planted facts) and on the continuation ΔNLL. Differences are paired over
 contexts: mean ± standard error, and how many contexts the candidate wins.
 
-    python docs/results/issue6/acceptance.py CELLS.jsonl[,MORE.jsonl] [CANDIDATE[,SAME]] [--json | --robust] [--seeds=4,5] [--split]
+    python docs/results/issue6/acceptance.py CELLS.jsonl[,MORE.jsonl] [CANDIDATE[,SAME]] [--json | --robust] [--seeds=4,5] [--split] [--tokens=A:B]
 
 Several candidate names are one method under several names (``default,am-op3``: the stop-16
 default, which later runs ask for as am-op3); for each context the first name that ran it counts.
@@ -13,7 +13,9 @@ default, which later runs ask for as am-op3); for each context the first name th
 --seeds keeps only the contexts of those seeds. --split adds the ΔNLL of the continuation's
 copied tokens (those a verbatim copy of the context predicts) and of the rest, read apart, for
 cells run since stop 17 (``fidelity.copied_targets``; a context without copies drops out of the
-copied row). Prints a markdown table (or one JSON object per (model, ratio) with --json;
+copied row). --tokens=A:B reads the continuation ΔNLL over its tokens A to B only (1-based,
+inclusive), from every target's ΔNLL (cells run since stop 17; ``--tokens=65:256`` on the
+256-token cells of stop 20). Prints a markdown table (or one JSON object per (model, ratio) with --json;
 with --robust, the median paired differences and two-sided sign-test p-values on the wins)."""
 import collections
 import json
@@ -30,6 +32,13 @@ SPLIT = {
 }
 LABELS = {"suite": "suite (answer NLL)", "dnll": "ΔNLL", "dnll_fresh": "ΔNLL, fresh tokens",
           "dnll_copied": "ΔNLL, copied tokens"}
+
+
+def tokens_dnll(r, lo, hi):
+    """Mean ΔNLL over continuation tokens ``lo``..``hi`` (1-based); None where the cell has no
+    per-token ΔNLL or fewer tokens than ``hi``."""
+    d = r["fidelity"].get("delta_nll_tokens")
+    return float(np.mean(d[lo - 1 : hi])) if d is not None and len(d) >= hi else None
 
 
 def compare(rows, cand, measures=MEASURES):
@@ -116,7 +125,14 @@ if __name__ == "__main__":
         if a.startswith("--seeds="):
             keep = {int(x) for x in a.split("=", 1)[1].split(",")}
             rows = [r for r in rows if r["seed"] in keep]
-    measures = {**MEASURES, **SPLIT} if "--split" in sys.argv else MEASURES
+    measures = {**MEASURES, **SPLIT} if "--split" in sys.argv else dict(MEASURES)
+    for a in sys.argv[1:]:
+        if a.startswith("--tokens="):
+            lo, hi = (int(x) for x in a.split("=", 1)[1].split(":"))
+            if not 1 <= lo <= hi:
+                sys.exit(f"--tokens=A:B needs 1 <= A <= B, not {a}")
+            measures["dnll"] = lambda r, lo=lo, hi=hi: tokens_dnll(r, lo, hi)
+            LABELS["dnll"] = f"ΔNLL, tokens {lo}-{hi}"
     results = compare(rows, args[1] if len(args) > 1 else "default", measures)
     if "--json" in sys.argv:
         for r in results:
