@@ -19,12 +19,12 @@ import datetime
 import json
 import os
 import platform
+import pydoc_data.topics as T
 import subprocess
 import sys
 import time
 
 import numpy as np
-import pydoc_data.topics as T
 
 import pyllamaam
 

@@ -94,7 +94,8 @@ def run(
         "n_tokens": n_tokens,
         "n_decode": n_decode,
         "n_threads": n_threads,
-        "method": "interleaved step by step; prefill tokens/s from the summed chunk times, decode from the median step time; *_paired: median of per-step ratios",
+        "method": "interleaved step by step; prefill tokens/s from the summed chunk times, "
+        "decode from the median step time; *_paired: median of per-step ratios",
     }
     for name in CONFIGS:
         out_[name] = {

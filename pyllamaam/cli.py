@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from typing import Any
 
 from .errors import PyllamaamError
-
 
 DEMO_FACT = "Note for the reader: the lighthouse keeper's password is PELICAN-42. "
 DEMO_QUESTIONS = (
@@ -75,7 +73,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ref = s.eval_logits(probe)
         st = s.get_kv()
         s.set_kv(st)
-        print(f"check    extract -> write back unchanged: identical logits = {np.array_equal(s.eval_logits(probe), ref)}")
+        print(
+            "check    extract -> write back unchanged: identical logits = "
+            f"{np.array_equal(s.eval_logits(probe), ref)}"
+        )
         nll_full = s.score(probe)
         full_path = s.save(tmp / "full.pllam")
         rows = [("full", s.n_cells, nll_full, 0.0, 0.0)]
@@ -94,7 +95,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("\nquestions (full cache | compacted cache, answers from saved sessions):")
     full = _answers(model, full_path, DEMO_QUESTIONS)
     comp = _answers(model, tmp / "am.pllam", DEMO_QUESTIONS)
-    for q, (a_full, t_full), (a_comp, t_comp) in zip(DEMO_QUESTIONS, full, comp):
+    for q, (a_full, t_full), (a_comp, t_comp) in zip(DEMO_QUESTIONS, full, comp, strict=True):
         print(f"  Q: {q}\n     full ({t_full:.1f} s): {a_full}\n     am   ({t_comp:.1f} s): {a_comp}")
     print(f"\ndone in {time.perf_counter() - t_start:.0f} s (saved sessions in {tmp})")
     return 0
@@ -174,7 +175,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
     for q in args.question:
         with model.load_session(args.session) as s:
             t0 = time.perf_counter()
-            answer = s.generate(_chat_prompt(model, q), max_tokens=args.max_tokens, stop=["<|im_end|>", "<end_of_turn>"])
+            answer = s.generate(
+                _chat_prompt(model, q), max_tokens=args.max_tokens, stop=["<|im_end|>", "<end_of_turn>"]
+            )
             dt = time.perf_counter() - t0
         print(f"Q: {q}\nA: {answer.strip()}\n   ({dt:.1f} s)")
     return 0

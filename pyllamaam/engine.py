@@ -411,7 +411,8 @@ class Session:
         ``"repeat"``, ``"context"``, ``"self-study"``, ``"task"``, ``"tail"``, a mix like
         ``"repeat+context"``, or queries captured earlier by :meth:`reference_queries`; None:
         ``"repeat"`` for fitted methods, ``"tail"`` (the context's last tokens read again, SnapKV's
-        observation window) for the eviction baselines where the memory allows it. The first ``keep_first`` and last ``keep_last`` cells stay verbatim.
+        observation window) for the eviction baselines where the memory allows it. The first
+        ``keep_first`` and last ``keep_last`` cells stay verbatim.
         ``budgets``: ``None``/``"uniform"`` (every head alike), ``"shipped"`` (the model's file in
         ``models/budgets/``), or per-head proportions (a JSON path or a mapping); see ``budget_cells``.
         Gates (``max_kl``, ``max_attention_error``) and kernel options go in ``options``. On any
@@ -518,7 +519,9 @@ class Session:
         statefile.check_model(saved, self.model.fingerprint(), path)
         for key in ("flash_attn", "kv_type"):
             if saved.header[key] != getattr(self, key):
-                raise StateError(f"{path}: saved with {key}={saved.header[key]!r}, this session has {getattr(self, key)!r}")
+                raise StateError(
+                    f"{path}: saved with {key}={saved.header[key]!r}, this session has {getattr(self, key)!r}"
+                )
         self._restore(saved)
 
     def _restore(self, saved: statefile.Saved) -> None:

@@ -71,9 +71,9 @@ class KVState:
         idx = np.asarray(idx, dtype=np.int64)
         return KVState(
             positions=self.positions[idx].copy(),
-            keys={l: k[idx].copy() for l, k in self.keys.items()},
-            values={l: v[idx].copy() for l, v in self.values.items()},
-            bias={l: b[idx].copy() for l, b in self.bias.items()},
+            keys={il: k[idx].copy() for il, k in self.keys.items()},
+            values={il: v[idx].copy() for il, v in self.values.items()},
+            bias={il: b[idx].copy() for il, b in self.bias.items()},
             k_types=dict(self.k_types),
             v_types=dict(self.v_types),
             v_trans=self.v_trans,

@@ -352,7 +352,9 @@ def _fit(session, kv, plan, cut, span, Q, rep) -> tuple[dict[int, CompactedLayer
     verify."""
     pipe, layers, selector, split, t, extra = plan.pipe, plan.layers, plan.selector, cut.split, cut.t, cut.extra
     clock = time.perf_counter()
-    fit_q, held_q = rows.split_queries(Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"], pipe["mix"])
+    fit_q, held_q = rows.split_queries(
+        Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"], pipe["mix"]
+    )
     rep.n_queries = int(sum(len(q) for q in next(iter(fit_q.values()))))
     T = len(cut.user.span)
     if plan.fill:
@@ -377,7 +379,9 @@ def _fit(session, kv, plan, cut, span, Q, rep) -> tuple[dict[int, CompactedLayer
             tick = time.perf_counter()
             session.set_kv(kvsplit.partial(kv, split, fitted))
             Q = qsources.collect(session, plan.qspec, span, task=plan.task, **plan.qopts)
-            fq, hq = rows.split_queries(Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"], pipe["mix"])
+            fq, hq = rows.split_queries(
+                Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"], pipe["mix"]
+            )
             for il in group:
                 fit_q[il], held_q[il] = fq[il], hq[il]
             obs = _observe(session, span, n_obs, obs_sel, bool(plan.look and extra))

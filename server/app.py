@@ -171,7 +171,9 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(error_body(str(exc.detail), "invalid_request_error", exc.status_code), status_code=exc.status_code)
+        return JSONResponse(
+            error_body(str(exc.detail), "invalid_request_error", exc.status_code), status_code=exc.status_code
+        )
 
     @app.exception_handler(PyllamaamError)
     async def on_pyllamaam_error(request: Request, exc: PyllamaamError) -> JSONResponse:
@@ -209,7 +211,14 @@ def _params(st: ServerState, req: Any, max_tokens: int | None, feed_eog: bool) -
     n = max_tokens or st.settings.max_tokens
     if st.settings.max_tokens_cap:
         n = min(n, st.settings.max_tokens_cap)
-    return Params(max_tokens=n, temperature=req.temperature, top_p=req.top_p, stop=list(req.stop or []), seed=req.seed, feed_eog=feed_eog)
+    return Params(
+        max_tokens=n,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        stop=list(req.stop or []),
+        seed=req.seed,
+        feed_eog=feed_eog,
+    )
 
 
 def _sse(data: dict[str, Any] | str) -> str:
@@ -227,7 +236,9 @@ def _add_routes(app: FastAPI) -> None:  # noqa: C901 - one place lists every end
         meta = {k: st.model.info.get(k) for k in ("arch", "desc", "n_params", "n_ctx_train", "n_vocab")}
         return {
             "object": "list",
-            "data": [{"id": st.model_id, "object": "model", "created": st.created, "owned_by": "pyllamaam", "meta": meta}],
+            "data": [
+                {"id": st.model_id, "object": "model", "created": st.created, "owned_by": "pyllamaam", "meta": meta}
+            ],
         }
 
     @app.get("/props")
@@ -278,7 +289,9 @@ def _add_routes(app: FastAPI) -> None:  # noqa: C901 - one place lists every end
         sid = _session_id(req.session_id, x_session_id)
         messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})} for m in req.messages]
         text = st.template.render(messages)
-        add_bos = st.model.info.get("add_bos", False) and not (st.template.bos_token and text.startswith(st.template.bos_token))
+        add_bos = st.model.info.get("add_bos", False) and not (
+            st.template.bos_token and text.startswith(st.template.bos_token)
+        )
         tokens = await st.worker.run(st.model.tokenize, text, add_bos, True)
         params = _params(st, req, req.max_completion_tokens or req.max_tokens, feed_eog=True)
         return await _respond(request, st, sid, tokens, params, req, chat=True)
@@ -337,7 +350,9 @@ async def _respond(
         if stream:
             delta = {"content": text} if text is not None else {}
             return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
+        return {
+            "index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish
+        }
 
     if not req.stream:
         parts: list[str] = []
@@ -349,7 +364,12 @@ async def _respond(
                 parts.append(item)
         if result is None or result.finish_reason == "cancelled":
             return JSONResponse(error_body("the client went away", "cancelled", 499), status_code=499)
-        return {**base, "object": kind, "choices": [choice("".join(parts), result.finish_reason, False)], "usage": result.usage()}
+        return {
+            **base,
+            "object": kind,
+            "choices": [choice("".join(parts), result.finish_reason, False)],
+            "usage": result.usage(),
+        }
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     obj = "chat.completion.chunk" if chat else "text_completion"
@@ -357,7 +377,9 @@ async def _respond(
     async def events() -> AsyncIterator[str]:
         try:
             if chat:
-                yield _sse({**base, "object": obj, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]})
+                yield _sse({**base, "object": obj, "choices": [
+                    {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+                ]})
             async for item in gen:
                 if isinstance(item, Result):
                     if item.finish_reason == "cancelled":

@@ -150,7 +150,9 @@ class SessionManager:
         if slot is None:
             raise ApiError(404, f"unknown session {sid!r}", "not_found_error")
         s = slot.session
-        d: dict[str, Any] = {"id": sid, "live": s is not None, "busy": slot.lock.locked(), "compactable": slot.compactable}
+        d: dict[str, Any] = {
+            "id": sid, "live": s is not None, "busy": slot.lock.locked(), "compactable": slot.compactable
+        }
         if s is not None:
             d.update(n_cells=s.n_cells, n_ctx=s.n_ctx, n_tokens=len(s.tokens))
         return d
@@ -165,7 +167,13 @@ class SessionManager:
     # --- native sessions ---
     def _session_opts(self) -> dict[str, Any]:
         st = self.settings
-        return {"n_ctx": st.n_ctx, "flash_attn": st.flash_attn, "n_threads": st.n_threads, "kv_type": st.kv_type, "n_batch": st.n_batch}
+        return {
+            "n_ctx": st.n_ctx,
+            "flash_attn": st.flash_attn,
+            "n_threads": st.n_threads,
+            "kv_type": st.kv_type,
+            "n_batch": st.n_batch,
+        }
 
     def _setup(self, session: Any, slot: Slot) -> Any:
         """Turn on auto-compaction when the library and the memory layout allow it (worker)."""
@@ -210,7 +218,9 @@ class SessionManager:
         while self.n_live >= self.settings.max_sessions:
             idle = [s for s in self._named.values() if s is not keep and s.session is not None and s.users == 0]
             if not idle:
-                raise ApiError(503, f"all {self.settings.max_sessions} live sessions are busy; retry later", "server_busy")
+                raise ApiError(
+                    503, f"all {self.settings.max_sessions} live sessions are busy; retry later", "server_busy"
+                )
             victim = idle[0]  # least recently used
             await self.worker.run(self._save_and_close, victim)
             self.metrics.inc("pyllamaam_sessions_evicted_total")
@@ -244,7 +254,9 @@ class SessionManager:
             raise ApiError(503, f"the server has {self._pending} requests in flight; retry later", "server_busy")
         if slot.users > self.settings.queue_size:
             self.metrics.inc("pyllamaam_requests_rejected_total", reason="session")
-            raise ApiError(429, f"session {slot.id!r} has {slot.users - 1} requests waiting; retry later", "rate_limit_error")
+            raise ApiError(
+                429, f"session {slot.id!r} has {slot.users - 1} requests waiting; retry later", "rate_limit_error"
+            )
         slot.users += 1
         self._pending += 1
         self.metrics.set("pyllamaam_requests_in_flight", self._pending)
@@ -436,7 +448,9 @@ class SessionManager:
             s.prefill(toks)
         except CompactionError as err:
             raise ApiError(
-                400, f"the prompt does not fit in n_ctx {s.n_ctx} even after compaction: {err}", "context_length_exceeded"
+                400,
+                f"the prompt does not fit in n_ctx {s.n_ctx} even after compaction: {err}",
+                "context_length_exceeded",
             ) from err
 
     def _step(self, slot: Slot, sampler: Sampler, out: list[int], feed_eog: bool) -> tuple[int | None, str]:

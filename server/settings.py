@@ -61,7 +61,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     for name, field in Settings.model_fields.items():
         kind = field.annotation
         if kind is bool:
-            parser.add_argument(_flag(name), action=argparse.BooleanOptionalAction, default=None, help=field.description)
+            parser.add_argument(
+                _flag(name), action=argparse.BooleanOptionalAction, default=None, help=field.description
+            )
         else:
             parser.add_argument(_flag(name), default=None, help=field.description, metavar=name.upper())
     args = parser.parse_args(argv)

@@ -11,9 +11,9 @@ from conftest import max_rel
 
 from pyllamaam import kvsplit, pipeline
 from pyllamaam.compact import available_methods, spanfit
-from pyllamaam.queries import rows
 from pyllamaam.errors import ConfigError, UnsupportedLayout
 from pyllamaam.pipeline import mean_kl
+from pyllamaam.queries import rows
 
 pytestmark = pytest.mark.native
 
@@ -254,8 +254,8 @@ def test_eviction_baseline_keeps_the_prior_bias_of_kept_cells(llama):
     kv2 = llama.get_kv()
     # every (layer, head, kept key) of the second pass carries a bias the first pass produced
     for il in kv2.layers:
-        old = {(round(float(k), 3), float(b)) for k, b in zip(kv1.keys[il][:, 0, 0], kv1.bias[il][:, 0])}
-        new = [(round(float(k), 3), float(b)) for k, b in zip(kv2.keys[il][:, 0, 0], kv2.bias[il][:, 0])]
+        old = {(round(float(k), 3), float(b)) for k, b in zip(kv1.keys[il][:, 0, 0], kv1.bias[il][:, 0], strict=True)}
+        new = [(round(float(k), 3), float(b)) for k, b in zip(kv2.keys[il][:, 0, 0], kv2.bias[il][:, 0], strict=True)]
         assert all(pair in old for pair in new if np.isfinite(pair[1]))
 
 
@@ -321,7 +321,7 @@ def test_reference_queries_reused_give_the_same_compaction_as_capturing_again(ll
     assert _state(llama)[1:] == st[1:] and llama._snapshot() == st[0]  # capture changes nothing
     assert ref.spec == "repeat" and ref.n_cells == st[1] and ref.seconds > 0
     # one layer group: queries captured in advance are never re-captured (on_policy=None gives 1)
-    fresh = llama.compact(ratio=4, queries="repeat", on_policy=1, **LENIENT)
+    llama.compact(ratio=4, queries="repeat", on_policy=1, **LENIENT)
     after_fresh = llama._snapshot()
     for ratio in (4, 8):  # the whole-span capture serves several compactions of the restored cache
         _restore(llama, st)
@@ -421,7 +421,9 @@ def test_balanced_mix_gives_each_source_an_equal_share_and_holds_out_within_each
     sess = SimpleNamespace(layers={0: {"n_head_kv": 1}})
     fit_p, held_p = rows.split_queries(Q, 0.2, 400, sess, 100, "pooled")
     fit_b, held_b = rows.split_queries(Q, 0.2, 400, sess, 100, "balanced")
-    ids = lambda x: x[0][0, ::2, 0]  # token ids of the fitted rows (one per token per query head)
+    def ids(x):  # token ids of the fitted rows (one per token per query head)
+        return x[0][0, ::2, 0]
+
     assert fit_p[0].shape == fit_b[0].shape == (1, 400, d)
     assert (ids(fit_p) >= n_a).sum() < 40  # pooled: the short source gets its token share
     assert (ids(fit_b) >= n_a).sum() == (ids(fit_b) < n_a).sum() == 100  # balanced: half the rows
@@ -685,7 +687,9 @@ def test_exact_lookahead_keeps_the_keys_the_greedy_continuation_reads_exact(llam
     assert len(got) == len(rep.layers)
     for il, (obs, exact) in zip(rep.layers, got, strict=True):
         assert exact is None  # chosen per head by the observation queries' scores
-        np.testing.assert_allclose(obs, rows.group_by_kv_head(want[il], llama.layers[il]["n_head_kv"]), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            obs, rows.group_by_kv_head(want[il], llama.layers[il]["n_head_kv"]), rtol=1e-5, atol=1e-6
+        )
     _restore(llama, st)
     got.clear()
     llama.compact(ratio=4, queries="repeat", on_policy=1, exact="lookahead", **LENIENT)

@@ -132,7 +132,9 @@ def _check_eval_outputs(out):
     cells = load_cells(out / "cells.jsonl")
     assert cells
     for r in cells:
-        assert {"key", "model", "method", "ratio", "n_tokens", "fidelity", "tasks", "accuracy", "prefill_seconds"} <= set(r)
+        assert {
+            "key", "model", "method", "ratio", "n_tokens", "fidelity", "tasks", "accuracy", "prefill_seconds"
+        } <= set(r)
         assert {"kl", "delta_nll", "nll_full", "nll", "n_copied", "delta_nll_fresh"} <= set(r["fidelity"])
         for t in r["tasks"]:
             assert {"kind", "answer", "correct", "prediction", "answer_nll", "token_accuracy"} <= set(t)
@@ -201,7 +203,12 @@ def test_report_summarizes_synthetic_cells(tmp_path):
         return r
 
     cells = [rec("full", 1.0, 0.0, s) for s in (0, 1)]
-    cells += [rec(m, r, kl * r, s) for s in (0, 1) for m, kl in (("am", 0.01), ("snapkv", 0.02), ("window", 0.03)) for r in (2.0, 5.0)]
+    cells += [
+        rec(m, r, kl * r, s)
+        for s in (0, 1)
+        for m, kl in (("am", 0.01), ("snapkv", 0.02), ("window", 0.03))
+        for r in (2.0, 5.0)
+    ]
     (tmp_path / "cells.jsonl").write_text("\n".join(json.dumps(c) for c in cells))
     summary = report.write_report(tmp_path)
     h = {x["ratio"]: x for x in summary["headline"]}

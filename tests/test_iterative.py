@@ -11,8 +11,9 @@ the greedy text itself flipped between two CPU builds on a near tie.
 
 from __future__ import annotations
 
-import numpy as np
 import pydoc_data.topics as T
+
+import numpy as np
 import pytest
 
 pytestmark = [pytest.mark.native, pytest.mark.slow]

@@ -16,7 +16,6 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import CONT, QUANTIZED, TEXT, kl, max_rel
 
 pytestmark = pytest.mark.native

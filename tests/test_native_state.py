@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import CONT, TEXT
+
 from pyllamaam import StateError
 from pyllamaam.kv import build_seq_state
 

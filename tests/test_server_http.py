@@ -230,7 +230,10 @@ def test_compaction_mid_conversation(state_dir):
                 {"role": "user", "content": "Tell me a short fact about the sea."}]
         for question in ("Tell me a short fact about mountains.", "Tell me a short fact about forests."):
             r = ask(c, msgs, session="conv", max_tokens=64)
-            msgs += [{"role": "assistant", "content": r.choices[0].message.content}, {"role": "user", "content": question}]
+            msgs += [
+                {"role": "assistant", "content": r.choices[0].message.content},
+                {"role": "user", "content": question},
+            ]
         r = httpx.post(f"{srv.url}/v1/sessions/conv/compact", json={"ratio": 2}, timeout=300)
         assert r.status_code == 200, r.text
         rep = r.json()["report"]

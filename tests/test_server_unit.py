@@ -12,6 +12,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
 
 from pyllamaam.errors import (  # noqa: E402
     CompactionError,
@@ -189,7 +190,15 @@ def sse(r) -> list:
 
 
 def test_streaming(client):
-    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "temperature": 0, "stream": True, "stream_options": {"include_usage": True}})
+    r = client.post(
+        "/v1/chat/completions",
+        json={
+            "messages": [{"role": "user", "content": "hi"}],
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    )
     assert r.headers["content-type"].startswith("text/event-stream")
     chunks = sse(r)
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
@@ -206,7 +215,9 @@ def test_prefix_reuse_and_reset(client):
     assert first["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
     second = complete(client, "abc" + REPLY + " more", session_id="s1")
     assert second["usage"]["prompt_tokens_details"]["cached_tokens"] == 3 + len(REPLY)
-    other = client.post("/v1/completions", json={"prompt": "zzz", "temperature": 0}, headers={"X-Session-Id": "s1"}).json()
+    other = client.post(
+        "/v1/completions", json={"prompt": "zzz", "temperature": 0}, headers={"X-Session-Id": "s1"}
+    ).json()
     assert other["usage"]["prompt_tokens_details"]["cached_tokens"] == 0  # not a prefix: started over
     info = client.get("/v1/sessions/s1").json()
     assert info["n_tokens"] == 3 + len(REPLY) and info["live"]
@@ -217,7 +228,11 @@ def test_session_id_errors(client):
     assert r.status_code == 400
     assert client.post("/v1/completions", json={"prompt": "a", "session_id": "../x"}).status_code == 422
     assert client.post("/v1/completions", json={"prompt": "a"}, headers={"X-Session-Id": "a b"}).status_code == 400
-    for method, url in [("post", "/v1/sessions/nope/compact"), ("delete", "/v1/sessions/nope"), ("get", "/v1/sessions/nope")]:
+    for method, url in [
+        ("post", "/v1/sessions/nope/compact"),
+        ("delete", "/v1/sessions/nope"),
+        ("get", "/v1/sessions/nope"),
+    ]:
         assert getattr(client, method)(url).status_code == 404
     assert client.post("/v1/sessions/nope/save", json={"name": "x"}).status_code == 404
 
@@ -384,7 +399,7 @@ def test_settings_env_and_flags(monkeypatch):
     monkeypatch.setenv("PYLLAMAAM_PORT", "9000")
     s = parse_args(["--port", "9001", "--flash-attn", "--compact-ratio", "3"])
     assert (s.n_ctx, s.port, s.flash_attn, s.compact_ratio) == (1024, 9001, True, 3.0)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="compact_ratio"):
         parse_args(["--compact-ratio", "0.5"])
 
 
@@ -416,7 +431,9 @@ def test_schema_fuzz_no_5xx(tmp_path):
             def check(case) -> None:
                 kwargs = case.as_transport_kwargs(base_url="")
                 sid = {"X-Session-Id": "fuzz"} if "session" not in kwargs["url"] else None
-                r = c.request(kwargs["method"], kwargs["url"], json=kwargs.get("json"), params=kwargs.get("params"), headers=sid)
+                r = c.request(
+                    kwargs["method"], kwargs["url"], json=kwargs.get("json"), params=kwargs.get("params"), headers=sid
+                )
                 seen.append(r.status_code)
                 if r.status_code >= 500:
                     failures.append((kwargs["method"], kwargs["url"], kwargs.get("json"), r.status_code, r.text))

@@ -11,7 +11,8 @@ Axis order (fixed for the whole package), per layer::
 Logits are post-scale, ``scale * q . k + beta``: beta is added where llama.cpp adds its
 mask. Precision: inputs are converted to float32; scores, Phi and the Gram products run
 in float32 (float64 accumulators for sums, float64 where a tolerance below float32's
-resolution is asked for), the linear solves in float64. Per (layer, KV head) the kernel runs select -> beta (NNLS on the mass) -> values
+resolution is asked for), the linear solves in float64. Per (layer, KV head) the kernel
+runs select -> beta (NNLS on the mass) -> values
 (ridge least squares on the output), see DESIGN.md section 4.
 """
 

@@ -36,7 +36,9 @@ def eval_parser() -> argparse.ArgumentParser:
                                  "over methods x ratios x models x lengths (resumable: finished cells are skipped)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run for make test)")
     ap.add_argument("--out", type=Path, default=Path("results"), help="results folder (default results/)")
-    ap.add_argument("--models", type=_strs, default=d.models, help="comma list: smollm2-135m, gemma3-270m, a .gguf path")
+    ap.add_argument(
+        "--models", type=_strs, default=d.models, help="comma list: smollm2-135m, gemma3-270m, a .gguf path"
+    )
     ap.add_argument("--n-tokens", type=_ints, default=d.n_tokens, help="context lengths, comma list")
     ap.add_argument("--ratios", type=_floats, default=d.ratios)
     ap.add_argument("--methods", type=_strs, default=d.methods, help=f"comma list of {', '.join(grid.METHODS)}")

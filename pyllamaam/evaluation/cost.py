@@ -71,7 +71,10 @@ def _paired_decode_rates(a: Any, b: Any, n: int, rounds: int = 3) -> tuple[float
 
 def kv_bytes(session: Any) -> int:
     """Bytes of the compactable cache's K and V at f16 for the cells in use."""
-    per_cell = sum(li["n_head_kv"] * (li["head_dim_k"] + li.get("head_dim_v", li["head_dim_k"])) for li in (session.layers[il] for il in session.compact_layers()))
+    per_cell = sum(
+        li["n_head_kv"] * (li["head_dim_k"] + li.get("head_dim_v", li["head_dim_k"]))
+        for li in (session.layers[il] for il in session.compact_layers())
+    )
     return 2 * per_cell * session.n_cells
 
 
@@ -112,8 +115,9 @@ def bench_one(model: Any, n: int, spec: BenchSpec) -> dict[str, Any]:
 
 def run_bench(spec: BenchSpec, out: Path, progress: bool = True) -> dict[str, Any]:
     """Bench every length of ``spec``; writes ``out/bench.json``, ``bench.md``, ``scaling.png``."""
-    import pyllamaam
     from tqdm import tqdm
+
+    import pyllamaam
 
     out.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -46,7 +46,9 @@ def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in cells:
         groups[(r["model"], r["n_tokens_target"], r["method"], r["ratio"])].append(r)
     rows = []
-    for (model, n, method, ratio), recs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][3], kv[0][2])):
+    for (model, n, method, ratio), recs in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][3], kv[0][2])
+    ):
         row: dict[str, Any] = {"model": model, "n_tokens": n, "method": method, "ratio": ratio, "n": len(recs)}
         row["n_tokens_actual"] = float(np.mean([r["n_tokens"] for r in recs]))
         for m in METRICS:
@@ -94,7 +96,11 @@ def _fmt(row: dict[str, Any], m: str) -> str:
 
 def markdown(rows: list[dict[str, Any]], heads: list[dict[str, Any]]) -> str:
     """Markdown: the headline, then one table per (model, length) and metric."""
-    others = [o for o in ("default", "am_budgets", "am_selfstudy", "am_mix", "am_op3", "am_snapkv") if any(o in h.get(m, {}) for h in heads for m in ("kl", "delta_nll"))]
+    others = [
+        o
+        for o in ("default", "am_budgets", "am_selfstudy", "am_mix", "am_op3", "am_snapkv")
+        if any(o in h.get(m, {}) for h in heads for m in ("kl", "delta_nll"))
+    ]
     pair = " / ".join(["am"] + [o.replace("_", "-") for o in others] + ["best evict."])
     title = " and ".join(["am"] + [o.replace("_", "-") for o in others])
     lines = [f"## Headline: {title} vs the best eviction baseline", ""]
@@ -134,13 +140,19 @@ def markdown(rows: list[dict[str, Any]], heads: list[dict[str, Any]]) -> str:
                 if meth == "full":
                     continue
                 cells = {r["ratio"]: r for r in rs if r["method"] == meth}
-                lines.append(f"| {meth} | " + " | ".join(_fmt(cells[x], m) if x in cells else "–" for x in ratios) + " |")
+                lines.append(
+                    f"| {meth} | " + " | ".join(_fmt(cells[x], m) if x in cells else "–" for x in ratios) + " |"
+                )
             if full is not None and m in full:
                 lines.append(f"| full cache | {_fmt(full, m)} |" + " |" * (len(ratios) - 1))
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict[str, Any]], out: Path, metrics: tuple[str, ...] = ("token_accuracy", "answer_nll", "delta_nll", "kl")) -> list[Path]:
+def plot(
+    rows: list[dict[str, Any]],
+    out: Path,
+    metrics: tuple[str, ...] = ("token_accuracy", "answer_nll", "delta_nll", "kl"),
+) -> list[Path]:
     """One PNG per (model, length): a panel per metric, quality vs ratio, a line per method."""
     import matplotlib
 
@@ -158,15 +170,17 @@ def plot(rows: list[dict[str, Any]], out: Path, metrics: tuple[str, ...] = ("tok
         axes = [list(grid_.ravel())]
         for ax in axes[0][len(metrics) :]:
             ax.set_visible(False)
-        for ax, m in zip(axes[0], metrics):
+        for ax, m in zip(axes[0], metrics, strict=False):  # spare axes are hidden
             for meth in dict.fromkeys(r["method"] for r in rs):
                 pts = sorted((r["ratio"], r[m], r.get(m + "_se", 0.0)) for r in rs if r["method"] == meth and m in r)
                 if meth == "full" and pts:
                     ax.axhline(pts[0][1], color="k", ls=":", lw=1, label="full")
                     continue
                 if pts:
-                    x, y, e = map(np.array, zip(*pts))
-                    ax.errorbar(x, y, yerr=e, marker="o", ms=3, lw=1.5 if meth.startswith("am") else 1, label=meth, capsize=2)
+                    x, y, e = map(np.array, zip(*pts, strict=True))
+                    ax.errorbar(
+                        x, y, yerr=e, marker="o", ms=3, lw=1.5 if meth.startswith("am") else 1, label=meth, capsize=2
+                    )
             ax.set_xscale("log")
             ax.set_xticks(sorted({r["ratio"] for r in rs if r["ratio"] > 1}))
             ax.get_xaxis().set_major_formatter(matplotlib.ticker.FormatStrFormatter("%gx"))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 
@@ -101,23 +102,23 @@ def make_task(kind: str, seed: int, n_distractors: int = 3) -> Task:
     if kind == "multikey":
         names = _names(rng, n_distractors + 1)
         nums = [_number(rng, 6) for _ in names]
-        ins = [f"One of the special magic numbers for {k} is: {v}." for k, v in zip(names, nums)]
+        ins = [f"One of the special magic numbers for {k} is: {v}." for k, v in zip(names, nums, strict=True)]
         return Task(kind, seed, ins, f"What is the special magic number for {names[0]}?", nums[0])
     if kind == "kv":
         n = n_distractors + 1
         keys = ["".join(rng.choice(list("abcdef0123456789"), size=6)) for _ in range(n)]
         vals = [_number(rng) for _ in range(n)]
-        block = " ".join(f"Record {k} has value {v}." for k, v in zip(keys, vals))
+        block = " ".join(f"Record {k} has value {v}." for k, v in zip(keys, vals, strict=True))
         i = int(rng.integers(n))
         return Task(kind, seed, [block], f"What is the value of record {keys[i]}?", vals[i])
     if kind == "vartrack":
         names = [n.upper() for n in _names(rng, 3 * (1 + min(n_distractors, 2)))]
         value = _number(rng)
         chain = names[:3]
-        ins = [f"VAR {chain[0]} = {value}."] + [f"VAR {b} = VAR {a}." for a, b in zip(chain, chain[1:])]
+        ins = [f"VAR {chain[0]} = {value}."] + [f"VAR {b} = VAR {a}." for a, b in pairwise(chain)]
         for j in range(1, len(names) // 3):  # distractor chains with other values
             d = names[3 * j : 3 * j + 3]
-            ins += [f"VAR {d[0]} = {_number(rng)}."] + [f"VAR {b} = VAR {a}." for a, b in zip(d, d[1:])]
+            ins += [f"VAR {d[0]} = {_number(rng)}."] + [f"VAR {b} = VAR {a}." for a, b in pairwise(d)]
         return Task(kind, seed, ins, f"What is the value of VAR {chain[-1]}?", value)
     raise ConfigError(f"unknown task kind {kind!r}; known: {', '.join(KINDS)}")
 
@@ -151,7 +152,7 @@ def make_suite(kinds: list[str] | tuple[str, ...], seed: int, n_chars: int, n_di
             order[slots] = np.arange(first, first + n)
         first += n
     parts, depths, prev = [], {}, 0
-    for cut, i in zip(cuts, order):
+    for cut, i in zip(cuts, order, strict=True):
         parts.append(body[prev:cut])
         depths[inserts[i]] = sum(len(p) for p in parts)
         parts.append(" " + inserts[i] + " ")

@@ -1,7 +1,8 @@
 """``snapkv``: SnapKV-like eviction baseline.
 
 Scores keys by the attention of an observation window of queries (the selection input's
-``obs`` queries when given, else the last ``window`` rows of Q, or explicit ``obs_rows``), smoothed by a max-pool along the token
+``obs`` queries when given, else the last ``window`` rows of Q, or explicit ``obs_rows``),
+smoothed by a max-pool along the token
 axis, so that neighbours of a hit survive together. Original values, no beta.
 """
 
