@@ -99,7 +99,10 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # context's last ``observe`` (or 32) tokens, read again, attend to most (SnapKV's scores,
     # max-pooled); "lookahead", per head, the span keys that ``observe`` (or LOOKAHEAD_TOKENS)
     # tokens of the model's own greedy continuation attend to most (what the next tokens will read,
-    # copies included). The fit then matches the rest of the span: the two attention sums add up
+    # copies included); "heavy", per head, the span keys with the most attention summed over the
+    # queries captured while the context was prefilled (H2O's heavy hitters; needs
+    # Session.capture_context_queries() before prefill). The fit then matches the rest of the span:
+    # the two attention sums add up
     "exact": "recent",
     # fitted methods, exact="recent": the share of the exact cells (not keep_last's) that holds
     # text the context repeats instead of the most recent span cells: the latest occurrence of
@@ -111,6 +114,8 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # away for older repeats (docs/results/issue6/README.md, "Stop 18")
     "recurring": 0.0,
 }
+#: The values of option ``exact``.
+EXACT_CHOICES = ("recent", "observed", "lookahead", "heavy")
 #: Tokens generated for ``exact="lookahead"`` where ``observe`` is 0 (the grid's continuations are 64).
 LOOKAHEAD_TOKENS = 64
 #: Tokens of the runs that ``recurring`` counts as repeated text.
@@ -302,9 +307,9 @@ def _plan(session, ratio, target_cells, method, queries, keep_first, keep_last, 
         forward = fits and given is None and qspec != "context"
         pipe["on_policy"] = min(ON_POLICY_GROUPS, len(layers)) if forward else 1
     fill = fits and pipe["budget_cells"] == "fill" and not _uniform(budgets)
-    if pipe["exact"] not in ("recent", "observed", "lookahead"):
-        raise ConfigError(f"exact must be 'recent', 'observed' or 'lookahead', not {pipe['exact']!r}")
-    observed = fits and pipe["exact"] in ("observed", "lookahead")
+    if pipe["exact"] not in EXACT_CHOICES:
+        raise ConfigError(f"exact must be one of {', '.join(map(repr, EXACT_CHOICES))}, not {pipe['exact']!r}")
+    observed = fits and pipe["exact"] != "recent"
     if observed and not _uniform(budgets):
         raise ConfigError(f"exact={pipe['exact']!r} chooses each head's exact keys itself: use uniform budgets")
     if not (isinstance(pipe["recurring"], (int, float)) and 0 <= pipe["recurring"] <= 1):
@@ -369,7 +374,8 @@ def _fit(session, kv, plan, cut, span, Q, rep) -> tuple[dict[int, CompactedLayer
     exact_obs = plan.observed and extra
     n_obs = (pipe["observe"] or (LOOKAHEAD_TOKENS if plan.look else 32)) if exact_obs else pipe["observe"]
     obs_sel = "snapkv" if exact_obs else selector
-    obs = _observe(session, span, n_obs, obs_sel, bool(plan.look and extra))
+    heavy = exact_obs and pipe["exact"] == "heavy"  # fixed queries: not re-observed per group
+    obs = _heavy(session, span) if heavy else _observe(session, span, n_obs, obs_sel, bool(plan.look and extra))
     guard_tail = pipe["guard"] and plan.fits and _tail_tokens(pipe["guard_tail"], "guard_tail") > 0
     tail_q = _tail(session, span, pipe["guard_tail"]) if guard_tail else {}
     fitted: dict[int, CompactedLayer] = {}
@@ -384,7 +390,8 @@ def _fit(session, kv, plan, cut, span, Q, rep) -> tuple[dict[int, CompactedLayer
             )
             for il in group:
                 fit_q[il], held_q[il] = fq[il], hq[il]
-            obs = _observe(session, span, n_obs, obs_sel, bool(plan.look and extra))
+            if not heavy:
+                obs = _observe(session, span, n_obs, obs_sel, bool(plan.look and extra))
             if guard_tail:
                 tail_q.update({il: q for il, q in _tail(session, span, pipe["guard_tail"]).items() if il in group})
             recapture += time.perf_counter() - tick
@@ -411,8 +418,9 @@ def _fit_one(session, kv, plan, cut, il, q, obs, budget, window) -> CompactedLay
     if cut.recurring is not None:
         exact = np.broadcast_to(cut.recurring, (K.shape[0], len(cut.recurring)))
         return spanfit.fit_layer_exact(K, V, q, n_fit, extra, None, scale, prior, chunks, exact=exact, **kw)
-    if plan.observed and extra:
-        return spanfit.fit_layer_exact(K, V, q, n_fit, extra, obs[il], scale, prior, chunks, **kw)
+    if plan.observed and extra:  # heavy hitters: summed attention, not max-pooled as SnapKV's
+        kernel = 1 if plan.pipe["exact"] == "heavy" else 7
+        return spanfit.fit_layer_exact(K, V, q, n_fit, extra, obs[il], scale, prior, chunks, kernel, **kw)
     return spanfit.fit_layer_windows(K, V, q, budget, window, scale, prior, chunks, obs=obs.get(il), **kw)
 
 
@@ -521,6 +529,13 @@ def _tail_tokens(n, name: str) -> int:
 def _tail(session: Session, span: tuple[int, int], n: int) -> dict[int, np.ndarray]:
     """Per layer, the queries of the context's last ``n`` tokens read again, grouped by KV head."""
     got = qsources.SOURCES["tail"](session, span, tail_tokens=n)
+    return {il: rows.group_by_kv_head(q, session.layers[il]["n_head_kv"]) for il, q in got.items()}
+
+
+def _heavy(session: Session, span: tuple[int, int]) -> dict[int, np.ndarray]:
+    """Per layer, the queries captured while the context was prefilled, grouped by KV head (the
+    queries H2O accumulates attention over): ``exact="heavy"``."""
+    got = qsources.SOURCES["context"](session, span)
     return {il: rows.group_by_kv_head(q, session.layers[il]["n_head_kv"]) for il, q in got.items()}
 
 

@@ -634,6 +634,43 @@ def test_exact_observed_keeps_each_heads_most_read_keys_exact_and_fits_the_rest(
         assert llama._snapshot() == st[0]
 
 
+def test_exact_heavy_keeps_each_heads_h2o_heavy_hitters_exact_and_fits_the_rest(llama, tiny_models, monkeypatch):
+    from pyllamaam.compact.select.snapkv import observed_scores
+    from pyllamaam.queries import rows as qrows
+
+    got = {}
+    real = spanfit.fit_layer_exact
+
+    def spy(K, V, Q, budget, n_exact, obs, scale, prior, chunks, kernel, *a, **k):
+        res = real(K, V, Q, budget, n_exact, obs, scale, prior, chunks, kernel, *a, **k)
+        got[len(got)] = (K, V, obs, n_exact, budget, kernel, res, observed_scores(obs, K, scale, prior, 1))
+        return res
+
+    monkeypatch.setattr(spanfit, "fit_layer_exact", spy)
+    ctx = llama._ctx_queries.get()  # what prefill captured: the heavy hitters' queries
+    rep = llama.compact(ratio=4, queries="repeat", on_policy=2, exact="heavy", **LENIENT)
+    assert not rep.fell_back, rep.reason
+    assert len(got) == len(rep.layers)
+    for il, (K, V, obs, e, _b, kernel, res, score) in zip(rep.layers, got.values(), strict=True):
+        assert kernel == 1  # summed attention, not max-pooled
+        np.testing.assert_array_equal(obs, qrows.group_by_kv_head(ctx[il], K.shape[0]))
+        for h in range(K.shape[0]):
+            kept = res.indices[h][res.kept[h]]
+            top = np.argsort(-score[h], kind="stable")[:e]
+            assert set(top) <= set(kept)  # the heavy hitters are kept ...
+            ex = np.isin(res.indices[h], top)
+            np.testing.assert_array_equal(res.values[h][ex], V[h, res.indices[h][ex]])  # ... exact
+            assert np.all(res.beta[h][ex] == 0)
+    assert np.isfinite(llama.eval_logits(_ids(3, 4))).all()
+    # without queries captured during prefill: a clear error, the cache untouched
+    with tiny_models["llama"].session(n_ctx=512) as s:
+        s.prefill(_ids(200))
+        before = s._snapshot()
+        with pytest.raises(ConfigError, match="capture_context_queries"):
+            s.compact(ratio=4, queries="repeat", exact="heavy", **LENIENT)
+        assert s._snapshot() == before
+
+
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_lookahead_queries_are_the_greedy_continuations_own_and_leave_no_trace(tiny_models, arch, monkeypatch):
     from pyllamaam.queries import lookahead_queries, scratch

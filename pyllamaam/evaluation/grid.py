@@ -64,6 +64,9 @@ METHODS: dict[str, dict[str, Any] | None] = {
     # on-policy refits whose exact share of the budget holds, per head, the keys the context's
     # last 32 tokens read again attend to most (SnapKV's choice) instead of the recent window
     "am-op3-exobs": {"method": "am", "queries": "repeat", "on_policy": 3, "exact": "observed"},
+    # on-policy refits whose exact share holds, per head, H2O's heavy hitters (the span keys with the
+    # most attention summed over the queries captured during prefill) instead of the recent window
+    "am-op3-heavy": {"method": "am", "queries": "repeat", "on_policy": 3, "exact": "heavy"},
     # on-policy refits with a smaller exact recent window (option recent; the default is 0.5)
     "am-op3-rec0.3": {"method": "am", "queries": "repeat", "on_policy": 3, "recent": 0.3},
     "am-op3-rec0.4": {"method": "am", "queries": "repeat", "on_policy": 3, "recent": 0.4},
