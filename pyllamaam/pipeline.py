@@ -29,7 +29,8 @@ from .compact import (
     task_position_scores,
 )
 from .compact.parallel import map_layers
-from .compact.result import CompactedLayer
+from .compact import chunks
+from .compact.result import PAD, CompactedLayer
 from .compact.select import SELECTORS
 from .errors import CompactionError, ConfigError, UnsupportedLayout
 from .guards import VARIANTS, guard_layer
@@ -113,7 +114,20 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # at 10x, +0.025 at 20x): it gives the recent text the next tokens copy (the sentence before)
     # away for older repeats (docs/results/issue6/README.md, "Stop 18")
     "recurring": 0.0,
+    # fitted methods: the share of the compacted budget (span cells kept, not keep_last) held by
+    # whole chunks of consecutive cells, the same chunks in every layer and head, chosen by the
+    # attention the reference queries give them (summed over layers and query heads, a chunk
+    # scored by its mean cell); the fit compacts the rest of the span. A fact is a few
+    # consecutive tokens read through every head at once: per-head selection and the fit split
+    # it and lose it (DESIGN.md section 9). 0: off (option ``recent`` then holds the exact share)
+    "spans": 0.0,
+    "chunk": 8,  # cells per chunk of ``spans`` and of method "chunkkv"
 }
+#: Eviction baselines selected once for the whole model, not per head: "chunkkv" keeps whole
+#: chunks of consecutive cells, the same in every head and layer (ChunkKV); "kvzip" ranks every
+#: (layer, head, cell) score at once, so heads keep uneven numbers of cells (KVzip). Both score a
+#: cell by the largest attention it gets from the reference queries.
+SHARED_EVICTIONS = ("chunkkv", "kvzip")
 #: The values of option ``exact``.
 EXACT_CHOICES = ("recent", "observed", "lookahead", "heavy")
 #: Tokens generated for ``exact="lookahead"`` where ``observe`` is 0 (the grid's continuations are 64).
@@ -205,6 +219,7 @@ class _Plan:
     fill: bool  # head budgets whose heads fill the cells with exact recent windows
     observed: bool  # exact="observed" or "lookahead": the exact keys chosen per head
     look: bool  # exact="lookahead"
+    shared: str | None = None  # one of SHARED_EVICTIONS
 
 
 @dataclass
@@ -218,6 +233,7 @@ class _Cut:
     t: int
     extra: int
     recurring: np.ndarray | None
+    evict: dict[int, CompactedLayer] | None = None  # a selection kept as it is (nothing to fit)
 
 
 def compact(
@@ -258,7 +274,12 @@ def compact(
             Q = plan.given.queries
         rep.seconds["queries"] = time.perf_counter() - clock
 
-        fitted, held_q = _fit(session, kv, plan, cut, span, Q, rep)
+        if plan.shared or plan.pipe["spans"]:
+            cut = _shared_cut(session, kv, plan, cut, Q, rep)
+        if cut.evict is not None:
+            fitted, held_q = cut.evict, {}
+        else:
+            fitted, held_q = _fit(session, kv, plan, cut, span, Q, rep)
 
         clock = time.perf_counter()
         _write(session, kv, plan, cut, fitted, rep)
@@ -283,9 +304,16 @@ def compact(
 
 def _plan(session, ratio, target_cells, method, queries, keep_first, keep_last, budgets, task, options) -> _Plan:
     layers = _check_gate(session)
-    selector = _selector(method)
+    shared = method if method in SHARED_EVICTIONS else None
+    if shared and options.get("fit"):
+        raise ConfigError(f"method {method!r} is an eviction: it fits nothing (use method='am' with spans=)")
+    selector = "window" if shared else _selector(method)
+    if task and queries is None:  # a known question: its own queries choose what to keep
+        queries = "task"
     if queries is None:
-        queries = default_queries(session, options.get("fit", SELECTORS[selector].fits), keep_last)
+        queries = "repeat" if shared == "kvzip" else default_queries(
+            session, options.get("fit", SELECTORS[selector].fits), keep_last
+        )
     given = queries if isinstance(queries, ReferenceQueries) else None
     qspec = given.spec if given else "+".join(qsources.parse_spec(queries))
     pipe = {k: options.pop(k, v) for k, v in PIPELINE_DEFAULTS.items()}
@@ -315,7 +343,17 @@ def _plan(session, ratio, target_cells, method, queries, keep_first, keep_last, 
     if not (isinstance(pipe["recurring"], (int, float)) and 0 <= pipe["recurring"] <= 1):
         raise ConfigError(f"recurring must be a number in [0, 1], not {pipe['recurring']!r}")
     look = observed and pipe["exact"] == "lookahead"
-    return _Plan(layers, selector, fits, qspec, given, task, budgets, pipe, qopts, options, fill, observed, look)
+    if not (isinstance(pipe["spans"], (int, float)) and 0 <= pipe["spans"] <= 1):
+        raise ConfigError(f"spans must be a number in [0, 1], not {pipe['spans']!r}")
+    if not (isinstance(pipe["chunk"], int) and pipe["chunk"] >= 1):
+        raise ConfigError(f"chunk must be an integer >= 1 (cells), not {pipe['chunk']!r}")
+    if pipe["spans"] and (not fits or fill or observed or not _uniform(budgets)):
+        raise ConfigError("spans= serves fitted methods with uniform budgets and the plain exact window")
+    if shared or pipe["spans"]:
+        pipe["on_policy"] = 1  # the chunks are chosen once, on the queries of the whole cache
+    return _Plan(
+        layers, selector, fits, qspec, given, task, budgets, pipe, qopts, options, fill, observed, look, shared
+    )
 
 
 def _cut(session: Session, kv: KVState, plan: _Plan, sizes: tuple, rep: CompactionReport) -> _Cut:
@@ -332,9 +370,72 @@ def _cut(session: Session, kv: KVState, plan: _Plan, sizes: tuple, rep: Compacti
         rep.recurring_cells = 0 if recurring is None else int(np.sum(recurring < len(user.span) - extra))
         if not rep.recurring_cells:
             recurring = None  # nothing repeats: the plain recent window
-    if plan.fill or plan.observed or recurring is not None:  # the queries and the fit cover the user's span
+    if plan.fill or plan.observed or recurring is not None or plan.shared or pipe["spans"]:
+        # the queries and the fit cover the user's span
         split = user
     return _Cut(user, split, t, extra, recurring)
+
+
+def _shared_cut(session: Session, kv: KVState, plan: _Plan, cut: _Cut, Q, rep: CompactionReport) -> _Cut:
+    """The cells chosen once for every head and layer (option ``spans``, methods "chunkkv" and
+    "kvzip"), from the attention the reference queries ``Q`` give the user's span.
+
+    ``spans`` < 1 returns a cut whose exact cells are the chosen chunks, the fit compacting the
+    rest; a selection that fits nothing comes back in ``evict`` (original keys, values, bias)."""
+    clock = time.perf_counter()
+    user, t = cut.user, cut.t
+    scores = _span_scores(session, kv, user, Q, plan.layers, plan.pipe)
+    rep.seconds["select"] = time.perf_counter() - clock
+    if plan.shared == "kvzip":
+        per_head = chunks.global_budgets([scores[il].max(axis=2) for il in plan.layers], t)
+        return _Cut(user, user, t, 0, None, _kept(kv, user, dict(zip(plan.layers, per_head, strict=True))))
+    total = sum(scores[il].sum(axis=(0, 2)) for il in plan.layers)
+    n_exact = t if plan.shared else int(round(plan.pipe["spans"] * t))
+    exact = chunks.chunk_select(total, n_exact, plan.pipe["chunk"])
+    rep.recurring_cells = 0
+    if plan.shared or n_exact >= t:  # nothing left to fit: the chunks as they are
+        H = {il: kv.keys[il].shape[1] for il in plan.layers}
+        idx = {il: np.broadcast_to(exact, (H[il], len(exact))) for il in plan.layers}
+        return _Cut(user, user, t, 0, None, _kept(kv, user, idx))
+    return _Cut(user, user, t, len(exact), exact)
+
+
+def _span_scores(session, kv, split, Q, layers, pipe) -> dict[int, np.ndarray]:
+    """Per layer ``[H, T, r]``: the largest attention each span cell gets from the reference
+    queries of each query head, normalized over every cell (sinks, span and recent window)."""
+    order = np.concatenate([split.sinks, split.span, split.recent])
+    a, b = len(split.sinks), len(split.sinks) + len(split.span)
+
+    def one(il: int) -> np.ndarray:
+        q = Q[il]
+        if len(q) > pipe["max_queries"]:  # evenly spread rows bound the cost
+            q = q[np.linspace(0, len(q) - 1, pipe["max_queries"]).round().astype(int)]
+        K = np.ascontiguousarray(kv.keys[il][order].transpose(1, 0, 2))
+        prior = kv.bias[il][order].T
+        prior = np.ascontiguousarray(prior) if np.any(prior != 0) else None
+        A = chunks.attention_max(K, np.ascontiguousarray(q.transpose(1, 0, 2)), session.kq_scale(il), prior)
+        return A[:, a:b]
+
+    return dict(zip(layers, map_layers(one, layers, pipe["fit_threads"]), strict=True))
+
+
+def _kept(kv: KVState, split: kvsplit.Split, idx: dict[int, np.ndarray]) -> dict[int, CompactedLayer]:
+    """Span cells kept as they are (original keys, values and bias), per layer ``[H, t]`` span
+    indices padded with PAD (bias -inf there)."""
+    out = {}
+    for il, ix in idx.items():
+        ix = np.asarray(ix, np.int64)
+        H, t = ix.shape
+        _, V = kvsplit.span_arrays(kv, il, split)
+        prior = kvsplit.span_prior(kv, il, split)
+        pad = ix == PAD
+        safe = np.where(pad, 0, ix)
+        beta = np.zeros((H, t)) if prior is None else np.take_along_axis(prior, safe, 1).astype(np.float64)
+        beta[pad] = -np.inf
+        vals = np.take_along_axis(V, safe[:, :, None], 1)
+        vals[pad] = 0
+        out[il] = CompactedLayer(ix, beta, vals, np.zeros(H, np.int64), (), {})
+    return out
 
 
 def _read_probes(session: Session, kv: KVState, cut: _Cut, plan: _Plan, verify: bool) -> tuple[tuple, float]:
@@ -622,7 +723,7 @@ def _apply_guards(kv, split, fitted, held_q, session, rep, tail_q=None) -> dict[
 def _verify(session, kv, split, fitted, held_q, probe, before, pipe, rep, verify, tail=(None, 0)) -> None:
     errs = []
     for il, res in fitted.items():
-        if held_q[il].shape[1] == 0:
+        if il not in held_q or held_q[il].shape[1] == 0:
             continue
         K, V = kvsplit.span_arrays(kv, il, split)
         e = attention_errors(K, V, held_q[il], session.kq_scale(il), res, kvsplit.span_prior(kv, il, split))

@@ -314,3 +314,16 @@ def test_an_error_in_one_layer_thread_propagates():
 
     with pytest.raises(CompactionError, match="layer 2"):
         map_layers(fit, range(4), workers=2)
+
+
+def test_keeping_every_key_reproduces_attention_with_default_options():
+    # regression: values shrunk toward zero left 8-19% output error with t = T; the default now
+    # shrinks toward the original values, so nothing changes when nothing is dropped
+    from pyllamaam.compact import attention_errors, compact_head
+    from pyllamaam.compact.synthetic import synthetic_layer
+
+    L = synthetic_layer(H=1, T=256, n=256, seed=3)
+    r = compact_head(L.K[0], L.V[0], L.Q_fit[0], 256, L.scale)
+    e = attention_errors(L.K[0], L.V[0], L.Q_test[0], L.scale, r)
+    assert float(e.output.max()) < 1e-3
+    assert float(e.mass.max()) < 1e-3

@@ -47,8 +47,10 @@ class FitOptions:
         ``pgd`` stops earlier when its step is below this, relative to the weights.
     ridge : float
         Ridge on the value solve relative to ``tr(X^T X) / t``; 0 = unregularized.
-    ridge_target : {"zero", "original"}
-        Shrink values toward 0 or toward the original values of the kept keys.
+    ridge_target : {"original", "zero"}
+        Shrink values toward the original values of the kept keys (the default: keeping every
+        key then reproduces attention exactly, relative output error ~1e-5 on the synthetic
+        layer, where shrinking toward 0 leaves 0.19) or toward 0.
     beta_dtype : {"float32", "float16"}
         Round beta to this dtype before the value fit (float16 = the flash path).
     max_value_ratio : float
@@ -72,7 +74,7 @@ class FitOptions:
     nnls_max_iter: int = 30
     nnls_tol: float = 1e-4
     ridge: float = 1e-2
-    ridge_target: str = "zero"
+    ridge_target: str = "original"
     beta_dtype: str = "float32"
     max_value_ratio: float = 10.0
     on_bad_values: str = "raise"

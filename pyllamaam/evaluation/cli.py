@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ..errors import PyllamaamError
-from . import grid
+from . import grid, qa_run
 
 #: --quick: tiny sizes that run in well under two minutes on two cores (make test).
 QUICK_EVAL = {"models": ["smollm2-135m"], "n_tokens": [128], "ratios": [4.0], "seeds": [0],
@@ -34,14 +34,19 @@ def eval_parser() -> argparse.ArgumentParser:
     d = grid.GridSpec()
     ap = argparse.ArgumentParser(prog="pyllamaam eval", description="quality grid: tasks, KL and ΔNLL "
                                  "over methods x ratios x models x lengths (resumable: finished cells are skipped)")
+    ap.add_argument("--suite", choices=("qa", "grid"), default="grid",
+                    help="qa: the question-answering suite (documents with many facts, asked after one "
+                         "compaction each); grid: tasks, KL and ΔNLL per method (default)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run for make test)")
     ap.add_argument("--out", type=Path, default=Path("results"), help="results folder (default results/)")
     ap.add_argument(
-        "--models", type=_strs, default=d.models, help="comma list: smollm2-135m, gemma3-270m, a .gguf path"
+        "--models", type=_strs, default=d.models,
+        help="comma list: smollm2-135m, gemma3-270m, qwen2.5-0.5b, a .gguf path"
     )
     ap.add_argument("--n-tokens", type=_ints, default=d.n_tokens, help="context lengths, comma list")
     ap.add_argument("--ratios", type=_floats, default=d.ratios)
-    ap.add_argument("--methods", type=_strs, default=d.methods, help=f"comma list of {', '.join(grid.METHODS)}")
+    ap.add_argument("--methods", type=_strs, default=None,
+                    help=f"comma list of {', '.join(grid.METHODS)} (grid) or {', '.join(qa_run.QA_METHODS)} (qa)")
     ap.add_argument("--seeds", type=_ints, default=d.seeds)
     ap.add_argument("--kinds", type=_strs, default=d.kinds, help="task kinds, comma list")
     ap.add_argument("--continuation", type=int, default=d.continuation, help="continuation tokens for KL / ΔNLL")
@@ -56,6 +61,9 @@ def eval_main(argv: list[str] | None = None) -> int:
     args = eval_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("pyllamaam.native").setLevel(logging.ERROR)
+    if args.suite == "qa":
+        return _qa_main(args)
+    args.methods = args.methods or grid.GridSpec().methods
     spec = grid.GridSpec(models=args.models, n_tokens=args.n_tokens, ratios=args.ratios, methods=args.methods,
                          seeds=args.seeds, kinds=args.kinds, continuation=args.continuation, n_threads=args.threads)
     if args.quick:
@@ -73,6 +81,30 @@ def eval_main(argv: list[str] | None = None) -> int:
     print((args.out / "results.md").read_text().split("\n### ")[0])
     print(f"wrote {args.out}/ (cells.jsonl, summary.json, results.md, {len(summary['plots'])} plot(s)) "
           f"in {time.perf_counter() - clock:.1f} s")
+    return 0
+
+
+def _qa_main(args: argparse.Namespace) -> int:
+    """The QA suite: qa_cells.jsonl, qa_summary.json, qa_results.md and qa_<model>.png in --out."""
+    d = qa_run.QASpec()
+    spec = qa_run.QASpec(
+        models=args.models, n_tokens=args.n_tokens, ratios=args.ratios, methods=args.methods or d.methods,
+        seeds=args.seeds, continuation=args.continuation, n_threads=args.threads,
+    )
+    if args.quick:
+        spec.n_tokens, spec.ratios, spec.seeds = [256], [4.0], [0]
+        spec.methods, spec.continuation = ["full", "default", "chunkkv"], 12
+    try:
+        clock = time.perf_counter()
+        if not args.report_only:
+            qa_run.run_qa(spec, args.out, progress=not args.no_progress)
+        report = qa_run.write_report(args.out)
+    except PyllamaamError as err:
+        print(f"pyllamaam eval: error: {err}", file=sys.stderr)
+        return 2
+    print((args.out / "qa_results.md").read_text())
+    print(json.dumps({"out": str(args.out / "qa_summary.json"), "rows": len(report["rows"]), "plots": report["plots"],
+                      "seconds": round(time.perf_counter() - clock, 1)}))
     return 0
 
 

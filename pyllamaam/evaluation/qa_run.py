@@ -1,0 +1,247 @@
+"""Run the QA suite (:mod:`.qa`): models x lengths x seeds x methods x ratios, resumable.
+
+One JSON line per (model, length, seed, method, ratio) goes to ``qa_cells.jsonl`` with every
+question's result, the continuation ΔNLL against the full cache and the compaction's seconds;
+a rerun skips the lines already there. :func:`summarize` turns the lines into accuracy with 95%
+intervals, relative to the full cache, as JSON, a markdown table and a plot.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from . import fidelity, qa
+
+#: Method name -> Session.compact keyword arguments (None: the full cache). ``task`` is filled in
+#: per question for the question-aware methods (one compaction per question).
+QA_METHODS: dict[str, dict[str, Any] | None] = {
+    "full": None,
+    "default": {},  # Session.compact's defaults, whatever they are
+    "question": {"task": True},  # question-aware: the question's own queries choose the cells
+    "am-perhead": {"method": "am", "spans": 0.0, "recent": 0.5, "queries": "repeat"},  # per-head keys + fit
+    "kvzip": {"method": "kvzip", "queries": "repeat"},
+    "chunkkv": {"method": "chunkkv"},  # scored by the context's last tokens read again (ChunkKV)
+    "chunkkv-repeat": {"method": "chunkkv", "queries": "repeat"},
+    "snapkv": {"method": "snapkv"},
+    "window": {"method": "window"},
+}
+
+
+@dataclass
+class QASpec:
+    models: list[str] = field(default_factory=lambda: ["smollm2-135m"])
+    n_tokens: list[int] = field(default_factory=lambda: [1024])
+    ratios: list[float] = field(default_factory=lambda: [4.0, 10.0])
+    methods: list[str] = field(default_factory=lambda: list(QA_METHODS))
+    seeds: list[int] = field(default_factory=lambda: [100])
+    continuation: int = 64
+    n_threads: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # extra Session.compact options (tuning)
+
+    def check(self) -> None:
+        bad = [m for m in self.methods if m not in QA_METHODS]
+        if bad:
+            raise ConfigError(f"unknown QA method(s) {bad}; known: {', '.join(QA_METHODS)}")
+
+
+def _key(model: str, n: int, seed: int, method: str, ratio: float) -> str:
+    return f"{model}|{n}|{seed}|{method}|{ratio:g}"
+
+
+def run_qa(spec: QASpec, out: Path, progress: bool = True) -> Path:
+    """Run every missing cell; returns the path of ``qa_cells.jsonl``."""
+    from tqdm import tqdm
+
+    from ..engine import load_model
+
+    spec.check()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "qa_cells.jsonl"
+    done = {json.loads(line)["key"] for line in path.read_text().splitlines()} if path.exists() else set()
+    plan = [(m, n, s) for m in spec.models for n in spec.n_tokens for s in spec.seeds]
+    cells = [(me, r) for me in spec.methods for r in ([0.0] if me == "full" else spec.ratios)]
+    bar = tqdm(total=len(plan) * len(cells), disable=not progress, unit="cell", desc="qa")
+    for model_name, n, seed in plan:
+        todo = [c for c in cells if _key(model_name, n, seed, *c) not in done]
+        bar.update(len(cells) - len(todo))
+        if not todo:
+            continue
+        with load_model(model_name) as model:
+            for rec in _run_document(model, model_name, n, seed, todo, spec):
+                with path.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                bar.update(1)
+    bar.close()
+    return path
+
+
+def build_document(model: Any, n_tokens: int, seed: int) -> qa.Document:
+    """A QA document whose text tokenizes to about ``n_tokens`` with ``model``'s tokenizer."""
+    n_chars, size = 4 * n_tokens, qa.sizes(n_tokens)
+    for _ in range(2):
+        doc = qa.make_document(seed, n_chars, **size)
+        n_chars = int(n_chars * n_tokens / len(model.tokenize(doc.text)))
+    return qa.make_document(seed, n_chars, **size)
+
+
+def ask(session: Any, model: Any, q: qa.Question) -> dict[str, Any]:
+    """One question on the session's cache (left unchanged)."""
+    prompt = model.tokenize(q.prompt())
+    if not q.options:
+        res = fidelity.answer_check(session, prompt, model.tokenize(" " + q.answer))
+        return {"kind": q.kind, "answer": q.answer, "correct": res["correct"], "prediction": res["prediction"],
+                "answer_nll": res["answer_nll"]}
+    lls = []
+    for opt in q.options:
+        toks = model.tokenize(" " + opt)
+        logits = session.eval_logits(prompt + toks[:-1])[len(prompt) - 1 :]
+        lls.append(-float(fidelity.nll_rows(logits, toks).sum()))
+    pick = q.options[int(np.argmax(lls))]
+    return {"kind": q.kind, "answer": q.answer, "correct": pick == q.answer, "prediction": pick}
+
+
+def _run_document(model, model_name, n, seed, cells, spec):
+    doc = build_document(model, n, seed)
+    toks = model.tokenize(doc.text, add_bos=model.info["add_bos"])
+    cont = model.tokenize(doc.continuation)[: spec.continuation + 1]
+    with model.session(n_ctx=2 * len(toks) + 512, n_threads=spec.n_threads) as s:
+        clock = time.perf_counter()
+        s.prefill(toks)
+        prefill_s = time.perf_counter() - clock
+        blob = s._snapshot()
+        full = fidelity.continuation_logits(s, cont)
+        for method, ratio in cells:
+            base = {"key": _key(model_name, n, seed, method, ratio), "model": model_name, "n_tokens": len(toks),
+                    "seed": seed, "method": method, "ratio": ratio, "prefill_seconds": prefill_s}
+            kw = QA_METHODS[method]
+            if kw is None:
+                yield {**base, **_score(s, model, doc, full, cont), "cells": s.n_cells}
+                continue
+            kw = {**kw, **spec.options}
+            if kw.pop("task", False):  # one compaction per question, each from the full cache
+                results, secs, cells_after = [], [], []
+                for q in doc.questions:
+                    s._write_blob(blob, len(toks))
+                    rep = s.compact(ratio=ratio, task=q.prompt(), **kw)
+                    results.append({**ask(s, model, q), "fell_back": rep.fell_back})
+                    secs.append(rep.total_seconds)
+                    cells_after.append(s.n_cells)
+                s._write_blob(blob, len(toks))
+                yield {**base, "questions": results, "accuracy": _acc(results),
+                       "compaction_seconds": float(np.mean(secs)), "cells": int(np.mean(cells_after))}
+                continue
+            s._write_blob(blob, len(toks))
+            rep = s.compact(ratio=ratio, **kw)
+            rec = {**base, **_score(s, model, doc, full, cont), "cells": s.n_cells,
+                   "compaction_seconds": rep.total_seconds, "stages": rep.seconds, "fell_back": rep.fell_back,
+                   "reason": rep.reason}
+            s._write_blob(blob, len(toks))
+            yield rec
+
+
+def _acc(results: list[dict[str, Any]]) -> float:
+    return sum(r["correct"] for r in results) / max(1, len(results))
+
+
+def _score(s, model, doc, full, cont) -> dict[str, Any]:
+    results = [ask(s, model, q) for q in doc.questions]
+    fid = fidelity.fidelity(full, fidelity.continuation_logits(s, cont), cont[1:])
+    return {"questions": results, "accuracy": _acc(results), "delta_nll": fid["delta_nll"], "kl": fid["kl"]}
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (model, method, ratio): accuracy over every question with its 95% interval, the same
+    relative to the full cache on the same documents, mean ΔNLL, KL and compaction/prefill."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for c in cells:
+        groups.setdefault((c["model"], c["method"], c["ratio"]), []).append(c)
+    full = {(c["model"], c["n_tokens"], c["seed"]): c for c in cells if c["method"] == "full"}
+    rows = []
+    for (model, method, ratio), cs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
+        qs = [q for c in cs for q in c["questions"]]
+        k = sum(q["correct"] for q in qs)
+        ref = [full.get((model, c["n_tokens"], c["seed"])) for c in cs]
+        ref_k = sum(q["correct"] for r in ref if r for q in r["questions"])
+        lo, hi = qa.wilson(k, len(qs))
+        row = {
+            "model": model, "method": method, "ratio": ratio, "documents": len(cs), "questions": len(qs),
+            "accuracy": k / max(1, len(qs)), "ci95": [lo, hi],
+            "of_full": (k / ref_k) if ref_k and all(ref) else None,
+            "by_kind": {kind: float(np.mean([q["correct"] for q in qs if q["kind"] == kind]))
+                        for kind in sorted({q["kind"] for q in qs})},
+            "lengths": sorted({c["n_tokens"] for c in cs}),
+        }
+        if method != "full":
+            d = [c["delta_nll"] for c in cs if c.get("delta_nll") is not None]
+            row["delta_nll"] = float(np.mean(d)) if d else None
+            row["kl"] = float(np.mean([c["kl"] for c in cs if c.get("kl") is not None])) if d else None
+            row["compaction_over_prefill"] = float(np.mean([c["compaction_seconds"] / c["prefill_seconds"] for c in cs]))
+            row["fell_back"] = sum(bool(c.get("fell_back")) for c in cs)
+        rows.append(row)
+    return rows
+
+
+def write_report(out: Path) -> dict[str, Any]:
+    """qa_summary.json, qa_results.md and one accuracy-vs-ratio plot per model, from qa_cells.jsonl."""
+    rows = summarize(load(out / "qa_cells.jsonl"))
+    (out / "qa_summary.json").write_text(json.dumps(rows, indent=1) + "\n")
+    lines = ["| model | method | ratio | accuracy (95% CI) | of full | ΔNLL | compaction/prefill | questions |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = "–" if r["method"] == "full" else f"{r['ratio']:g}x"
+        lines.append(
+            f"| {r['model']} | {r['method']} | {ratio} | "
+            f"{r['accuracy']:.2f} ({r['ci95'][0]:.2f}–{r['ci95'][1]:.2f}) | {_fmt(r['of_full'], 2)} | "
+            f"{_fmt(r.get('delta_nll'), 3)} | {_fmt(r.get('compaction_over_prefill'), 2)} | {r['questions']} |"
+        )
+    (out / "qa_results.md").write_text("\n".join(lines) + "\n")
+    plots = _plot(rows, out)
+    return {"rows": rows, "plots": plots}
+
+
+def _fmt(x: float | None, digits: int) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _plot(rows: list[dict[str, Any]], out: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    names = []
+    for model in sorted({r["model"] for r in rows}):
+        mine = [r for r in rows if r["model"] == model]
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        full = [r for r in mine if r["method"] == "full"]
+        if full:
+            ax.axhline(full[0]["accuracy"], color="k", ls="--", lw=1, label="full cache")
+        for method in sorted({r["method"] for r in mine} - {"full"}):
+            pts = sorted((r["ratio"], r["accuracy"], *r["ci95"]) for r in mine if r["method"] == method)
+            x, y, lo, hi = (np.array(v) for v in zip(*pts, strict=True))
+            ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", capsize=3, label=method)
+        ax.set_xscale("log")
+        ax.set_xlabel("compaction ratio")
+        ax.set_ylabel("QA accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"QA accuracy after compaction: {model}")
+        ax.legend(fontsize=7)
+        name = f"qa_{model}.png"
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        names.append(name)
+    return names
