@@ -1,4 +1,4 @@
-"""Issue 4 acceptance check: n tokens of public-domain text, compacted at a ratio; am vs snapkv vs window.
+"""Acceptance check: n tokens of public-domain text, compacted at a ratio; am vs snapkv vs window.
 
 For K texts (K evenly spaced slices of the sorted ``pydoc_data.topics`` text of the Python
 standard library, each starting at a paragraph break), prefill ``n`` tokens, record the

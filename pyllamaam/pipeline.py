@@ -61,7 +61,7 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     "max_tail_kl": 3.0,
     # fitted query rows per KV head (evenly subsampled by token). 8192 (every token of a 2K repeat
     # pass on Gemma-3, whose 4 query heads share a KV head) lowered Gemma's answer NLL by 0.31 at
-    # 10x on the acceptance contexts but raised its ΔNLL by 0.02 (docs/results/issue6, "Stop 15")
+    # 10x on 25 continuation contexts but raised its ΔNLL by 0.02
     "max_queries": 2048,
     "heldout": 0.2,  # fraction of query tokens held out for the guards and the attention-error gate
     "max_heldout": 1024,  # held-out query rows per KV head (half choose the guards, half verify)
@@ -109,10 +109,9 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # text the context repeats instead of the most recent span cells: the latest occurrence of
     # every run of ``RECURRING_N`` tokens that occurs more than once in the context, most recent
     # first (a continuation that copies needs the copied text's own keys and values, which a fit
-    # cannot hold). 0 (the default): off. 1 (the default of stop 17) lowered answer NLL on the 13
-    # acceptance contexts of both models; on 17 (4 new, stop 18) it raised Gemma-3's ΔNLL (+0.016
-    # at 10x, +0.025 at 20x): it gives the recent text the next tokens copy (the sentence before)
-    # away for older repeats (docs/results/issue6/README.md, "Stop 18")
+    # cannot hold). 0 (the default): off. 1 lowered answer NLL on 13 contexts of both models but
+    # raised Gemma-3's ΔNLL on 17 (+0.016 at 10x, +0.025 at 20x): it gives the recent text the
+    # next tokens copy (the sentence before) away for older repeats
     "recurring": 0.0,
     # fitted methods: the share of the compacted budget (span cells kept, not keep_last) held by
     # whole chunks of consecutive cells, the same chunks in every layer and head, chosen by the
@@ -121,7 +120,9 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # consecutive tokens read through every head at once: per-head selection and the fit split
     # it and lose it (DESIGN.md section 9). 0: off (option ``recent`` then holds the exact share)
     "spans": 0.0,
-    "chunk": 8,  # cells per chunk of ``spans`` and of method "chunkkv"
+    # the unit of ``spans`` and of method "chunkkv": "sentence" (text up to a sentence or line end,
+    # at most 32 tokens: a fact's cue words and its value together) or a number of cells
+    "chunk": "sentence",
 }
 #: Eviction baselines selected once for the whole model, not per head: "chunkkv" keeps whole
 #: chunks of consecutive cells, the same in every head and layer (ChunkKV); "kvzip" ranks every
@@ -134,18 +135,17 @@ EXACT_CHOICES = ("recent", "observed", "lookahead", "heavy")
 LOOKAHEAD_TOKENS = 64
 #: Tokens of the runs that ``recurring`` counts as repeated text.
 RECURRING_N = 4
-#: Layer groups of ``on_policy=None``. 3: on the tuning contexts of the issue-6 grid (both models,
+#: Layer groups of ``on_policy=None``. 3: on the tuning contexts of the continuation grid (both models,
 #: 1K and 2K tokens, 10x and 20x) it lowered answer NLL and ΔNLL against one group on both models,
 #: for 2-3x the compaction time; the shipped budgets and the self-study mix on top of it did not
-#: help consistently (docs/results/issue6/README.md, "On-policy refits"). 2 groups cost a third
-#: less but lost recall on Gemma and ΔNLL on SmolLM2 (same contexts, "Stop 14" there).
+#: help consistently. 2 groups cost a third less but lost recall on Gemma and ΔNLL on SmolLM2.
 ON_POLICY_GROUPS = 3
 #: Where the shipped head budgets live: ``<name>.json`` per catalog model (``pyllamaam budgets compute``).
 BUDGETS_DIR = Path(__file__).resolve().parent.parent / "models" / "budgets"
 #: ``budgets=None`` (the default) means the model's shipped budgets when this is True, else uniform.
-#: False: in the issue-6 grid (both models, 1K-4K tokens, 10x and 20x, 20 paired cells) the shipped
+#: False: in the continuation grid (both models, 1K-4K tokens, 10x and 20x, 20 paired cells) the shipped
 #: budgets matched uniform on continuation ΔNLL (-0.005 ± 0.007) and KL (-0.004 ± 0.005) and cost
-#: recall (answer NLL +0.024 ± 0.011): docs/results/issue6/README.md. ``budgets="shipped"`` asks for them.
+#: recall (answer NLL +0.024 ± 0.011). ``budgets="shipped"`` asks for them.
 SHIPPED_BUDGETS_BY_DEFAULT = False
 
 
@@ -345,8 +345,8 @@ def _plan(session, ratio, target_cells, method, queries, keep_first, keep_last, 
     look = observed and pipe["exact"] == "lookahead"
     if not (isinstance(pipe["spans"], (int, float)) and 0 <= pipe["spans"] <= 1):
         raise ConfigError(f"spans must be a number in [0, 1], not {pipe['spans']!r}")
-    if not (isinstance(pipe["chunk"], int) and pipe["chunk"] >= 1):
-        raise ConfigError(f"chunk must be an integer >= 1 (cells), not {pipe['chunk']!r}")
+    if pipe["chunk"] != "sentence" and not (isinstance(pipe["chunk"], int) and pipe["chunk"] >= 1):
+        raise ConfigError(f"chunk must be 'sentence' or an integer >= 1 (cells), not {pipe['chunk']!r}")
     if pipe["spans"] and (not fits or fill or observed or not _uniform(budgets)):
         raise ConfigError("spans= serves fitted methods with uniform budgets and the plain exact window")
     if shared or pipe["spans"]:
@@ -391,13 +391,24 @@ def _shared_cut(session: Session, kv: KVState, plan: _Plan, cut: _Cut, Q, rep: C
         return _Cut(user, user, t, 0, None, _kept(kv, user, dict(zip(plan.layers, per_head, strict=True))))
     total = sum(scores[il].sum(axis=(0, 2)) for il in plan.layers)
     n_exact = t if plan.shared else int(round(plan.pipe["spans"] * t))
-    exact = chunks.chunk_select(total, n_exact, plan.pipe["chunk"])
+    exact = chunks.chunk_select(total, n_exact, _units(session, kv, user, plan.pipe["chunk"]))
     rep.recurring_cells = 0
     if plan.shared or n_exact >= t:  # nothing left to fit: the chunks as they are
         H = {il: kv.keys[il].shape[1] for il in plan.layers}
         idx = {il: np.broadcast_to(exact, (H[il], len(exact))) for il in plan.layers}
         return _Cut(user, user, t, 0, None, _kept(kv, user, idx))
     return _Cut(user, user, t, len(exact), exact)
+
+
+def _units(session: Session, kv: KVState, split: kvsplit.Split, chunk):
+    """The selection units of option ``chunk`` over the span: a chunk size, or sentence starts
+    (a fixed chunk of 8 where the session's tokens do not cover the cache)."""
+    if chunk != "sentence":
+        return chunk
+    pos = kv.positions[split.span]
+    if len(session._tokens) <= int(pos[-1]):
+        return 8
+    return chunks.sentence_starts([session.model.detokenize([session._tokens[p]]) for p in pos])
 
 
 def _span_scores(session, kv, split, Q, layers, pipe) -> dict[int, np.ndarray]:

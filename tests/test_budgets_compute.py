@@ -144,6 +144,6 @@ def test_shipped_budgets_are_found_for_catalog_models_and_refused_clearly_elsewh
         with pytest.raises(pyllamaam.ConfigError, match="no head budgets are shipped"):
             s.compact(ratio=4, budgets="shipped")
         assert s.n_cells == n and s._snapshot() == blob
-        # the default stays uniform (pipeline.SHIPPED_BUDGETS_BY_DEFAULT, from the issue-6 grid)
+        # the default stays uniform (pipeline.SHIPPED_BUDGETS_BY_DEFAULT, from the continuation grid)
         rep = s.compact(ratio=4, queries="repeat", max_kl=float("inf"), max_attention_error=float("inf"))
         assert rep.budgets == "uniform" and not rep.fell_back

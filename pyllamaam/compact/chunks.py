@@ -61,31 +61,51 @@ def attention_max(K: np.ndarray, Q: np.ndarray, scale: float, prior: np.ndarray 
     return out
 
 
-def chunk_select(scores: np.ndarray, n_keep: int, chunk: int) -> np.ndarray:
-    """Span indices (sorted) of the best chunks of ``chunk`` consecutive cells, ``n_keep`` in all.
+def chunk_select(scores: np.ndarray, n_keep: int, chunk: int | np.ndarray) -> np.ndarray:
+    """Span indices (sorted) of the best units of consecutive cells, ``n_keep`` cells in all.
 
-    ``scores`` [T] are per-cell scores of the span; a chunk scores the mean of its cells (a
-    short last chunk included). Chunks are taken best first; the last one taken is trimmed to
-    its best cells so exactly ``min(n_keep, T)`` cells are kept.
+    ``scores`` [T] are per-cell scores of the span. The units are chunks of ``chunk`` cells, or,
+    with an array, the units starting at those span indices (e.g. :func:`sentence_starts`). A
+    unit scores the mean of its cells; units are taken best first and the last one taken is
+    trimmed to its best cells, so exactly ``min(n_keep, T)`` cells are kept.
     """
-    if not (isinstance(chunk, int) and chunk >= 1):
-        raise ConfigError(f"chunk must be an integer >= 1 (cells), not {chunk!r}")
     scores = np.asarray(scores, np.float64)
     T = len(scores)
+    if isinstance(chunk, (int, np.integer)) and not isinstance(chunk, bool):
+        if chunk < 1:
+            raise ConfigError(f"chunk must be an integer >= 1 (cells), not {chunk!r}")
+        starts = np.arange(0, T, int(chunk))
+    else:
+        starts = np.asarray(chunk, np.int64)
+        if len(starts) == 0 or starts[0] != 0 or np.any(np.diff(starts) <= 0) or starts[-1] >= T:
+            raise ConfigError("unit starts must begin at 0 and increase inside the span")
     n_keep = int(min(max(n_keep, 0), T))
-    starts = np.arange(0, T, chunk)
-    means = np.add.reduceat(scores, starts) / np.diff(np.append(starts, T))
+    ends = np.append(starts[1:], T)
+    means = np.add.reduceat(scores, starts) / (ends - starts)
     kept: list[np.ndarray] = []
     left = n_keep
     for c in np.argsort(-means, kind="stable"):
         if left <= 0:
             break
-        cells = np.arange(starts[c], min(starts[c] + chunk, T))
-        if len(cells) > left:  # the last chunk: its best cells
+        cells = np.arange(starts[c], ends[c])
+        if len(cells) > left:  # the last unit: its best cells
             cells = np.sort(cells[np.argsort(-scores[cells], kind="stable")[:left]])
         kept.append(cells)
         left -= len(cells)
     return np.sort(np.concatenate(kept)) if kept else np.zeros(0, np.int64)
+
+
+def sentence_starts(pieces: list[str], max_len: int = 32) -> np.ndarray:
+    """Starts of sentence units over tokens whose texts are ``pieces``: a unit ends after a
+    token that ends a sentence or a line (``.``, ``?``, ``!``, ``;``, a newline), so a fact's cue
+    words and its value stay together; longer units are cut in even pieces of <= ``max_len``."""
+    ends = [i + 1 for i, p in enumerate(pieces) if "\n" in p or p.rstrip().endswith((".", "?", "!", ";"))]
+    bounds = sorted({0, *(e for e in ends if e < len(pieces)), len(pieces)})
+    starts: list[int] = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        k = -(-(b - a) // max_len)
+        starts += np.linspace(a, b, k + 1).round().astype(int)[:-1].tolist()
+    return np.asarray(starts, np.int64)
 
 
 def global_budgets(scores: list[np.ndarray], t: int) -> list[np.ndarray]:

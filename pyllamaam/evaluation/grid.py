@@ -101,11 +101,12 @@ METHODS: dict[str, dict[str, Any] | None] = {
     "window": {"method": "window", "queries": "context"},
     "random": {"method": "random", "queries": "context"},
 }
-# every named variant keeps the exact recent window it was measured with (recurring=0, the
-# default but in stop 17); only "default" follows Session.compact's defaults as they are now
+# every named variant keeps the per-head selection and exact recent window it was measured with
+# (no shared spans, recurring=0); only "default" follows Session.compact's defaults as they are now
 for _name, _kw in METHODS.items():
     if _kw is not None and _name != "default":
         _kw.setdefault("recurring", 0.0)
+        _kw.setdefault("spans", 0.0)
 #: Methods that keep original keys and values (the eviction baselines AM is compared to).
 EVICTION = ("snapkv", "h2o", "window", "random")
 

@@ -73,7 +73,7 @@ class Document:
     questions: list[Question]
 
 
-def make_document(seed: int, n_chars: int, n_codes: int = 3, n_records: int = 1, n_distractors: int = 2) -> Document:
+def make_document(seed: int, n_chars: int, n_codes: int = 2, n_records: int = 1, n_distractors: int = 1) -> Document:
     """A document of about ``n_chars`` characters with its questions (deterministic in ``seed``)."""
     if n_codes > len(_ROLES) or n_records > len(_NAMES):
         raise ConfigError(f"at most {len(_ROLES)} codes and {len(_NAMES)} records per document")
@@ -109,10 +109,11 @@ def make_document(seed: int, n_chars: int, n_codes: int = 3, n_records: int = 1,
 
 
 def sizes(n_tokens: int) -> dict[str, int]:
-    """Facts per document for a length: 3 codes and one record (3 questions) per 1K tokens, and
-    one question of each RULER kind, so facts stay a sixth to a quarter of the text."""
+    """Facts per document for a length: 2 codes and one record (3 questions) per 1K tokens, and
+    one question of each RULER kind (one distractor each), so facts are about a sixth of 1K
+    tokens and less of longer texts: a 4x budget can hold them all, a 10x one cannot."""
     k = max(1, round(n_tokens / 1024))
-    return {"n_codes": min(len(_ROLES), 3 * k), "n_records": min(len(_NAMES), k)}
+    return {"n_codes": min(len(_ROLES), 2 * k), "n_records": min(len(_NAMES), k)}
 
 
 def _place(inserts: list[str], seed: int, n_chars: int) -> tuple[str, str]:

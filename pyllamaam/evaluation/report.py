@@ -25,7 +25,7 @@ METRICS: dict[str, tuple[str, bool]] = {
     "delta_nll": ("ΔNLL of the continuation (nats/token)", True),
     "kl": ("KL(full || compacted) (nats/token)", True),
     # the continuation's tokens that a verbatim copy of the context predicts, and the rest
-    # (fidelity.copied_targets); cells run before stop 17 have neither
+    # (fidelity.copied_targets); older cells may have neither
     "delta_nll_copied": ("ΔNLL of the continuation's copied tokens (nats/token)", True),
     "delta_nll_fresh": ("ΔNLL of the continuation's other tokens (nats/token)", True),
     "compaction_over_prefill": ("compaction s / prefill s", True),

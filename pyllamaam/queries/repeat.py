@@ -40,12 +40,14 @@ def repeat_queries(
     span: tuple[int, int],
     *,
     repeat_prompt: str = REPEAT_PROMPT,
-    repeat_max_tokens: int | None = None,
+    repeat_max_tokens: float | None = None,
     repeat_piece: int = 256,
     **_: Any,
 ) -> dict[int, np.ndarray]:
     """Queries of the repeated span tokens, ``{layer: [n, n_head, head_dim]}``."""
     toks = session._tokens[span[0] : span[1] + 1]
+    if repeat_max_tokens is not None and 0 < repeat_max_tokens < 1:  # a share of the span
+        repeat_max_tokens = max(1, round(repeat_max_tokens * len(toks)))
     if repeat_max_tokens is not None and len(toks) > repeat_max_tokens:
         toks = spread_pieces(toks, repeat_max_tokens, repeat_piece)
     prompt = session.model.tokenize(repeat_prompt) if repeat_prompt else []

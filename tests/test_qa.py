@@ -1,0 +1,153 @@
+"""Answers survive compaction: the QA documents, the shared chunk selection, and a planted fact
+answered by the real SmolLM2 after the default compaction and after question-aware compaction."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pyllamaam.compact import chunks
+from pyllamaam.evaluation import qa, qa_run, tasks
+
+FACT = "Note for the archivist: the locker code is 67767."
+QUESTION = "\n\nQuestion: What is the locker code for the archivist?\nAnswer: The locker code for the archivist is"
+
+
+def test_documents_are_deterministic_and_hold_every_fact():
+    a, b = qa.make_document(5, 5000), qa.make_document(5, 5000)
+    assert a.text == b.text and [q.answer for q in a.questions] == [q.answer for q in b.questions]
+    assert qa.make_document(6, 5000).text != a.text
+    for q in a.questions:
+        if q.kind == "choice":
+            assert len(q.options) == 4 and q.answer in q.options and q.answer in a.text
+        elif q.kind != "vartrack":  # a chain's value sits in its first assignment only
+            assert q.answer in a.text
+    kinds = {q.kind for q in a.questions}
+    assert kinds == {"code", "choice", *tasks.KINDS}
+
+
+def test_wilson_interval_contains_the_proportion_and_narrows():
+    lo, hi = qa.wilson(45, 50)
+    assert lo < 0.9 < hi
+    lo2, hi2 = qa.wilson(450, 500)
+    assert hi2 - lo2 < hi - lo
+    assert qa.wilson(0, 10)[0] == 0.0 and qa.wilson(10, 10)[1] == 1.0
+
+
+def test_chunk_select_keeps_whole_chunks_of_the_best_mean():
+    s = np.zeros(40)
+    s[17] = 5.0  # one sharp cell: its whole chunk [16, 24) goes first
+    s[30:40] = 0.5  # a broad region
+    got = chunks.chunk_select(s, 12, 8)
+    assert len(got) == 12
+    assert set(range(16, 24)) <= set(got.tolist())
+    assert np.all(np.diff(got) > 0)
+    assert len(chunks.chunk_select(s, 100, 8)) == 40
+
+
+def test_attention_max_is_the_largest_softmax_weight_per_group():
+    rng = np.random.default_rng(0)
+    K = rng.standard_normal((2, 10, 4)).astype(np.float32)
+    Q = rng.standard_normal((4, 6, 4)).astype(np.float32)  # 2 query heads per KV head
+    A = chunks.attention_max(K, Q, 0.5)
+    for h in range(4):
+        z = 0.5 * Q[h] @ K[h // 2].T
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        np.testing.assert_allclose(A[h // 2, :, h % 2], p.max(0), rtol=1e-5)
+
+
+def test_global_budgets_give_uneven_heads_and_never_more_cells_than_t():
+    rng = np.random.default_rng(1)
+    s = [rng.random((2, 50)), rng.random((2, 50))]
+    s[0][0] += 1.0  # one head whose cells all matter more
+    got = chunks.global_budgets(s, 10)
+    counts = np.array([(g >= 0).sum(axis=1) for g in got]).ravel()
+    assert counts.max() <= 10 and counts[0] == 10
+    assert counts.sum() <= 40 and counts.min() < 10
+
+
+@pytest.fixture(scope="module")
+def planted(smollm2):
+    """~1K tokens of prose with one planted code, prefilled once; the blob to restore."""
+    hay = tasks.haystack_text()[20000:24200]
+    cut = hay.find(". ", len(hay) // 3) + 2
+    text = hay[:cut] + FACT + " " + hay[cut:]
+    toks = smollm2.tokenize(text, add_bos=True)
+    s = smollm2.session(n_ctx=2 * len(toks) + 256)
+    s.prefill(toks)
+    yield s, s._snapshot(), len(toks)
+    s.close()
+
+
+def _answer(s, model) -> str:
+    return model.detokenize(_greedy(s, model.tokenize(QUESTION), 4))
+
+
+def _greedy(s, prompt, n):
+    out = []
+    for _ in range(n):
+        out.append(int(s.eval_logits(prompt + out)[-1].argmax()))
+    return out
+
+
+def test_planted_code_is_answered_from_the_full_cache(planted, smollm2):
+    s, _, _ = planted
+    assert "67767" in _answer(s, smollm2)
+
+
+def test_planted_code_survives_the_default_4x_compaction(planted, smollm2):
+    s, blob, n = planted
+    try:
+        rep = s.compact(ratio=4)
+        assert not rep.fell_back, rep.reason
+        assert s.n_cells < n / 2
+        assert "67767" in _answer(s, smollm2)
+    finally:
+        s._write_blob(blob, n)
+
+
+def test_planted_code_survives_question_aware_10x_compaction(planted, smollm2):
+    s, blob, n = planted
+    try:
+        rep = s.compact(ratio=10, task=QUESTION)
+        assert not rep.fell_back, rep.reason
+        assert s.n_cells < n / 4
+        assert "67767" in _answer(s, smollm2)
+    finally:
+        s._write_blob(blob, n)
+
+
+@pytest.mark.parametrize("method", ["chunkkv", "kvzip"])
+def test_shared_evictions_keep_the_budget_and_original_cells(planted, method):
+    s, blob, n = planted
+    try:
+        kv0 = s.get_kv()
+        rep = s.compact(ratio=5, method=method, verify=False)
+        assert not rep.fell_back, rep.reason
+        kv = s.get_kv()
+        span = n - 4 - 32
+        assert kv.n_cells == 4 + 32 + round(span / 5)
+        il = min(kv.keys)
+        # every kept key is an original key (eviction changes nothing it keeps)
+        orig = {k.tobytes() for k in kv0.keys[il][:, 0]}
+        kept = kv.keys[il][np.isfinite(kv.bias[il][:, 0]), 0]
+        assert all(k.tobytes() in orig for k in kept)
+    finally:
+        s._write_blob(blob, n)
+
+
+def test_qa_suite_quick_run_writes_table_summary_and_plot(tmp_path):
+    from pyllamaam.evaluation.cli import eval_main
+
+    assert eval_main(["--suite", "qa", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
+    rows = json.loads((tmp_path / "qa_summary.json").read_text())
+    assert {r["method"] for r in rows} == {"full", "default", "chunkkv"}
+    assert all(0 <= r["accuracy"] <= 1 and r["questions"] > 0 for r in rows)
+    assert "| model | method |" in (tmp_path / "qa_results.md").read_text()
+    assert (tmp_path / "qa_smollm2-135m.png").stat().st_size > 0
+    cells = qa_run.load(tmp_path / "qa_cells.jsonl")
+    assert eval_main(["--suite", "qa", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0  # resumes
+    assert len(qa_run.load(tmp_path / "qa_cells.jsonl")) == len(cells)
