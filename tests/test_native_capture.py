@@ -95,7 +95,8 @@ def test_capture_api_return_codes(tiny_models):
         assert list(ne) == [q[0].shape[2], q[0].shape[1], n, 1]
         # a buffer too small: the size, nothing copied
         dst = np.full(4, 7.0, dtype=np.float32)
-        assert ext.llama_kvc_capture_read(c, 0, _native.ffi.cast("float *", dst.ctypes.data), 4, _native.ffi.NULL) == q[0].size
+        ptr = _native.ffi.cast("float *", dst.ctypes.data)
+        assert ext.llama_kvc_capture_read(c, 0, ptr, 4, _native.ffi.NULL) == q[0].size
         assert (dst == 7.0).all()
         assert ext.llama_kvc_capture_clear(c) == 0 and ext.llama_kvc_capture_n_tokens(c) == 0
         assert ext.llama_kvc_set_capture(_native.ffi.NULL, True) == -1
