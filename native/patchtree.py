@@ -47,7 +47,8 @@ def init(tree: Path) -> None:
     for p in build.patch_files():
         subprocess.run(["git", "apply", str(p)], cwd=tree, check=True)
         git(tree, "add", "-A")
-        subject = re.sub(r"^\d{4}-", "", p.stem)
+        # the patch's first line, so that export reproduces it byte for byte
+        subject = p.read_text().split("\n", 1)[0].strip() or re.sub(r"^\d{4}-", "", p.stem)
         git(tree, "commit", "-qm", subject)
     print(f"{tree}: upstream + {len(build.patch_files())} patches")
 

@@ -46,6 +46,11 @@ int32_t llama_kvc_layer_shape(const struct llama_context * ctx, int32_t il,
 float llama_kvc_layer_kq_scale(const struct llama_context * ctx, int32_t il);
 int32_t llama_kvc_probe_layer(const struct ggml_tensor * t);
 int64_t llama_kvc_probe_read(const struct ggml_tensor * t, float * dst, int64_t n_dst, int64_t * ne);
+int32_t llama_kvc_set_capture(struct llama_context * ctx, bool capture);
+bool llama_kvc_get_capture(const struct llama_context * ctx);
+int64_t llama_kvc_capture_n_tokens(const struct llama_context * ctx);
+int64_t llama_kvc_capture_read(const struct llama_context * ctx, int32_t il, float * dst, int64_t n_dst, int64_t * ne);
+int32_t llama_kvc_capture_clear(struct llama_context * ctx);
 
 const char * ggml_get_name(const struct ggml_tensor * tensor);
 int64_t ggml_nelements(const struct ggml_tensor * tensor);
@@ -53,7 +58,7 @@ size_t ggml_nbytes(const struct ggml_tensor * tensor);
 void ggml_backend_tensor_get(const struct ggml_tensor * tensor, void * data, size_t offset, size_t size);
 """
 
-API_VERSION = 1
+API_VERSION = 2
 
 FLAG_BIAS = 1
 FLAG_QUERY_PROBE = 2
@@ -212,7 +217,8 @@ def is_eog(model: int, token: int) -> bool:
 
 # --- context ---------------------------------------------------------------------------------
 
-# bool(ggml_tensor *, ask, user_data): one trampoline for all contexts, keyed by user_data
+# bool(ggml_tensor *, ask, user_data): one trampoline for all contexts, keyed by user_data. Sessions
+# install none (a watched node splits the graph); queries come from the native capture instead.
 _probes: dict[int, Callable[[Any, bool], bool]] = {}
 
 
@@ -341,8 +347,19 @@ def layer_info(ctx: int, il: int) -> dict[str, Any]:
     }
 
 
-def decode(ctx: int, tokens: np.ndarray, pos0: int, n_batch: int, logits_all: bool) -> np.ndarray | None:
-    """Decode ``tokens`` at positions pos0.. in sequence 0; logits of every token or of the last."""
+def decode(
+    ctx: int,
+    tokens: np.ndarray,
+    pos0: int,
+    n_batch: int,
+    logits_all: bool,
+    queries: dict[int, list[np.ndarray]] | None = None,
+) -> np.ndarray | None:
+    """Decode ``tokens`` at positions pos0.. in sequence 0; logits of every token or of the last.
+
+    With ``queries`` (a dict, on a context with capture on: :func:`capture_set`), each layer's q of
+    every ``n_batch`` chunk is appended to ``queries[layer]`` (float32 [n, n_head, head_dim]).
+    """
     C = lib().C
     c = ctypes.c_void_p(ctx)
     n = len(tokens)
@@ -366,6 +383,9 @@ def decode(ctx: int, tokens: np.ndarray, pos0: int, n_batch: int, logits_all: bo
             rc = C.llama_decode(c, batch)
             if rc != 0:
                 raise NativeError("llama_decode", rc, _last_errors())
+            if queries is not None:
+                for il, q in capture_read(ctx, m).items():
+                    queries.setdefault(il, []).append(q)
             if want.any():
                 n_vocab = C.llama_vocab_n_tokens(C.llama_model_get_vocab(C.llama_get_model(c)))
                 for i in np.flatnonzero(want):
@@ -374,6 +394,41 @@ def decode(ctx: int, tokens: np.ndarray, pos0: int, n_batch: int, logits_all: bo
     finally:
         C.llama_batch_free(batch)
     return np.stack(out) if out else None
+
+
+def capture_set(ctx: int, on: bool) -> None:
+    """Query capture on or off (the graphs are reserved again at the next decode when it changes)."""
+    ext = lib().ext
+    if bool(ext.llama_kvc_get_capture(_cctx(ctx))) == on:
+        return
+    if ext.llama_kvc_set_capture(_cctx(ctx), on) != 0:
+        raise NativeError("llama_kvc_set_capture", -1, _last_errors())
+
+
+def capture_read(ctx: int, n_tokens: int) -> dict[int, np.ndarray]:
+    """The q of the last decode call: {layer: float32 [n_tokens, n_head, head_dim]} (layers with none left out)."""
+    ext = lib().ext
+    c = _cctx(ctx)
+    got = int(ext.llama_kvc_capture_n_tokens(c))
+    if got != n_tokens:
+        raise NativeError("llama_kvc_capture_n_tokens", got, f"expected {n_tokens} tokens; {_last_errors()}")
+    out: dict[int, np.ndarray] = {}
+    ne = ffi.new("int64_t[4]")
+    n_layer = int(lib().C.llama_model_n_layer(lib().C.llama_get_model(ctypes.c_void_p(ctx))))
+    for il in range(n_layer):
+        n = int(ext.llama_kvc_capture_read(c, il, ffi.NULL, 0, ne))
+        if n < 0:
+            raise NativeError("llama_kvc_capture_read", n, _last_errors())
+        if n == 0:
+            continue
+        q = np.empty((int(ne[2]), int(ne[1]), int(ne[0])), dtype=np.float32)
+        ext.llama_kvc_capture_read(c, il, ffi.cast("float *", q.ctypes.data), n, ffi.NULL)
+        out[il] = q
+    return out
+
+
+def capture_clear(ctx: int) -> None:
+    lib().ext.llama_kvc_capture_clear(_cctx(ctx))
 
 
 def seq_pos_max(ctx: int) -> int:

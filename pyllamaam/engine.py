@@ -1,8 +1,8 @@
 """Model and Session: one native handle each, freed by ``close()`` or ``with``.
 
 A Session is one llama.cpp context holding one sequence (id 0). Its KV cache carries the
-per-(layer, KV head, cell) bias of the patched library, and a query probe that captures the q
-that attention really uses when asked.
+per-(layer, KV head, cell) bias of the patched library, and its query capture copies out the q
+that attention really uses when asked (no per-node callback: the graph marks q as an output).
 """
 
 from __future__ import annotations
@@ -152,26 +152,29 @@ class Session:
         self.kv_type = kv_type
         self.n_batch = int(min(n_batch, n_ctx))
         self.n_threads = int(n_threads or os.cpu_count() or 1)
-        # query capture: layer -> list of [n_tokens, n_head, head_dim]
+        # query capture: layer -> list of [n_tokens, n_head, head_dim], filled by prefill()
         self._capture: dict[int, list[np.ndarray]] | None = None
-        self._nodes: dict[str, list[np.ndarray]] | None = None
-        self._ctx: int | None = _native.context_new(
-            model.ptr,
-            n_ctx=self.n_ctx,
-            n_batch=self.n_batch,
-            n_threads=self.n_threads,
-            flash_attn=self.flash_attn,
-            kv_type=kv_type,
-            flags=_native.FLAG_BIAS | _native.FLAG_QUERY_PROBE,
-            probe=self._on_probe,
-            probe_key=id(self),
-        )
+        self._capturing = False  # the native capture mode
+        self._ctx: int | None = self._new_context(flags=_native.FLAG_BIAS)
         self.n_ctx = _native.n_ctx(self._ctx)  # llama.cpp may round it up
         model._sessions.add(self)
         self._tokens: list[int] = []
         self._n_cells = 0
         self._last_logits: np.ndarray | None = None
         self.layers = [_native.layer_info(self._ctx, il) for il in range(model.n_layer)]
+
+    def _new_context(self, flags: int, probe: Any = None, probe_key: int = 0) -> int:
+        return _native.context_new(
+            self.model.ptr,
+            n_ctx=self.n_ctx,
+            n_batch=self.n_batch,
+            n_threads=self.n_threads,
+            flash_attn=self.flash_attn,
+            kv_type=self.kv_type,
+            flags=flags,
+            probe=probe,
+            probe_key=probe_key,
+        )
 
     # --- handle ---
     @property
@@ -182,7 +185,7 @@ class Session:
 
     def close(self) -> None:
         if self._ctx is not None:
-            _native.context_free(self._ctx, id(self))
+            _native.context_free(self._ctx)
             self._ctx = None
 
     def __enter__(self) -> Session:
@@ -260,7 +263,10 @@ class Session:
         self._check_room(len(toks))
         if self._ctx_queries is not None and self._capture is None:
             return self._prefill_capturing_context(toks)
-        logits = _native.decode(self.ctx, np.asarray(toks, dtype=np.int32), self.n_past, self.n_batch, False)
+        self._sync_capture()
+        logits = _native.decode(
+            self.ctx, np.asarray(toks, dtype=np.int32), self.n_past, self.n_batch, False, self._capture
+        )
         self._last_logits = logits[-1]
         self._tokens += toks
         self._n_cells += len(toks)
@@ -279,6 +285,7 @@ class Session:
             return np.zeros((0, self.model.n_vocab), dtype=np.float32)
         self._check_room(len(toks))
         pos0 = self.n_past
+        self._sync_capture()
         # a plain cache drops the new cells; iSWA and recurrent state change in place: snapshot
         snapshot = None if self.memory_layout == "kv" else _native.state_get(self.ctx)
         try:
@@ -332,33 +339,42 @@ class Session:
                 break
         return text
 
-    # --- query probe ---
-    def _on_probe(self, t: Any, ask: bool) -> bool:
-        if self._nodes is not None:
-            if ask:
-                return _native.node_name(t) in self._nodes
-            data = _native.node_read_f32(t)
-            if data is not None:
-                self._nodes[_native.node_name(t)].append(data)
-            return True
-        if self._capture is None:
-            return not ask
-        if ask:
-            return _native.probe_is_query(t)
-        got = _native.probe_read(t)
-        if got is not None:
-            self._capture.setdefault(got[0], []).append(got[1])
-        return True
+    # --- query capture ---
+    def _sync_capture(self) -> None:
+        # native capture stays on while anyone collects queries (capture_queries and the query
+        # sources that set _capture, or context-query mode): each switch reserves the graphs again
+        want = self._capture is not None or self._ctx_queries is not None
+        if want != self._capturing:
+            _native.capture_set(self.ctx, want)
+            self._capturing = want
 
     def capture_nodes(self, names: Sequence[str], token_ids: Sequence[int]) -> dict[str, np.ndarray]:
         """Debugging aid: eval ``token_ids`` (session unchanged) and return the named F32 graph
-        nodes (e.g. ``"kqv_out-0"``, the attention output of layer 0), flat, one row per ubatch."""
-        self._nodes = {n: [] for n in names}
+        nodes (e.g. ``"kqv_out-0"``, the attention output of layer 0), flat, one row per ubatch.
+
+        Sessions install no per-node callback (it splits the graph at every node it watches), so
+        this runs on a temporary twin context that has one, loaded with this session's state."""
+        toks = self._as_tokens(token_ids, bos=False)
+        self._check_room(len(toks))
+        nodes: dict[str, list[np.ndarray]] = {n: [] for n in names}
+
+        def on_eval(t: Any, ask: bool) -> bool:
+            name = _native.node_name(t)
+            if ask:
+                return name in nodes
+            data = _native.node_read_f32(t)
+            if data is not None:
+                nodes[name].append(data)
+            return True
+
+        key = id(nodes)
+        twin = self._new_context(flags=_native.FLAG_BIAS, probe=on_eval, probe_key=key)
         try:
-            self.eval_logits(token_ids)
-            return {n: np.stack(v) for n, v in self._nodes.items() if v}
+            _native.state_set(twin, self._snapshot())
+            _native.decode(twin, np.asarray(toks, dtype=np.int32), self.n_past, self.n_batch, True)
         finally:
-            self._nodes = None
+            _native.context_free(twin, key)
+        return {n: np.stack(v) for n, v in nodes.items() if v}
 
     def capture_queries(self, text_or_token_ids: str | Sequence[int]) -> dict[int, np.ndarray]:
         """Prefill and return the q each layer's attention used: {layer: [n_tokens, n_head, head_dim]}."""

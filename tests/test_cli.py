@@ -23,11 +23,13 @@ def test_one_patched_library_serves_both_bindings():
 
 
 def test_doctor_reports_the_patched_build():
+    from pyllamaam import _native
+
     out = subprocess.run(
         [sys.executable, "-m", "pyllamaam", "doctor", "--json"], capture_output=True, text=True, check=True
     )
     info = json.loads(out.stdout)
-    assert info["kvc_api_version"] == 1
+    assert info["kvc_api_version"] == _native.API_VERSION
     assert any(m["name"] == "smollm2-135m" and m["installed"] for m in info["models"])
 
 
