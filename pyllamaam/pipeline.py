@@ -323,6 +323,7 @@ def _plan(session, ratio, target_cells, method, queries, keep_first, keep_last, 
         )
     given = queries if isinstance(queries, ReferenceQueries) else None
     qspec = given.spec if given else "+".join(qsources.parse_spec(queries))
+    spans_given = "spans" in options
     pipe = {k: options.pop(k, v) for k, v in PIPELINE_DEFAULTS.items()}
     qopts = {k: options.pop(k) for k in QUERY_OPTIONS if k in options}
     _check_args(ratio, target_cells, keep_first, keep_last)
@@ -354,8 +355,10 @@ def _plan(session, ratio, target_cells, method, queries, keep_first, keep_last, 
         raise ConfigError(f"spans must be a number in [0, 1], not {pipe['spans']!r}")
     if pipe["chunk"] != "sentence" and not (isinstance(pipe["chunk"], int) and pipe["chunk"] >= 1):
         raise ConfigError(f"chunk must be 'sentence' or an integer >= 1 (cells), not {pipe['chunk']!r}")
-    if pipe["spans"] and (not fits or fill or observed or not _uniform(budgets)):
-        raise ConfigError("spans= serves fitted methods with uniform budgets and the plain exact window")
+    if pipe["spans"] and (shared or not fits or fill or observed or not _uniform(budgets) or pipe["recurring"]):
+        if spans_given:
+            raise ConfigError("spans= serves fitted methods with uniform budgets and the plain exact window")
+        pipe["spans"] = 0.0  # the default serves the plain fit only
     if shared or pipe["spans"]:
         pipe["on_policy"] = 1  # the chunks are chosen once, on the queries of the whole cache
     return _Plan(

@@ -66,7 +66,7 @@ def test_compaction_shrinks_cells_and_decoding_continues_at_the_same_position(ll
     assert np.isfinite(llama.eval_logits(_ids(3, 1))).all()
     llama.generate(max_tokens=4)
     assert llama.n_past == n_past + 4
-    assert set(rep.seconds) == {"queries", "extract", "fit", "write", "verify"}
+    assert set(rep.seconds) == {"queries", "extract", "select", "fit", "write", "verify"}
     assert json.loads(rep.to_json())["cells_after"] == rep.cells_after
     assert "5.0x" in str(rep)
 

@@ -83,7 +83,7 @@ def planted(smollm2):
 
 
 def _answer(s, model) -> str:
-    return model.detokenize(_greedy(s, model.tokenize(QUESTION), 4))
+    return model.detokenize(_greedy(s, model.tokenize(QUESTION), 8))
 
 
 def _greedy(s, prompt, n):
