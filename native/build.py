@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -51,8 +52,19 @@ def log(msg: str) -> None:
     print(f"[pyllamaam build] {msg}", file=sys.stderr, flush=True)
 
 
+#: x86-64 CPU flags: a fixed x86-64-v3 target (AVX2, FMA, F16C) instead of -march=native. The
+#: wheel cache is keyed by flags, not by the CPU that built it, so a native build could be reused
+#: on another CPU; and -march=native turns on ggml's AMX kernels wherever the CPU lists AMX, which
+#: crash (SIGSEGV in ggml_backend_amx_mul_mat) in VMs whose kernel does not enable AMX tile state.
+X86_CMAKE_ARGS = [
+    "-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON", "-DGGML_BMI2=ON",
+]
+
+
 def cmake_args() -> list[str]:
     args = list(BASE_CMAKE_ARGS)
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        args += X86_CMAKE_ARGS
     if os.environ.get("PYLLAMAAM_CUDA", "0") not in ("", "0"):
         args.append("-DGGML_CUDA=ON")
     args += os.environ.get("PYLLAMAAM_CMAKE_ARGS", "").split()
