@@ -24,6 +24,7 @@ from .errors import ModelError
 __all__ = [
     "CATALOG",
     "DEFAULT_MODEL",
+    "QA_TEMPLATE",
     "CatalogEntry",
     "ModelInfo",
     "assemble_model",
@@ -31,11 +32,16 @@ __all__ = [
     "list_models",
     "models_dir",
     "name_of",
+    "qa_template",
     "resolve_model",
 ]
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_MODEL = "smollm2-135m"
+#: How ``pyllamaam ask`` puts a question after a saved document: a plain continuation, answered
+#: greedily up to the end of the line. A chat turn appended to raw document text makes the small
+#: instruct models end their turn at once (an empty answer, even on the full cache).
+QA_TEMPLATE = "\n\nQuestion: {question}\nAnswer:"
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ class CatalogEntry:
     chunks: tuple[tuple[str, str], ...]
     sha256: str | None = None
     description: str = ""
+    qa_template: str = QA_TEMPLATE  # a document followed by a question; ``{question}`` is replaced
 
     @property
     def pip_command(self) -> str:
@@ -100,6 +107,13 @@ def name_of(path: str | os.PathLike) -> str | None:
     """The catalog name of a model file (by its file name), or None for any other GGUF."""
     name = Path(path).name
     return next((e.name for e in CATALOG.values() if e.filename == name), None)
+
+
+def qa_template(path: str | os.PathLike) -> str:
+    """The question-after-a-document prompt of a model file (:data:`QA_TEMPLATE` unless its
+    catalog entry gives its own)."""
+    name = name_of(path)
+    return CATALOG[name].qa_template if name else QA_TEMPLATE
 
 
 def models_dir() -> Path:
