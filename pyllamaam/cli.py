@@ -36,12 +36,14 @@ def _kl(p_logits: Any, q_logits: Any) -> float:
 
 
 def _answers(model: Any, path: Any, questions: Any) -> list[tuple[str, float]]:
+    from .catalog import qa_template
+
     out = []
     for q in questions:
         with model.load_session(path) as s:
             t0 = time.perf_counter()
-            a = s.generate(_chat_prompt(model, q), max_tokens=24, stop=["<|im_end|>", "<end_of_turn>", "\n\n"])
-            out.append((a.strip().replace("\n", " "), time.perf_counter() - t0))
+            a = _answer(s, qa_template(model.path).format(question=q), 24)
+            out.append((a, time.perf_counter() - t0))
     return out
 
 
@@ -134,18 +136,35 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if "library_error" not in info else 1
 
 
-def _chat_prompt(model: Any, question: str) -> str:
-    """The question as a user turn of the model's chat template (plain text if it has none)."""
-    tmpl = model.info.get("chat_template") or ""
-    if "<|im_start|>" in tmpl:
-        return f"\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
-    if "<start_of_turn>" in tmpl:
-        return f"\n<start_of_turn>user\n{question}<end_of_turn>\n<start_of_turn>model\n"
-    return f"\n\nQuestion: {question}\nAnswer:"
+class _ProgressBar:
+    """A tqdm bar on stderr over a compaction's stages; fitting a layer is one step, as is
+    every other stage."""
+
+    def __init__(self, n_layers: int) -> None:
+        from tqdm import tqdm
+
+        from .progress import STAGES
+
+        self.weight = {stage: n_layers if stage == "fit" else 1 for stage in STAGES}
+        starts = [sum(self.weight[s] for s in STAGES[:i]) for i in range(len(STAGES))]
+        self.start = dict(zip(STAGES, starts, strict=True))
+        self.bar = tqdm(total=sum(self.weight.values()), desc="compact", unit="step", file=sys.stderr)
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.weight:
+            return
+        self.bar.set_description_str(f"compact: {stage}", refresh=False)
+        self.bar.update(self.start[stage] + self.weight[stage] * done // max(1, total) - self.bar.n)
+
+    def __enter__(self) -> _ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    """Prefill a text file, compact it, save the session."""
+    """Prefill a text file, compact it (``--ratio 1``: keep the full cache), save the session."""
     from pathlib import Path
 
     from . import load_model
@@ -154,32 +173,47 @@ def cmd_compact(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     n_tok = len(model.tokenize(text, add_bos=True))
     n_ctx = args.n_ctx or max(512, n_tok + 256)
+    rep = None
     with model.session(n_ctx=n_ctx, flash_attn=args.flash_attn) as s:
-        if "context" in args.queries:
+        if args.queries and "context" in args.queries:
             s.capture_context_queries()
         t0 = time.perf_counter()
         s.prefill(text)
         print(f"prefilled {s.n_cells} tokens in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        rep = s.compact(ratio=args.ratio, method=args.method, queries=args.queries)
-        print(rep.to_json() if args.json else rep)
+        if args.ratio != 1:
+            with _ProgressBar(len(s.compact_layers())) as bar:
+                rep = s.compact(ratio=args.ratio, method=args.method, queries=args.queries, progress=bar.update)
+            print(rep.to_json() if args.json else rep)
         out = s.save(args.output)
     print(f"saved {out}", file=sys.stderr)
-    return 1 if rep.fell_back else 0
+    return 1 if rep is not None and rep.fell_back else 0
+
+
+def _answer(session: Any, prompt: str, max_tokens: int) -> str:
+    """Greedy continuation of ``prompt`` up to the end of its first line with text (a model may
+    open its answer with a line break)."""
+    session.prefill(prompt)
+    n0, text = len(session.tokens), ""
+    while not text.strip() and len(session.tokens) - n0 < max_tokens:
+        before = len(session.tokens)
+        text = session.generate(max_tokens=max_tokens - (before - n0), stop=["\n"])
+        if len(session.tokens) == before:  # end of generation at once
+            break
+    return text.strip()
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
     """Answer questions from a saved (compacted) session; the file is never modified."""
-    from . import load_model
+    from . import catalog, load_model
 
     model = load_model(args.model)
+    template = catalog.qa_template(model.path)
     for q in args.question:
         with model.load_session(args.session) as s:
             t0 = time.perf_counter()
-            answer = s.generate(
-                _chat_prompt(model, q), max_tokens=args.max_tokens, stop=["<|im_end|>", "<end_of_turn>"]
-            )
+            answer = _answer(s, template.format(question=q), args.max_tokens)
             dt = time.perf_counter() - t0
-        print(f"Q: {q}\nA: {answer.strip()}\n   ({dt:.1f} s)")
+        print(f"Q: {q}\nA: {answer}\n   ({dt:.1f} s)")
     return 0
 
 
@@ -233,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compact", help="prefill a text file, compact it, save the session")
     p.add_argument("file")
     p.add_argument("-o", "--output", required=True, help="the saved session (.pllam)")
-    p.add_argument("--ratio", type=float, default=10.0)
+    p.add_argument("--ratio", type=float, default=10.0, help="span cells before / after; 1: save the full cache")
     p.add_argument("--method", default="am")
     p.add_argument("--queries", default=None, help="query source (default: repeat; tail for the eviction baselines)")
     p.add_argument("--model", default=None)

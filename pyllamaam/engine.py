@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -414,6 +414,7 @@ class Session:
         budgets: Any = None,
         task: str | None = None,
         verify: bool = True,
+        progress: Callable[[str, int, int], None] | None = None,
         **options: Any,
     ) -> Any:
         """Compact the KV cache in place; returns a :class:`~pyllamaam.report.CompactionReport`.
@@ -433,13 +434,15 @@ class Session:
         ``models/budgets/``), or per-head proportions (a JSON path or a mapping); see ``budget_cells``.
         Gates (``max_kl``, ``max_attention_error``) and kernel options go in ``options``. On any
         failure the original cache is restored and the report says ``fell_back=True``.
+        ``progress(stage, done, total)`` is called at the stage boundaries (:mod:`pyllamaam.progress`).
         Raises UnsupportedLayout for memories that cannot be compacted, ConfigError for bad
         arguments (the cache is then unchanged too).
         """
         from . import pipeline
 
         return pipeline.compact(
-            self, ratio, target_cells, method, queries, keep_first, keep_last, budgets, task, verify, **options
+            self, ratio, target_cells, method, queries, keep_first, keep_last, budgets, task, verify, progress,
+            **options,
         )
 
     def reference_queries(
@@ -459,6 +462,10 @@ class Session:
         from . import pipeline
 
         pipeline.set_auto(self, threshold, ratio, compact_options)
+
+    def compacts_before(self, n_tokens: int) -> bool:
+        """True when feeding ``n_tokens`` more would first run an automatic compaction."""
+        return self._auto is not None and self._n_cells + n_tokens > self._auto["limit"]
 
     # --- KV state ---
     def _snapshot(self) -> bytes:

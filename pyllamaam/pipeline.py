@@ -35,6 +35,7 @@ from .compact.select import SELECTORS
 from .errors import CompactionError, ConfigError, UnsupportedLayout
 from .guards import VARIANTS, guard_layer
 from .kv import KVState
+from .progress import Progress, ProgressCallback
 from .queries import rows
 from .queries.repeat import REPEAT_PROMPT
 from .queries.tail import tail_logits
@@ -249,9 +250,11 @@ def compact(
     budgets: Mapping[str, float] | str | Path | None = None,
     task: str | None = None,
     verify: bool = True,
+    progress: ProgressCallback | None = None,
     **options: Any,
 ) -> CompactionReport:
-    """Compact ``session``'s cache in place; see :meth:`Session.compact`."""
+    """Compact ``session``'s cache in place; see :meth:`Session.compact` and :mod:`pyllamaam.progress`."""
+    tell = Progress(progress)
     plan = _plan(session, ratio, target_cells, method, queries, keep_first, keep_last, budgets, task, options)
     rep = CompactionReport(method=plan.shared or method, queries=plan.qspec, layers=plan.layers, cells_before=session.n_cells)
     rep.on_policy = plan.pipe["on_policy"]
@@ -261,9 +264,12 @@ def compact(
     blob, n_cells0 = session._snapshot(), session.n_cells
 
     clock = time.perf_counter()
+    tell("extract", 0, 1)
     kv = session.get_kv()
     cut = _cut(session, kv, plan, (keep_first, keep_last, ratio, target_cells), rep)
     rep.seconds["extract"] = time.perf_counter() - clock
+    tell("extract", 1, 1)
+    tell("queries", 0, 1)
     span_pos = kv.positions[cut.split.span]
     probes, probe_seconds = _read_probes(session, kv, cut, plan, verify)
     try:
@@ -275,22 +281,29 @@ def compact(
             _check_given(plan.given, span, kvsplit.span_of(kv, cut.user), n_cells0)
             Q = plan.given.queries
         rep.seconds["queries"] = time.perf_counter() - clock
+        tell("queries", 1, 1)
 
         if plan.shared or plan.pipe["spans"]:
+            tell("select", 0, 1)
             cut = _shared_cut(session, kv, plan, cut, Q, rep)
+            tell("select", 1, 1)
         if cut.evict is not None:
             fitted, held_q = cut.evict, {}
         else:
-            fitted, held_q = _fit(session, kv, plan, cut, span, Q, rep)
+            fitted, held_q = _fit(session, kv, plan, cut, span, Q, rep, tell)
 
         clock = time.perf_counter()
+        tell("write", 0, 1)
         _write(session, kv, plan, cut, fitted, rep)
         rep.seconds["write"] = time.perf_counter() - clock
+        tell("write", 1, 1)
 
         clock = time.perf_counter()
+        tell("verify", 0, 1)
         probe, before, tail = probes
         _verify(session, kv, cut.split, fitted, held_q, probe, before, plan.pipe, rep, verify, tail)
         rep.seconds["verify"] = time.perf_counter() - clock + probe_seconds
+        tell("verify", 1, 1)
     except ConfigError:
         session._write_blob(blob, n_cells0)
         raise
@@ -473,12 +486,13 @@ def _read_probes(session: Session, kv: KVState, cut: _Cut, plan: _Plan, verify: 
     return (probe, before, (tail_before, tail_end)), time.perf_counter() - clock
 
 
-def _fit(session, kv, plan, cut, span, Q, rep) -> tuple[dict[int, CompactedLayer], dict[int, np.ndarray]]:
+def _fit(session, kv, plan, cut, span, Q, rep, tell) -> tuple[dict[int, CompactedLayer], dict[int, np.ndarray]]:
     """Every layer fitted, in ``on_policy`` groups (each later group's queries re-captured on the
     cache with the groups before it written); returns the fits and the held-out queries left for
     verify."""
     pipe, layers, selector, split, t, extra = plan.pipe, plan.layers, plan.selector, cut.split, cut.t, cut.extra
     clock = time.perf_counter()
+    tell("fit", 0, len(layers))
     fit_q, held_q = rows.split_queries(
         Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"], pipe["mix"]
     )
@@ -521,7 +535,8 @@ def _fit(session, kv, plan, cut, span, Q, rep) -> tuple[dict[int, CompactedLayer
         def fit(il: int, obs: dict[int, np.ndarray] = obs) -> CompactedLayer:
             return _fit_one(session, kv, plan, cut, il, fit_q[il], obs, per_head[il], window[il])
 
-        fitted.update(zip(group, map_layers(fit, group, pipe["fit_threads"]), strict=True))
+        counted = tell.counting("fit", fit, len(layers))
+        fitted.update(zip(group, map_layers(counted, group, pipe["fit_threads"]), strict=True))
     if pipe["guard"] and plan.fits:
         held_q = _apply_guards(kv, split, fitted, held_q, session, rep, tail_q)
     rep.seconds["fit"] = time.perf_counter() - clock - recapture

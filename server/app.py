@@ -264,7 +264,9 @@ def _add_routes(app: FastAPI) -> None:  # noqa: C901 - one place lists every end
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics(request: Request) -> PlainTextResponse:
-        return PlainTextResponse(_state(request).metrics.render(), media_type="text/plain; version=0.0.4")
+        st = _state(request)
+        st.sessions.publish_progress()
+        return PlainTextResponse(st.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/completions")
     async def completions(

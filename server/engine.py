@@ -1,8 +1,12 @@
 """Sessions behind the HTTP API: one model, many KV sessions, one native worker thread.
 
-libllama is not thread-safe per model, so every native call runs on a single worker thread
-(decoding is CPU-bound anyway). Requests on one session are serialized by its lock, with a
-bounded number waiting; other sessions interleave token by token on the worker. At most
+A llama.cpp context must not be used by two threads at once, while contexts of one model may
+run side by side. Native calls run on a single worker thread, in submission order, and
+requests on one session are serialized by its lock, with a bounded number waiting; other
+sessions interleave token by token on the worker. A compaction (asked for, or automatic before
+a prefill that passes the threshold) runs instead on a thread of its own with its session
+locked, so the worker keeps serving the other sessions meanwhile; the session shows its
+progress in ``describe()`` and in the metrics. At most
 ``max_sessions`` named sessions hold a native context; the least recently used idle one is
 saved to ``swap_dir`` and loaded back on its next request. Anonymous requests share a few
 unnamed sessions that are never saved.
@@ -46,15 +50,29 @@ class ApiError(PyllamaamError):
 
 
 class Worker:
-    """The one thread that runs native calls, in submission order."""
+    """Threads that run native calls (the default: one, in submission order)."""
 
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="pyllamaam-native")
+    def __init__(self, threads: int = 1, name: str = "pyllamaam-native") -> None:
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix=name)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         # a cancelled await leaves the job running; later jobs queue behind it, so the session
         # is never touched by two calls at once
         return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
+
+    async def run_to_end(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Like run(), but a cancelled caller still waits for the job to end before it goes on:
+        with more than one thread, nothing else may touch the job's session until it ends."""
+        fut = asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            while not fut.done():
+                try:
+                    await asyncio.wait({fut})
+                except asyncio.CancelledError:
+                    continue
+            raise
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -72,6 +90,9 @@ class Slot:
     anonymous: bool = False
     compactable: bool = False  # the library has compact() and the layout gate allows it
     auto: bool = False  # auto-compaction is on for this session
+    # the running compaction: trigger, stage, done, total, started (time.monotonic()); replaced
+    # whole by the compacting thread, read by the event loop
+    progress: dict[str, Any] | None = None
 
 
 @dataclass
@@ -125,6 +146,8 @@ class SessionManager:
         self.settings = settings
         self.metrics = metrics
         self.worker = worker
+        # compactions, each with its session locked (a slot's lock is held by at most one request)
+        self.compactor = Worker(settings.max_sessions + N_ANONYMOUS, "pyllamaam-compact")
         self._named: OrderedDict[str, Slot] = OrderedDict()  # least recently used first
         self._anonymous: list[Slot] = []
         self._pending = 0
@@ -138,6 +161,7 @@ class SessionManager:
 
     # --- lifecycle ---
     async def close(self) -> None:
+        await asyncio.to_thread(self.compactor.close)  # running compactions end first
         for slot in [*self._named.values(), *self._anonymous]:
             if slot.session is not None:
                 await self.worker.run(slot.session.close)
@@ -155,7 +179,25 @@ class SessionManager:
         }
         if s is not None:
             d.update(n_cells=s.n_cells, n_ctx=s.n_ctx, n_tokens=len(s.tokens))
+        p = slot.progress
+        if p is not None:
+            d["compaction"] = _progress_view(p)
         return d
+
+    def running_compactions(self) -> list[tuple[str, dict[str, Any]]]:
+        """(session id, progress) of every compaction running now."""
+        slots = [*self._named.values(), *self._anonymous]
+        return [(slot.id, _progress_view(p)) for slot in slots if (p := slot.progress) is not None]
+
+    def publish_progress(self) -> None:
+        """Set the metrics' gauges of running compactions (before they are rendered)."""
+        running = self.running_compactions()
+        m = self.metrics
+        m.set("pyllamaam_compactions_running", len(running))
+        m.replace("pyllamaam_compaction_progress", [
+            ({"session": sid, "stage": p["stage"]}, p["done"] / p["total"] if p["total"] else 0.0) for sid, p in running
+        ])
+        m.replace("pyllamaam_compaction_running_seconds", [({"session": sid}, p["seconds"]) for sid, p in running])
 
     def list_ids(self) -> list[str]:
         return list(self._named)
@@ -181,7 +223,9 @@ class SessionManager:
         slot.compactable = hasattr(session, "compact") and bool(session.can_compact)
         slot.auto = False
         if slot.compactable and st.compact_threshold > 0 and hasattr(session, "auto_compact"):
-            opts = {k: v for k, v in (("method", st.compact_method), ("queries", st.compact_queries)) if v}
+            given = (("method", st.compact_method), ("queries", st.compact_queries))
+            opts: dict[str, Any] = {k: v for k, v in given if v}
+            opts["progress"] = _reporter(slot, "auto")
             session.auto_compact(st.compact_threshold, st.compact_ratio, **opts)
             slot.auto = True
         return session
@@ -306,8 +350,10 @@ class SessionManager:
             if "ratio" not in kwargs and "target_cells" not in kwargs:
                 kwargs["ratio"] = self.settings.compact_ratio
             t0 = time.perf_counter()
+            compact, progress = slot.session.compact, _reporter(slot, "manual")
+            progress("starting", 0, 0)
             try:
-                report = await self.worker.run(slot.session.compact, **kwargs)
+                report = await self._compacting(slot, compact, progress=progress, **kwargs)
             except TypeError as err:  # an option this library version does not know
                 raise ConfigError(f"bad compaction parameters: {err}") from err
             self.metrics.observe_compaction(report, "manual", time.perf_counter() - t0)
@@ -380,7 +426,7 @@ class SessionManager:
                     self.metrics.inc("pyllamaam_requests_cancelled_total")
                     finish = "cancelled"
                     break
-                tok, text = await self.worker.run(self._step, slot, sampler, out, params.feed_eog)
+                tok, text = await self._native(slot, 1, self._step, slot, sampler, out, params.feed_eog)
                 if tok is None:
                     finish = text
                     break
@@ -426,8 +472,24 @@ class SessionManager:
         for i in range(n, len(prompt), step):
             if cancelled is not None and await cancelled():
                 raise asyncio.CancelledError()
-            await self.worker.run(self._prefill, slot, prompt[i : i + step])
+            chunk = prompt[i : i + step]
+            await self._native(slot, len(chunk), self._prefill, slot, chunk)
         return n, n_auto0
+
+    async def _native(self, slot: Slot, n_new: int, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on ``slot``'s session, which feeds it ``n_new`` tokens: on the worker, or
+        on a compaction thread when the session will compact itself first."""
+        will = getattr(slot.session, "compacts_before", None)
+        if slot.auto and (will is None or will(n_new)):  # None: it cannot tell, so it may
+            return await self._compacting(slot, fn, *args)
+        return await self.worker.run(fn, *args)
+
+    async def _compacting(self, slot: Slot, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a call that compacts ``slot``'s session (the caller holds its lock) off the worker."""
+        try:
+            return await self.compactor.run_to_end(fn, *args, **kwargs)
+        finally:
+            slot.progress = None
 
     def _check_fits(self, slot: Slot, n_new: int) -> None:
         s = slot.session
@@ -470,6 +532,24 @@ class SessionManager:
             return None, "length"
         out.append(tok)
         return tok, self.model.detokenize(out)
+
+
+def _reporter(slot: Slot, trigger: str) -> Callable[[str, int, int], None]:
+    """A compaction's progress callback that publishes its stage in ``slot.progress``."""
+
+    def report(stage: str, done: int, total: int) -> None:
+        p = slot.progress
+        started = p["started"] if p is not None and p["trigger"] == trigger else time.monotonic()
+        slot.progress = {"trigger": trigger, "stage": stage, "done": done, "total": total, "started": started}
+
+    return report
+
+
+def _progress_view(p: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "trigger": p["trigger"], "stage": p["stage"], "done": p["done"], "total": p["total"],
+        "seconds": round(time.monotonic() - p["started"], 3),
+    }
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

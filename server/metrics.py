@@ -21,7 +21,12 @@ _FAMILIES = {
     "pyllamaam_requests_cancelled_total": ("counter", "generations stopped by a client disconnect"),
     "pyllamaam_sessions_live": ("gauge", "sessions holding a native context"),
     "pyllamaam_requests_in_flight": ("gauge", "requests being served or waiting"),
+    "pyllamaam_compactions_running": ("gauge", "compactions running now"),
+    "pyllamaam_compaction_progress": ("gauge", "share done of the current stage of each running compaction"),
+    "pyllamaam_compaction_running_seconds": ("gauge", "seconds each running compaction has taken so far"),
 }
+# families with one series per running thing: nothing to show when nothing runs
+_PER_ITEM = {"pyllamaam_compaction_progress", "pyllamaam_compaction_running_seconds"}
 
 
 def _labels(labels: dict[str, str]) -> str:
@@ -45,6 +50,10 @@ class Metrics:
     def set(self, name: str, value: float, **labels: str) -> None:
         self._values[name][_labels(labels)] = float(value)
 
+    def replace(self, name: str, series: list[tuple[dict[str, str], float]]) -> None:
+        """Make ``series`` (labels, value) the whole of family ``name``."""
+        self._values[name] = {_labels(labels): float(value) for labels, value in series}
+
     def get(self, name: str, **labels: str) -> float:
         return self._values.get(name, {}).get(_labels(labels), 0.0)
 
@@ -61,7 +70,7 @@ class Metrics:
         for name, (kind, help_) in _FAMILIES.items():
             lines.append(f"# HELP {name} {help_}")
             lines.append(f"# TYPE {name} {kind}")
-            series = self._values.get(name) or {"": 0.0}
+            series = self._values.get(name) or ({} if name in _PER_ITEM else {"": 0.0})
             for key, value in sorted(series.items()):
                 lines.append(f"{name}{key} {value:g}")
         return "\n".join(lines) + "\n"

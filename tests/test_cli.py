@@ -76,3 +76,72 @@ def test_compact_then_ask_from_the_saved_file(tiny_dir, tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("Q: ") == 2
     assert out.read_bytes() == before
+
+
+CODE = "67767"
+QUESTION = "What is the locker code for the night porter?"
+
+
+def _document() -> str:
+    """About 900 tokens of the offline haystack with one planted code, a third of the way in."""
+    from pyllamaam.evaluation.tasks import haystack_text
+
+    text = haystack_text()[:3600]
+    cut = text.index("\n\n", 1200) + 2
+    return text[:cut] + f"Note for the archivist: the locker code for the night porter is {CODE}.\n\n" + text[cut:]
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    doc = tmp_path_factory.mktemp("planted") / "doc.txt"
+    doc.write_text(_document())
+    return doc
+
+
+def _ask(session_file: Path, *extra: str) -> str:
+    res = subprocess.run(
+        [sys.executable, "-m", "pyllamaam", "ask", str(session_file), QUESTION, *extra], capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    answer = res.stdout.split("\nA: ", 1)[1].split("\n", 1)[0]
+    assert answer.strip(), res.stdout  # a chat turn after raw text used to give an empty answer
+    return answer
+
+
+def test_ask_answers_the_planted_code_from_the_full_cache(planted, tmp_path):
+    # `ask` used to append a chat turn after the document: the model ended its turn at once
+    out = tmp_path / "full.pllam"
+    res = subprocess.run([sys.executable, "-m", "pyllamaam", "compact", str(planted), "--ratio", "1", "-o", str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert CODE in _ask(out)
+
+
+def test_ask_matches_the_model_on_a_session_saved_in_python(smollm2, planted, tmp_path):
+    from pyllamaam import catalog
+    from pyllamaam.cli import _answer
+
+    prompt = catalog.qa_template(smollm2.path).format(question=QUESTION)
+    with smollm2.session(n_ctx=2048) as s:
+        s.prefill(planted.read_text())
+        s.save(tmp_path / "saved.pllam")
+        direct = _answer(s, prompt, 24)
+    assert CODE in direct
+    assert _ask(tmp_path / "saved.pllam", "--max-tokens", "24") == direct
+
+
+@pytest.mark.slow
+def test_compact_without_queries_shows_progress_then_ask(planted, tmp_path):
+    # `compact` without --queries used to fail: TypeError, argument of type 'NoneType' is not iterable
+    out = tmp_path / "x.pllam"
+    res = subprocess.run(
+        [sys.executable, "-m", "pyllamaam", "compact", str(planted), "--ratio", "2", "-o", str(out), "--json"],
+        capture_output=True, text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["cells_after"] < report["cells_before"] and not report["fell_back"]
+    assert "compact: verify" in res.stderr and "100%" in res.stderr  # the tqdm bar
+    # only a non-empty answer: at 2x the default compaction loses this code on SmolLM2 (it
+    # answers "The locker code for the night porter is the following:")
+    _ask(out)

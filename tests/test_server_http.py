@@ -254,3 +254,42 @@ def test_compaction_mid_conversation(state_dir):
         assert 'pyllamaam_compactions_total{trigger="auto"}' in metrics
     finally:
         srv.stop()
+
+
+@pytest.mark.slow
+def test_other_sessions_chat_while_one_compacts(state_dir):
+    """A short chat in session B completes while session A compacts, and A shows its progress."""
+    # a compaction used to run on the one native worker: every other session waited for its end
+    from pyllamaam.evaluation.tasks import haystack_text
+
+    srv = Server(state_dir, "--n-ctx", "2048", "--compact-threshold", "0")
+    try:
+        c = srv.client()
+        c.completions.create(model="x", prompt=haystack_text()[:4000], max_tokens=1, temperature=0,
+                             extra_body={"session_id": "A"})
+        ask(c, [{"role": "user", "content": "Hi"}], session="B", max_tokens=2)
+        done: dict = {}
+        compaction = threading.Thread(target=lambda: done.update(
+            r=httpx.post(f"{srv.url}/v1/sessions/A/compact", json={"ratio": 4}, timeout=600)))
+        compaction.start()
+        running = None
+        while compaction.is_alive() and running is None:
+            running = httpx.get(f"{srv.url}/v1/sessions/A").json().get("compaction")
+            time.sleep(0.02)
+        assert running is not None and running["trigger"] == "manual", done
+        metrics = httpx.get(f"{srv.url}/metrics").text
+        assert "pyllamaam_compactions_running 1" in metrics
+        assert 'pyllamaam_compaction_progress{session="A",stage=' in metrics
+        r = ask(c, [{"role": "user", "content": "Say hello in one word."}], session="B", max_tokens=8)
+        assert r.choices[0].message.content
+        still = httpx.get(f"{srv.url}/v1/sessions/A").json()
+        assert compaction.is_alive() and "compaction" in still, "B's chat waited for A's compaction to end"
+        assert still["compaction"]["seconds"] >= running["seconds"]
+        compaction.join(600)
+        assert done["r"].status_code == 200, done["r"].text
+        rep = done["r"].json()["report"]
+        assert rep["cells_after"] < rep["cells_before"] and not rep["fell_back"]
+        assert "compaction" not in httpx.get(f"{srv.url}/v1/sessions/A").json()
+        assert "pyllamaam_compactions_running 0" in httpx.get(f"{srv.url}/metrics").text
+    finally:
+        srv.stop()

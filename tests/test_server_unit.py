@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import warnings
 from pathlib import Path
 
@@ -51,6 +52,7 @@ class FakeSession:
         self.n_cells = 0
         self._gen = 0
         self._limit: int | None = None
+        self._progress = None
         self.auto_reports: list[FakeReport] = []
         self.closed = False
         model.sessions.append(self)
@@ -65,7 +67,7 @@ class FakeSession:
         assert not self.closed
         for t in toks:
             if self._limit is not None and self.n_cells >= self._limit:
-                self.auto_reports.append(self.compact(ratio=2.0))
+                self.auto_reports.append(self.compact(ratio=2.0, progress=self._progress))
             if self.n_cells + 1 > self.n_ctx:
                 raise ConfigError("does not fit")
             expected = ord(REPLY[self._gen]) if self._gen < len(REPLY) else EOG
@@ -79,15 +81,25 @@ class FakeSession:
         x[ord(REPLY[self._gen]) if self._gen < len(REPLY) else EOG] = 30.0
         return x
 
-    def compact(self, ratio: float = 2.0, **kw: object) -> FakeReport:
+    def compact(self, ratio: float = 2.0, progress=None, **kw: object) -> FakeReport:
         if ratio <= 1:
             raise ConfigError("ratio must be > 1")
+        if progress is not None:
+            progress("fit", 1, 3)
+        self.compacting()
         before = self.n_cells
         self.n_cells = max(1, int(before / ratio))
         return FakeReport(before, self.n_cells)
 
-    def auto_compact(self, threshold: float, ratio: float, **kw: object) -> None:
+    def compacting(self) -> None:
+        """Called in the middle of compact() (a gated session waits here)."""
+
+    def auto_compact(self, threshold: float, ratio: float, progress=None, **kw: object) -> None:
         self._limit = int(threshold * self.n_ctx)
+        self._progress = progress
+
+    def compacts_before(self, n: int) -> bool:
+        return self._limit is not None and self.n_cells + n > self._limit
 
     def save(self, path: Path) -> Path:
         Path(path).write_text(json.dumps({"tokens": self._tokens, "n_cells": self.n_cells, "gen": self._gen}))
@@ -296,6 +308,63 @@ def test_auto_compaction_reported(tmp_path):
         out = complete(c, "x" * 40, session_id="long")
         assert out["usage"]["compaction"] and out["usage"]["compaction"][0]["cells_before"] == 32
         assert 'pyllamaam_compactions_total{trigger="auto"}' in c.get("/metrics").text
+
+
+class GatedSession(FakeSession):
+    """compact() stops half-way until ``gate`` is set (one gate per test)."""
+
+    gate = threading.Event()
+    inside = threading.Event()
+
+    def compacting(self) -> None:
+        GatedSession.inside.set()
+        assert GatedSession.gate.wait(30), "the gate was never opened"
+
+
+def _other_session_runs_while_a_compacts(c: TestClient, start_compaction) -> None:
+    # a compaction used to run on the one native worker, so every other session waited for it
+    GatedSession.gate.clear()
+    GatedSession.inside.clear()
+    complete(c, "ab", session_id="A", max_tokens=1)
+    done: list = []
+    t = threading.Thread(target=lambda: done.append(start_compaction()))
+    t.start()
+    try:
+        assert GatedSession.inside.wait(30)
+        info = c.get("/v1/sessions/A").json()
+        assert info["busy"] and info["compaction"]["stage"] == "fit"
+        assert info["compaction"]["done"] == 1 and info["compaction"]["total"] == 3
+        assert info["compaction"]["seconds"] >= 0
+        metrics = c.get("/metrics").text
+        assert "pyllamaam_compactions_running 1" in metrics
+        assert 'pyllamaam_compaction_progress{session="A",stage="fit"} 0.333333' in metrics
+        assert 'pyllamaam_compaction_running_seconds{session="A"}' in metrics
+        # the chat in B completes while A is still compacting
+        assert complete(c, "hello", session_id="B")["choices"][0]["text"] == REPLY
+        assert not done and "compaction" in c.get("/v1/sessions/A").json()
+    finally:
+        GatedSession.gate.set()
+        t.join(30)
+    assert done and done[0].status_code == 200, done
+    assert "compaction" not in c.get("/v1/sessions/A").json()
+    metrics = c.get("/metrics").text
+    assert "pyllamaam_compactions_running 0" in metrics and "pyllamaam_compaction_progress{" not in metrics
+
+
+def test_manual_compaction_leaves_the_worker_to_other_sessions(tmp_path):
+    c, _ = make_client(tmp_path, model=FakeModel(GatedSession))
+    with c:
+        _other_session_runs_while_a_compacts(c, lambda: c.post("/v1/sessions/A/compact", json={"ratio": 2}))
+
+
+def test_auto_compaction_leaves_the_worker_to_other_sessions(tmp_path):
+    c, _ = make_client(tmp_path, model=FakeModel(GatedSession), n_ctx=64, compact_threshold=0.5)
+    with c:
+        # A holds "ab" and one reply token; 35 more pass the limit of 32 cells and compact first
+        prompt = "ab" + REPLY + "x" * 25
+        _other_session_runs_while_a_compacts(
+            c, lambda: c.post("/v1/completions", json={"prompt": prompt, "max_tokens": 1, "session_id": "A"})
+        )
 
 
 def test_prompt_too_long_without_compaction(tmp_path):
