@@ -183,7 +183,8 @@ def resolve_model(name_or_path: str | os.PathLike | None = None) -> Path:
 def missing_packages(name: str) -> list[str]:
     """The PyPI packages of catalog model ``name`` that are not installed."""
     entry = CATALOG[name]
-    return [pkg for pkg, (mod, rel) in zip(entry.packages, entry.chunks, strict=True) if _package_file(mod, rel) is None]
+    pairs = zip(entry.packages, entry.chunks, strict=True)
+    return [pkg for pkg, (mod, rel) in pairs if _package_file(mod, rel) is None]
 
 
 def install_packages(name: str) -> None:

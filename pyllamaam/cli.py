@@ -11,96 +11,12 @@ from typing import Any
 
 from .errors import PyllamaamError
 
-DEMO_FACT = "Note for the reader: the lighthouse keeper's password is PELICAN-42. "
-DEMO_QUESTIONS = (
-    "What is the lighthouse keeper's password?",
-    "Which Python statement is the text about first?",
-)
-
-
-def _demo_text() -> str:
-    import pydoc_data.topics
-
-    t = pydoc_data.topics.topics
-    return DEMO_FACT + "\n\n".join(t[k] for k in ("assert", "if", "while", "for", "try"))
-
-
-def _kl(p_logits: Any, q_logits: Any) -> float:
-    import numpy as np
-
-    p = p_logits.astype(np.float64)
-    q = q_logits.astype(np.float64)
-    lp = p - np.logaddexp.reduce(p, axis=-1, keepdims=True)
-    lq = q - np.logaddexp.reduce(q, axis=-1, keepdims=True)
-    return float((np.exp(lp) * (lp - lq)).sum(axis=-1).mean())
-
-
-def _answers(model: Any, path: Any, questions: Any) -> list[tuple[str, float]]:
-    from .catalog import qa_template
-
-    out = []
-    for q in questions:
-        with model.load_session(path) as s:
-            t0 = time.perf_counter()
-            a = _answer(s, qa_template(model.path).format(question=q), 24)
-            out.append((a, time.perf_counter() - t0))
-    return out
-
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Compact a bundled text 10x and compare answers and fidelity with the full cache."""
-    import tempfile
-    from pathlib import Path
+    """A planted fact asked from the full cache, after 4x and question-aware 10x compaction."""
+    from .demo import run
 
-    import numpy as np
-
-    from . import load_model
-
-    t_start = time.perf_counter()
-    model = load_model(args.model)
-    print(f"model    {model.path.name}  ({model.info['desc']}, {model.n_layer} layers)")
-    toks = model.tokenize(_demo_text(), add_bos=True)[: args.n_ctx - 256]
-    split = len(toks) - 64
-    ctx_toks, probe = toks[:split], toks[split:]
-    tmp = Path(tempfile.mkdtemp(prefix="pyllamaam-demo-"))
-    with model.session(n_ctx=args.n_ctx) as s:
-        print(f"layout   {s.memory_layout}; can compact: {s.can_compact} ({s.gate_reason})")
-        t0 = time.perf_counter()
-        s.prefill(ctx_toks)
-        prefill_s = time.perf_counter() - t0
-        print(f"prefill  {len(ctx_toks)} tokens of Python's documentation in {prefill_s:.1f} s")
-        if not s.can_compact:
-            print("this model cannot be compacted: " + s.gate_reason)
-            return 0
-        ref = s.eval_logits(probe)
-        st = s.get_kv()
-        s.set_kv(st)
-        print(
-            "check    extract -> write back unchanged: identical logits = "
-            f"{np.array_equal(s.eval_logits(probe), ref)}"
-        )
-        nll_full = s.score(probe)
-        full_path = s.save(tmp / "full.pllam")
-        rows = [("full", s.n_cells, nll_full, 0.0, 0.0)]
-        for method in ("am", "snapkv", "window"):
-            s.restore(full_path)
-            rep = s.compact(ratio=args.ratio, method=method)  # baselines: queries="tail", no repeat pass
-            if method == "am":
-                print(rep)
-                s.save(tmp / "am.pllam")
-            nll = s.score(probe)
-            rows.append((method, rep.cells_after, nll, _kl(ref, s.eval_logits(probe)), rep.total_seconds))
-    print(f"\nthe next {len(probe)} tokens of the text, after {args.ratio:g}x compaction of the span:")
-    print(f"  {'method':8s} {'cells':>6s} {'NLL':>7s} {'dNLL':>7s} {'KL':>7s} {'seconds':>8s}")
-    for name, cells, nll, kl, sec in rows:
-        print(f"  {name:8s} {cells:6d} {nll:7.3f} {nll - nll_full:+7.3f} {kl:7.4f} {sec:8.1f}")
-    print("\nquestions (full cache | compacted cache, answers from saved sessions):")
-    full = _answers(model, full_path, DEMO_QUESTIONS)
-    comp = _answers(model, tmp / "am.pllam", DEMO_QUESTIONS)
-    for q, (a_full, t_full), (a_comp, t_comp) in zip(DEMO_QUESTIONS, full, comp, strict=True):
-        print(f"  Q: {q}\n     full ({t_full:.1f} s): {a_full}\n     am   ({t_comp:.1f} s): {a_comp}")
-    print(f"\ndone in {time.perf_counter() - t_start:.0f} s (saved sessions in {tmp})")
-    return 0
+    return run(args.model)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -167,7 +83,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
     """Prefill a text file, compact it (``--ratio 1``: keep the full cache), save the session."""
     from pathlib import Path
 
-    from . import load_model
+    from . import catalog, load_model
 
     text = Path(args.file).read_text(encoding="utf-8", errors="replace")
     model = load_model(args.model)
@@ -182,7 +98,10 @@ def cmd_compact(args: argparse.Namespace) -> int:
         print(f"prefilled {s.n_cells} tokens in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         if args.ratio != 1:
             with _ProgressBar(len(s.compact_layers())) as bar:
-                rep = s.compact(ratio=args.ratio, method=args.method, queries=args.queries, progress=bar.update)
+                task = catalog.qa_template(model.path).format(question=args.question) if args.question else None
+                rep = s.compact(
+                    ratio=args.ratio, method=args.method, queries=args.queries, task=task, progress=bar.update
+                )
             print(rep.to_json() if args.json else rep)
         out = s.save(args.output)
     print(f"saved {out}", file=sys.stderr)
@@ -256,8 +175,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the main job on the default model")
     p.add_argument("--model", default=None, help="model name or GGUF path (default: SmolLM2-135M)")
-    p.add_argument("--n-ctx", type=int, default=2048)
-    p.add_argument("--ratio", type=float, default=10.0)
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("doctor", help="library build, patch version, devices, models")
@@ -270,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratio", type=float, default=10.0, help="span cells before / after; 1: save the full cache")
     p.add_argument("--method", default="am")
     p.add_argument("--queries", default=None, help="query source (default: repeat; tail for the eviction baselines)")
+    p.add_argument("--question", default=None,
+                   help="compact for this question: the sentences it reads are kept whole (cheap; other "
+                        "questions may fail)")
     p.add_argument("--model", default=None)
     p.add_argument("--n-ctx", type=int, default=None)
     p.add_argument("--flash-attn", action="store_true")

@@ -22,6 +22,7 @@ from .compact import (
     allocate_budgets,
     attention_errors,
     available_methods,
+    chunks,
     keep_mask_topk,
     load_head_budgets,
     proportions_array,
@@ -29,7 +30,6 @@ from .compact import (
     task_position_scores,
 )
 from .compact.parallel import map_layers
-from .compact import chunks
 from .compact.result import PAD, CompactedLayer
 from .compact.select import SELECTORS
 from .errors import CompactionError, ConfigError, UnsupportedLayout
@@ -256,7 +256,9 @@ def compact(
     """Compact ``session``'s cache in place; see :meth:`Session.compact` and :mod:`pyllamaam.progress`."""
     tell = Progress(progress)
     plan = _plan(session, ratio, target_cells, method, queries, keep_first, keep_last, budgets, task, options)
-    rep = CompactionReport(method=plan.shared or method, queries=plan.qspec, layers=plan.layers, cells_before=session.n_cells)
+    rep = CompactionReport(
+        method=plan.shared or method, queries=plan.qspec, layers=plan.layers, cells_before=session.n_cells
+    )
     rep.on_policy = plan.pipe["on_policy"]
     rep.budgets = "uniform" if _uniform(plan.budgets) else (
         str(plan.budgets) if isinstance(plan.budgets, (str, Path)) else "given"

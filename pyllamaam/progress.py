@@ -2,9 +2,9 @@
 
 The stages, in order: ``extract`` (read the cache), ``queries`` (the reference passes and the
 probes read before), ``select`` (the cells kept whole in every head: option ``spans``,
-methods ``chunkkv`` and ``kvzip``; skipped by the rest), ``fit`` (``done`` counts the layers fitted, ``total`` is every compacted
-layer), ``write`` (write the cells back), ``verify`` (the gates). Each stage reports
-``(stage, 0, total)`` when it starts and ``(stage, total, total)`` when it ends.
+methods ``chunkkv`` and ``kvzip``; skipped by the rest), ``fit`` (``done`` counts the layers
+fitted, ``total`` is every compacted layer), ``write`` (write the cells back), ``verify`` (the
+gates). Each stage reports ``(stage, 0, total)`` when it starts and ``(stage, total, total)`` when it ends.
 
 The callback runs on the thread that compacts (for ``fit``, on the threads that fit layers;
 calls never overlap). An exception it raises ends the compaction like any failure: the

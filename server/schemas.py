@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pyllamaam.catalog import QA_TEMPLATE
+
 SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 SessionId = Annotated[str, Field(pattern=SESSION_ID_PATTERN)]
 
@@ -90,9 +92,16 @@ class CompactRequest(_Body):
     queries: str | None = Field(None, max_length=128, description="reference queries, e.g. 'repeat'")
     keep_first: int | None = Field(None, ge=0)
     keep_last: int | None = Field(None, ge=1)
+    question: str | None = Field(
+        None, min_length=1, max_length=4000,
+        description="compact for this question: the sentences it reads are kept whole (question-aware)",
+    )
 
     def kwargs(self) -> dict[str, object]:
-        return {k: v for k, v in self.model_dump().items() if v is not None}
+        out = {k: v for k, v in self.model_dump().items() if v is not None}
+        if "question" in out:
+            out["task"] = QA_TEMPLATE.format(question=out.pop("question"))
+        return out
 
 
 class NameRequest(_Body):
