@@ -145,3 +145,17 @@ def test_compact_without_queries_shows_progress_then_ask(planted, tmp_path):
     # only a non-empty answer: at 2x the default compaction loses this code on SmolLM2 (it
     # answers "The locker code for the night porter is the following:")
     _ask(out)
+
+
+def test_compact_for_a_question_then_ask_answers_it(planted, tmp_path):
+    # question-aware compaction keeps the sentences the question reads: the code survives 10x
+    out = tmp_path / "q.pllam"
+    res = subprocess.run(
+        [sys.executable, "-m", "pyllamaam", "compact", str(planted), "--ratio", "10", "--question", QUESTION,
+         "-o", str(out), "--json"],
+        capture_output=True, text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["cells_after"] < report["cells_before"] / 5 and not report["fell_back"]
+    assert CODE in _ask(out)

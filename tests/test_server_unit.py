@@ -510,3 +510,11 @@ def test_schema_fuzz_no_5xx(tmp_path):
             check()
         assert not failures, failures[:3]
         assert len(seen) > 100 and 200 in seen and 422 in seen
+
+
+def test_compact_request_with_a_question_compacts_for_it():
+    from server.schemas import CompactRequest
+
+    kw = CompactRequest(ratio=10, question="What is the locker code?").kwargs()
+    assert kw == {"ratio": 10, "task": "\n\nQuestion: What is the locker code?\nAnswer:"}
+    assert CompactRequest(ratio=4).kwargs() == {"ratio": 4}
