@@ -76,7 +76,9 @@ def test_compaction_at_5x_on_smollm2_keeps_next_position_and_close_logits(smol):
     probe = smol.model.tokenize(" The method")
     before = smol.eval_logits(probe)
     try:
-        rep = smol.compact(ratio=5, queries="context", max_queries=512)
+        # the per-head fit (spans=0): the default keeps whole sentences chosen for answers, which
+        # reads the start of the text back less closely (recall-probe KL 1.46 here)
+        rep = smol.compact(ratio=5, queries="context", max_queries=512, spans=0.0)
         assert not rep.fell_back, rep.reason
         assert smol.n_past == st[2] and smol.n_cells < st[1] / 3
         assert rep.kl is not None and rep.kl < 1.0

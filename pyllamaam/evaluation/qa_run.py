@@ -220,8 +220,43 @@ def write_report(out: Path) -> dict[str, Any]:
             f"{_fmt(r.get('delta_nll'), 3)} | {_fmt(r.get('compaction_over_prefill'), 2)} | {r['questions']} |"
         )
     (out / "qa_results.md").write_text("\n".join(lines) + "\n")
+    (out / "qa_table.md").write_text(headline(rows))
     plots = _plot(rows, out)
     return {"rows": rows, "plots": plots}
+
+
+#: The eviction baselines the headline compares the default with.
+EVICTIONS = ("kvzip", "chunkkv", "snapkv", "window")
+
+
+def headline(rows: list[dict[str, Any]]) -> str:
+    """One table per model and ratio: QA accuracy of the full cache, the default, question-aware
+    compaction and the best eviction baseline; ΔNLL and compaction/prefill of the default and that
+    baseline."""
+    by = {(r["model"], r["method"], r["ratio"]): r for r in rows}
+    out = ["| model | ratio | full | default | question-aware | best eviction | ΔNLL default / eviction "
+           "| compaction/prefill default / eviction |", "|---|---|---|---|---|---|---|---|"]
+    for model in sorted({r["model"] for r in rows}):
+        full = by.get((model, "full", 0.0))
+        for ratio in sorted({r["ratio"] for r in rows if r["model"] == model and r["method"] != "full"}):
+            d, q = by.get((model, "default", ratio)), by.get((model, "question", ratio))
+            ev = [by[(model, m, ratio)] for m in EVICTIONS if (model, m, ratio) in by]
+            best = max(ev, key=lambda r: (r["accuracy"], -(r.get("delta_nll") or 0)), default=None)
+
+            def acc(r: dict[str, Any] | None) -> str:
+                return "–" if r is None else f"{r['accuracy']:.2f}"
+
+            out.append(
+                f"| {model} | {ratio:g}x | {acc(full)} | {acc(d)} | {acc(q)} | "
+                f"{'–' if best is None else best['method'] + ' ' + acc(best)} | "
+                f"{_fmt(d and d.get('delta_nll'), 3)} / {_fmt(best and best.get('delta_nll'), 3)} | "
+                f"{_fmt(d and d.get('compaction_over_prefill'), 2)} / "
+                f"{_fmt(best and best.get('compaction_over_prefill'), 2)} |"
+            )
+    n = {r["model"]: r["questions"] for r in rows if r["method"] == "full"}
+    out.append("")
+    out.append("Questions per cell: " + ", ".join(f"{m} {k}" for m, k in sorted(n.items())) + ".")
+    return "\n".join(out) + "\n"
 
 
 def _fmt(x: float | None, digits: int) -> str:
