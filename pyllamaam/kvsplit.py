@@ -70,39 +70,6 @@ def recent_extra(t: int, keep_last: int, share: float) -> int:
     return int(min(max(0, round(share * (t + keep_last)) - keep_last), t - 1))
 
 
-def recurring_exact(
-    tokens: list[int], positions: np.ndarray, n_exact: int, share: float, n: int
-) -> np.ndarray | None:
-    """The span indices (sorted) of the ``n_exact`` exact cells with ``recurring=share``: up to
-    ``round(share * n_exact)`` cells of repeated text (the latest occurrence of each run of
-    ``n`` tokens that occurs more than once in the context, most recent first, outside
-    the recent window), and the most recent span cells for the rest.
-
-    ``positions`` are the span cells' positions, in order; ``tokens`` the context's (position =
-    index). None where they do not cover the cache (a cache written from outside): the plain
-    recent window.
-    """
-    toks, T = tokens, len(positions)
-    if len(toks) <= int(positions[-1]):
-        return None
-    latest: dict[tuple[int, ...], int] = {}
-    seen_twice: set[tuple[int, ...]] = set()
-    for j in range(len(toks) - n + 1):
-        g = tuple(toks[j : j + n])
-        if g in latest:
-            seen_twice.add(g)
-        latest[g] = j
-    marked = np.zeros(len(toks), bool)
-    for g in seen_twice:
-        marked[latest[g] : latest[g] + n] = True
-    r = int(round(share * n_exact))
-    cand = np.flatnonzero(marked[positions])  # span indices of repeated text
-    while int(np.sum(cand < T - (n_exact - r))) < r:  # fewer repeats: the recent window grows back
-        r = int(np.sum(cand < T - (n_exact - r)))
-    rep = cand[cand < T - (n_exact - r)][-r:] if r else cand[:0]
-    return np.union1d(rep, np.arange(T - (n_exact - r), T)).astype(np.int64)
-
-
 def span_arrays(kv: KVState, il: int, split: Split) -> tuple[np.ndarray, np.ndarray]:
     K = kv.keys[il][split.span].transpose(1, 0, 2)
     V = kv.values[il][split.span].transpose(1, 0, 2)

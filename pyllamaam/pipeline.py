@@ -66,9 +66,6 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     "max_queries": 2048,
     "heldout": 0.2,  # fraction of query tokens held out for the guards and the attention-error gate
     "max_heldout": 1024,  # held-out query rows per KV head (half choose the guards, half verify)
-    # a query mixture ("repeat+self-study"): "pooled" weighs each source by the tokens it
-    # captured; "balanced" gives each source an equal share of the fitted and held-out rows
-    "mix": "pooled",
     "guard": True,  # per-head guards on fitted methods: shrink or fall back where the fit is worse
     "chunk_tokens": None,  # compact the span in pieces of this many cells (bounded memory)
     # layer groups fitted in order, queries re-captured after each group; None (the default):
@@ -89,31 +86,6 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # cells the next tokens read most hurt them: at 4K tokens and 10x on SmolLM2, 0.5 halved the
     # continuation KL of AM against keep_last alone (docs/results/ACCEPTANCE.md). 0: keep_last only
     "recent": 0.5,
-    # snapkv and hybrid selection: observe the queries of the context's last this-many tokens,
-    # read again on the cache as it is (after the layer groups fitted so far), instead of the last
-    # rows of the reference queries (the repeat pass's, which recall the span's end). 0: off
-    "observe": 0,
-    # the per-head guards also choose on the queries of the context's last this-many tokens read
-    # again (never fitted: how the next tokens read the span), next to the held-out rows. 0: off
-    "guard_tail": 0,
-    # fitted methods: which cells the exact share of the budget (option recent) holds: "recent",
-    # the most recent cells (shared by every head); "observed", per head, the span keys that the
-    # context's last ``observe`` (or 32) tokens, read again, attend to most (SnapKV's scores,
-    # max-pooled); "lookahead", per head, the span keys that ``observe`` (or LOOKAHEAD_TOKENS)
-    # tokens of the model's own greedy continuation attend to most (what the next tokens will read,
-    # copies included); "heavy", per head, the span keys with the most attention summed over the
-    # queries captured while the context was prefilled (H2O's heavy hitters; needs
-    # Session.capture_context_queries() before prefill). The fit then matches the rest of the span:
-    # the two attention sums add up
-    "exact": "recent",
-    # fitted methods, exact="recent": the share of the exact cells (not keep_last's) that holds
-    # text the context repeats instead of the most recent span cells: the latest occurrence of
-    # every run of ``RECURRING_N`` tokens that occurs more than once in the context, most recent
-    # first (a continuation that copies needs the copied text's own keys and values, which a fit
-    # cannot hold). 0 (the default): off. 1 lowered answer NLL on 13 contexts of both models but
-    # raised Gemma-3's ΔNLL on 17 (+0.016 at 10x, +0.025 at 20x): it gives the recent text the
-    # next tokens copy (the sentence before) away for older repeats
-    "recurring": 0.0,
     # fitted methods: the share of the compacted budget (span cells kept, not keep_last) held by
     # whole chunks of consecutive cells, the same chunks in every layer and head, chosen by the
     # attention the reference queries give them (summed over layers and query heads, a chunk
@@ -132,12 +104,6 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
 #: (layer, head, cell) score at once, so heads keep uneven numbers of cells (KVzip). Both score a
 #: cell by the largest attention it gets from the reference queries.
 SHARED_EVICTIONS = ("chunkkv", "kvzip")
-#: The values of option ``exact``.
-EXACT_CHOICES = ("recent", "observed", "lookahead", "heavy")
-#: Tokens generated for ``exact="lookahead"`` where ``observe`` is 0 (the grid's continuations are 64).
-LOOKAHEAD_TOKENS = 64
-#: Tokens of the runs that ``recurring`` counts as repeated text.
-RECURRING_N = 4
 #: Layer groups of ``on_policy=None``. 3: on the tuning contexts of the continuation grid (both models,
 #: 1K and 2K tokens, 10x and 20x) it lowered answer NLL and ΔNLL against one group on both models,
 #: for 2-3x the compaction time; the shipped budgets and the self-study mix on top of it did not
@@ -179,7 +145,6 @@ AM_SELECTOR = "attn-rms"
 #: Options passed to the query sources.
 QUERY_OPTIONS = (
     "repeat_prompt", "repeat_max_tokens", "repeat_piece", "selfstudy_prompts", "selfstudy_tokens", "tail_tokens",
-    "lookahead_tokens",
 )
 #: The kernel's own defaults serve the pipeline: 30 NNLS iterations gave the same KL and ΔNLL
 #: as 100 and 300 on SmolLM2 caches (1K tokens, 10x and 20x, two texts; docs/results/options.md).
@@ -220,22 +185,21 @@ class _Plan:
     qopts: dict[str, Any]  # options of the query sources
     options: dict[str, Any]  # kernel options
     fill: bool  # head budgets whose heads fill the cells with exact recent windows
-    observed: bool  # exact="observed" or "lookahead": the exact keys chosen per head
-    look: bool  # exact="lookahead"
     shared: str | None = None  # one of SHARED_EVICTIONS
 
 
 @dataclass
 class _Cut:
     """Where the cells go: the user's split, the split fitted, the cells kept (``t``, without
-    sinks and ``keep_last``), those of them that are an exact recent window (``extra``), and the
-    user's span indices kept exact for option ``recurring`` (None: the plain recent window)."""
+    sinks and ``keep_last``), how many of them are kept exact (``extra``), and which: the user's
+    span indices kept exact in every head (``exact``: the chunks chosen by option ``spans``;
+    None: the plain recent window)."""
 
     user: kvsplit.Split
     split: kvsplit.Split
     t: int
     extra: int
-    recurring: np.ndarray | None
+    exact: np.ndarray | None
     evict: dict[int, CompactedLayer] | None = None  # a selection kept as it is (nothing to fit)
 
 
@@ -268,7 +232,7 @@ def compact(
     clock = time.perf_counter()
     tell("extract", 0, 1)
     kv = session.get_kv()
-    cut = _cut(session, kv, plan, (keep_first, keep_last, ratio, target_cells), rep)
+    cut = _cut(kv, plan, (keep_first, keep_last, ratio, target_cells))
     rep.seconds["extract"] = time.perf_counter() - clock
     tell("extract", 1, 1)
     tell("queries", 0, 1)
@@ -358,47 +322,28 @@ def _plan(session, ratio, target_cells, method, queries, keep_first, keep_last, 
         forward = fits and given is None and qspec != "context"
         pipe["on_policy"] = min(ON_POLICY_GROUPS, len(layers)) if forward else 1
     fill = fits and pipe["budget_cells"] == "fill" and not _uniform(budgets)
-    if pipe["exact"] not in EXACT_CHOICES:
-        raise ConfigError(f"exact must be one of {', '.join(map(repr, EXACT_CHOICES))}, not {pipe['exact']!r}")
-    observed = fits and pipe["exact"] != "recent"
-    if observed and not _uniform(budgets):
-        raise ConfigError(f"exact={pipe['exact']!r} chooses each head's exact keys itself: use uniform budgets")
-    if not (isinstance(pipe["recurring"], (int, float)) and 0 <= pipe["recurring"] <= 1):
-        raise ConfigError(f"recurring must be a number in [0, 1], not {pipe['recurring']!r}")
-    look = observed and pipe["exact"] == "lookahead"
     if not (isinstance(pipe["spans"], (int, float)) and 0 <= pipe["spans"] <= 1):
         raise ConfigError(f"spans must be a number in [0, 1], not {pipe['spans']!r}")
     if pipe["chunk"] != "sentence" and not (isinstance(pipe["chunk"], int) and pipe["chunk"] >= 1):
         raise ConfigError(f"chunk must be 'sentence' or an integer >= 1 (cells), not {pipe['chunk']!r}")
-    if pipe["spans"] and (shared or not fits or fill or observed or not _uniform(budgets) or pipe["recurring"]):
+    if pipe["spans"] and (shared or not fits or fill or not _uniform(budgets)):
         if spans_given:
             raise ConfigError("spans= serves fitted methods with uniform budgets and the plain exact window")
         pipe["spans"] = 0.0  # the default serves the plain fit only
     if shared or pipe["spans"]:
         pipe["on_policy"] = 1  # the chunks are chosen once, on the queries of the whole cache
-    return _Plan(
-        layers, selector, fits, qspec, given, task, budgets, pipe, qopts, options, fill, observed, look, shared
-    )
+    return _Plan(layers, selector, fits, qspec, given, task, budgets, pipe, qopts, options, fill, shared)
 
 
-def _cut(session: Session, kv: KVState, plan: _Plan, sizes: tuple, rep: CompactionReport) -> _Cut:
-    """The split of ``kv``'s cells; with ``recurring``, which exact cells hold repeated text."""
+def _cut(kv: KVState, plan: _Plan, sizes: tuple) -> _Cut:
+    """The split of ``kv``'s cells (the exact chunks of option ``spans`` come later)."""
     keep_first, keep_last, ratio, target_cells = sizes
     pipe = plan.pipe
     user, split, t, extra = kvsplit.splits(kv, keep_first, keep_last, ratio, target_cells, plan.fits, pipe["recent"])
-    recurring = None
-    keep_mask = plan.selector == "keep" or "keep" in plan.options
-    if plan.fits and pipe["recurring"] and extra and not (plan.fill or plan.observed or keep_mask):
-        recurring = kvsplit.recurring_exact(
-            session._tokens, kv.positions[user.span], extra, pipe["recurring"], RECURRING_N
-        )
-        rep.recurring_cells = 0 if recurring is None else int(np.sum(recurring < len(user.span) - extra))
-        if not rep.recurring_cells:
-            recurring = None  # nothing repeats: the plain recent window
-    if plan.fill or plan.observed or recurring is not None or plan.shared or pipe["spans"]:
+    if plan.fill or plan.shared or pipe["spans"]:
         # the queries and the fit cover the user's span
         split = user
-    return _Cut(user, split, t, extra, recurring)
+    return _Cut(user, split, t, extra, None)
 
 
 def _shared_cut(session: Session, kv: KVState, plan: _Plan, cut: _Cut, Q, rep: CompactionReport) -> _Cut:
@@ -417,7 +362,6 @@ def _shared_cut(session: Session, kv: KVState, plan: _Plan, cut: _Cut, Q, rep: C
     total = sum(scores[il].sum(axis=(0, 2)) for il in plan.layers)
     n_exact = t if plan.shared else int(round(plan.pipe["spans"] * t))
     exact = chunks.chunk_select(total, n_exact, _units(session, kv, user, plan.pipe["chunk"]))
-    rep.recurring_cells = 0
     if plan.shared or n_exact >= t:  # nothing left to fit: the chunks as they are
         H = {il: kv.keys[il].shape[1] for il in plan.layers}
         idx = {il: np.broadcast_to(exact, (H[il], len(exact))) for il in plan.layers}
@@ -495,9 +439,7 @@ def _fit(session, kv, plan, cut, span, Q, rep, tell) -> tuple[dict[int, Compacte
     pipe, layers, selector, split, t, extra = plan.pipe, plan.layers, plan.selector, cut.split, cut.t, cut.extra
     clock = time.perf_counter()
     tell("fit", 0, len(layers))
-    fit_q, held_q = rows.split_queries(
-        Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"], pipe["mix"]
-    )
+    fit_q, held_q = rows.split_queries(Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"])
     rep.n_queries = int(sum(len(q) for q in next(iter(fit_q.values()))))
     T = len(cut.user.span)
     if plan.fill:
@@ -509,13 +451,6 @@ def _fit(session, kv, plan, cut, span, Q, rep, tell) -> tuple[dict[int, Compacte
         window = dict.fromkeys(layers)
     if selector == "keep" and "keep" not in plan.options:
         plan.options["keep"] = _briefing_mask(session, kv, split, fit_q, layers, t)
-    exact_obs = plan.observed and extra
-    n_obs = (pipe["observe"] or (LOOKAHEAD_TOKENS if plan.look else 32)) if exact_obs else pipe["observe"]
-    obs_sel = "snapkv" if exact_obs else selector
-    heavy = exact_obs and pipe["exact"] == "heavy"  # fixed queries: not re-observed per group
-    obs = _heavy(session, span) if heavy else _observe(session, span, n_obs, obs_sel, bool(plan.look and extra))
-    guard_tail = pipe["guard"] and plan.fits and _tail_tokens(pipe["guard_tail"], "guard_tail") > 0
-    tail_q = _tail(session, span, pipe["guard_tail"]) if guard_tail else {}
     fitted: dict[int, CompactedLayer] = {}
     recapture = 0.0
     for g, group in enumerate(_layer_groups(layers, pipe["on_policy"], plan.given, plan.qspec)):
@@ -523,44 +458,34 @@ def _fit(session, kv, plan, cut, span, Q, rep, tell) -> tuple[dict[int, Compacte
             tick = time.perf_counter()
             session.set_kv(kvsplit.partial(kv, split, fitted))
             Q = qsources.collect(session, plan.qspec, span, task=plan.task, **plan.qopts)
-            fq, hq = rows.split_queries(
-                Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"], pipe["mix"]
-            )
+            fq, hq = rows.split_queries(Q, pipe["heldout"], pipe["max_queries"], session, pipe["max_heldout"])
             for il in group:
                 fit_q[il], held_q[il] = fq[il], hq[il]
-            if not heavy:
-                obs = _observe(session, span, n_obs, obs_sel, bool(plan.look and extra))
-            if guard_tail:
-                tail_q.update({il: q for il, q in _tail(session, span, pipe["guard_tail"]).items() if il in group})
             recapture += time.perf_counter() - tick
 
-        def fit(il: int, obs: dict[int, np.ndarray] = obs) -> CompactedLayer:
-            return _fit_one(session, kv, plan, cut, il, fit_q[il], obs, per_head[il], window[il])
+        def fit(il: int) -> CompactedLayer:
+            return _fit_one(session, kv, plan, cut, il, fit_q[il], per_head[il], window[il])
 
         counted = tell.counting("fit", fit, len(layers))
         fitted.update(zip(group, map_layers(counted, group, pipe["fit_threads"]), strict=True))
     if pipe["guard"] and plan.fits:
-        held_q = _apply_guards(kv, split, fitted, held_q, session, rep, tail_q)
+        held_q = _apply_guards(kv, split, fitted, held_q, session, rep)
     rep.seconds["fit"] = time.perf_counter() - clock - recapture
     rep.seconds["queries"] += recapture
     return fitted, held_q
 
 
-def _fit_one(session, kv, plan, cut, il, q, obs, budget, window) -> CompactedLayer:
-    """Layer ``il``'s fit on its queries ``q``: next to exact cells of repeated text (option
-    ``recurring``), next to exact keys chosen per head (option ``exact``), or with each head's
-    exact recent window (head budgets with ``budget_cells="fill"``; None: the plain fit)."""
+def _fit_one(session, kv, plan, cut, il, q, budget, window) -> CompactedLayer:
+    """Layer ``il``'s fit on its queries ``q``: next to the exact chunks of option ``spans``, or
+    with each head's exact recent window (head budgets with ``budget_cells="fill"``; None: the
+    plain fit)."""
     K, V = kvsplit.span_arrays(kv, il, cut.split)
     scale, prior, chunks = session.kq_scale(il), kvsplit.span_prior(kv, il, cut.split), plan.pipe["chunk_tokens"]
     kw = dict(plan.options, method=plan.selector)
-    n_fit, extra = cut.t - cut.extra, cut.extra
-    if cut.recurring is not None:
-        exact = np.broadcast_to(cut.recurring, (K.shape[0], len(cut.recurring)))
-        return spanfit.fit_layer_exact(K, V, q, n_fit, extra, None, scale, prior, chunks, exact=exact, **kw)
-    if plan.observed and extra:  # heavy hitters: summed attention, not max-pooled as SnapKV's
-        kernel = 1 if plan.pipe["exact"] == "heavy" else 7
-        return spanfit.fit_layer_exact(K, V, q, n_fit, extra, obs[il], scale, prior, chunks, kernel, **kw)
-    return spanfit.fit_layer_windows(K, V, q, budget, window, scale, prior, chunks, obs=obs.get(il), **kw)
+    if cut.exact is not None:
+        exact = np.broadcast_to(cut.exact, (K.shape[0], len(cut.exact)))
+        return spanfit.fit_layer_exact(K, V, q, cut.t - cut.extra, exact, scale, prior, chunks, **kw)
+    return spanfit.fit_layer_windows(K, V, q, budget, window, scale, prior, chunks, **kw)
 
 
 def _write(session, kv, plan, cut, fitted, rep) -> None:
@@ -571,7 +496,7 @@ def _write(session, kv, plan, cut, fitted, rep) -> None:
     rep.span_before, rep.span_after = T, new.n_cells - len(cut.user.sinks) - len(cut.user.recent)
     rep.ratio = T / max(1, rep.span_after)
     # the exact recent window moved out of the fit is part of the user's span: its keys count
-    moved = 0 if plan.fill or plan.observed or cut.recurring is not None else cut.extra * sum(
+    moved = 0 if plan.fill or cut.exact is not None else cut.extra * sum(
         r.indices.shape[0] for r in fitted.values()
     )
     rep.keys_kept = int(sum(int(r.keys_kept.sum()) for r in fitted.values())) + moved
@@ -665,35 +590,6 @@ def _tail_tokens(n, name: str) -> int:
     return n
 
 
-def _tail(session: Session, span: tuple[int, int], n: int) -> dict[int, np.ndarray]:
-    """Per layer, the queries of the context's last ``n`` tokens read again, grouped by KV head."""
-    got = qsources.SOURCES["tail"](session, span, tail_tokens=n)
-    return {il: rows.group_by_kv_head(q, session.layers[il]["n_head_kv"]) for il, q in got.items()}
-
-
-def _heavy(session: Session, span: tuple[int, int]) -> dict[int, np.ndarray]:
-    """Per layer, the queries captured while the context was prefilled, grouped by KV head (the
-    queries H2O accumulates attention over): ``exact="heavy"``."""
-    got = qsources.SOURCES["context"](session, span)
-    return {il: rows.group_by_kv_head(q, session.layers[il]["n_head_kv"]) for il, q in got.items()}
-
-
-def _observe(
-    session: Session, span: tuple[int, int], n: int, selector: str, lookahead: bool = False
-) -> dict[int, np.ndarray]:
-    """Per layer, the observation queries of ``observe=n`` grouped by KV head ({} when off): the
-    context's last ``n`` tokens read again, or with ``lookahead`` ``n`` tokens of the model's own
-    greedy continuation."""
-    if _tail_tokens(n, "observe") == 0:
-        return {}
-    if selector not in ("snapkv", "hybrid"):
-        raise ConfigError(f"observe= serves the snapkv and hybrid selections, not {selector!r}")
-    if not lookahead:
-        return _tail(session, span, n)
-    got = qsources.SOURCES["lookahead"](session, span, lookahead_tokens=n)
-    return {il: rows.group_by_kv_head(q, session.layers[il]["n_head_kv"]) for il, q in got.items()}
-
-
 # --- fit ---
 def _uniform(budgets) -> bool:
     return budgets is None or (isinstance(budgets, str) and budgets == "uniform")
@@ -732,9 +628,8 @@ def _briefing_mask(session, kv, split, fit_q, layers, t) -> np.ndarray:
     return keep_mask_topk(task_position_scores(per_layer), t)
 
 
-def _apply_guards(kv, split, fitted, held_q, session, rep, tail_q=None) -> dict[int, np.ndarray]:
-    """Guard every fitted head on half of the held-out tokens (and on ``tail_q``, queries of the
-    context's last tokens, when given); returns the other half (verify)."""
+def _apply_guards(kv, split, fitted, held_q, session, rep) -> dict[int, np.ndarray]:
+    """Guard every fitted head on half of the held-out tokens; returns the other half (verify)."""
     counts = dict.fromkeys(VARIANTS, 0)
     verify_q = {}
     for il, res in fitted.items():
@@ -743,8 +638,7 @@ def _apply_guards(kv, split, fitted, held_q, session, rep, tail_q=None) -> dict[
         choose = (np.arange(q.shape[1]) // r) % 2 == 0  # rows are token-major, r per token
         verify_q[il] = q[:, ~choose]
         K, V = kvsplit.span_arrays(kv, il, split)
-        qc = q[:, choose] if not tail_q or il not in tail_q else np.concatenate([q[:, choose], tail_q[il]], axis=1)
-        g = guard_layer(K, V, qc, session.kq_scale(il), res, kvsplit.span_prior(kv, il, split))
+        g = guard_layer(K, V, q[:, choose], session.kq_scale(il), res, kvsplit.span_prior(kv, il, split))
         fitted[il] = g.layer
         for c in g.choice:
             counts[VARIANTS[c]] += 1

@@ -21,8 +21,6 @@ class CompactionReport:
     keys_kept : keys kept over all (layer, KV head) slots of the span (padding excluded).
     budgets : the head budgets used: ``"uniform"`` or the budgets file (or ``"given"`` for a mapping).
     on_policy : layer groups fitted in order (queries re-captured before each group after the first).
-    recurring_cells : exact cells that hold repeated text (option ``recurring``) instead of the
-        most recent span cells.
     ratio : the achieved cell ratio over the span.
     seconds : per stage (queries, extract, fit, write, verify).
     attention_error : mean relative attention-output error on held-out queries (None if unknown).
@@ -45,7 +43,6 @@ class CompactionReport:
     keys_kept: int = 0
     budgets: str = "uniform"
     on_policy: int = 1
-    recurring_cells: int = 0
     ratio: float = 1.0
     n_queries: int = 0
     layers: list[int] = field(default_factory=list)
@@ -85,8 +82,6 @@ class CompactionReport:
                 f"(span {self.span_before} -> {self.span_after}, {self.ratio:.1f}x), "
                 f"{self.keys_kept} keys kept"
             )
-            if self.recurring_cells:
-                head += f", {self.recurring_cells} exact cells of repeated text"
         err = "n/a" if self.attention_error is None else f"{self.attention_error:.3f}"
         if self.attention_error_worst is not None:
             err += f" (worst layer {self.attention_error_worst:.3f})"

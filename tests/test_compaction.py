@@ -411,7 +411,7 @@ def test_on_policy_none_picks_groups_only_where_queries_can_be_recaptured(llama)
     _restore(llama, st)
 
 
-def test_balanced_mix_gives_each_source_an_equal_share_and_holds_out_within_each():
+def test_mixed_queries_are_sampled_by_their_tokens_and_no_held_out_token_is_fitted():
     from types import SimpleNamespace
 
     from pyllamaam.queries import Queries
@@ -421,27 +421,24 @@ def test_balanced_mix_gives_each_source_an_equal_share_and_holds_out_within_each
     q = np.repeat(tok[:, None, None], 2, axis=1) * np.ones((1, 1, d), np.float32)
     Q = Queries({0: q}, [n_a, n_b])
     sess = SimpleNamespace(layers={0: {"n_head_kv": 1}})
-    fit_p, held_p = rows.split_queries(Q, 0.2, 400, sess, 100, "pooled")
-    fit_b, held_b = rows.split_queries(Q, 0.2, 400, sess, 100, "balanced")
+    fit, held = rows.split_queries(Q, 0.2, 400, sess, 100)
+
     def ids(x):  # token ids of the fitted rows (one per token per query head)
         return x[0][0, ::2, 0]
 
-    assert fit_p[0].shape == fit_b[0].shape == (1, 400, d)
-    assert (ids(fit_p) >= n_a).sum() < 40  # pooled: the short source gets its token share
-    assert (ids(fit_b) >= n_a).sum() == (ids(fit_b) < n_a).sum() == 100  # balanced: half the rows
-    fitted, held = set(ids(fit_b).tolist()), set(ids(held_b).tolist())
-    assert not fitted & held  # no held-out token is fitted, in either source
-    assert any(t >= n_a for t in held) and any(t < n_a for t in held)
-    with pytest.raises(ConfigError, match="mix"):
-        rows.split_queries(Q, 0.2, 400, sess, 100, "even")
+    assert fit[0].shape == (1, 400, d) and held[0].shape == (1, 100, d)
+    assert 0 < (ids(fit) >= n_a).sum() < 40  # the short source gets its token share
+    fitted, held_ids = set(ids(fit).tolist()), set(ids(held).tolist())
+    assert not fitted & held_ids  # no held-out token is fitted
+    assert any(t >= n_a for t in held_ids) and any(t < n_a for t in held_ids)
 
 
-def test_mixed_queries_record_each_source_and_balanced_mix_compacts(llama):
+def test_mixed_queries_record_each_source_and_compact(llama):
     st = _state(llama)
     ref = llama.reference_queries("repeat+self-study")
     n = len(next(iter(ref.queries.values())))
     assert len(ref.queries.parts) == 2 and sum(ref.queries.parts) == n and min(ref.queries.parts) > 0
-    rep = llama.compact(ratio=4, queries=ref, mix="balanced", **LENIENT)
+    rep = llama.compact(ratio=4, queries=ref, **LENIENT)
     assert not rep.fell_back, rep.reason
     assert np.isfinite(llama.eval_logits(_ids(3, 4))).all()
     _restore(llama, st)
@@ -559,256 +556,13 @@ def test_snapkv_observation_queries_choose_the_keys_they_attend_to():
         compact_layer(K, V, Q, 6, 0.25, method="snapkv", obs=obs[:1])
 
 
-def test_observe_reads_the_tail_for_snapkv_and_hybrid_and_is_refused_elsewhere(llama):
-    st = _state(llama)
-    for method, extra in (("hybrid", {}), ("snapkv", {"fit": True})):
-        rep = llama.compact(ratio=4, method=method, queries="repeat", observe=8, on_policy=2, **extra, **LENIENT)
-        assert not rep.fell_back, rep.reason
-        assert rep.cells_after == 4 + round(rep.span_before / 4) + 32
-        assert np.isfinite(llama.eval_logits(_ids(3, 4))).all()
-        _restore(llama, st)
-    for bad in ({"method": "am", "observe": 8}, {"method": "hybrid", "observe": -1}):
-        with pytest.raises(ConfigError, match="observe"):
-            llama.compact(ratio=4, queries="repeat", **bad, **LENIENT)
-        assert llama._snapshot() == st[0]
-
-
-def test_guard_tail_adds_the_tail_queries_to_the_guards_choice(llama, monkeypatch):
-    from pyllamaam import guards
-
-    seen = []
-    real = guards.guard_layer
-
-    def spy(K, V, Q, *a, **k):
-        seen.append(Q.shape[1])
-        return real(K, V, Q, *a, **k)
-
-    monkeypatch.setattr(pipeline, "guard_layer", spy)
-    st = _state(llama)
-    rep = llama.compact(ratio=4, queries="repeat", on_policy=2, **LENIENT)
-    plain, seen[:] = list(seen), []
-    _restore(llama, st)
-    rep2 = llama.compact(ratio=4, queries="repeat", on_policy=2, guard_tail=16, **LENIENT)
-    assert not rep.fell_back and not rep2.fell_back, (rep.reason, rep2.reason)
-    r = llama.layers[rep.layers[0]]["n_head"] // llama.layers[rep.layers[0]]["n_head_kv"]
-    assert [b - a for a, b in zip(plain, seen, strict=True)] == [16 * r] * len(rep.layers)
-    assert sum(rep2.guards[v] for v in pipeline.VARIANTS) == sum(llama.layers[il]["n_head_kv"] for il in rep2.layers)
-    _restore(llama, st)
-    with pytest.raises(ConfigError, match="guard_tail"):
-        llama.compact(ratio=4, queries="repeat", guard_tail=-2, **LENIENT)
-    assert llama._snapshot() == st[0]
-
-
-def test_exact_observed_keeps_each_heads_most_read_keys_exact_and_fits_the_rest(llama, monkeypatch):
-    from pyllamaam.compact.select.snapkv import observed_scores
-
-    got = {}
-    real = spanfit.fit_layer_exact
-
-    def spy(K, V, Q, budget, n_exact, obs, scale, prior, *a, **k):
-        res = real(K, V, Q, budget, n_exact, obs, scale, prior, *a, **k)
-        got[len(got)] = (K, V, obs, n_exact, budget, res, observed_scores(obs, K, scale, prior, 7))
-        return res
-
-    monkeypatch.setattr(spanfit, "fit_layer_exact", spy)
-    st = _state(llama)
-    ref = llama.compact(ratio=4, queries="repeat", on_policy=1, **LENIENT)
-    _restore(llama, st)
-    rep = llama.compact(ratio=4, queries="repeat", on_policy=2, exact="observed", **LENIENT)
-    assert not rep.fell_back, rep.reason
-    assert rep.cells_after == ref.cells_after  # the same cells as the recent window
-    assert len(got) == len(rep.layers)
-    for K, V, obs, e, b, res, score in got.values():
-        assert obs.shape[1] == 32 * llama.layers[rep.layers[0]]["n_head"] // K.shape[0]  # keep_last tokens
-        for h in range(K.shape[0]):
-            kept = res.indices[h][res.kept[h]]
-            top = np.argsort(-score[h], kind="stable")[:e]
-            assert set(top) <= set(kept)  # the most-read keys are kept ...
-            ex = np.isin(res.indices[h], top)
-            np.testing.assert_array_equal(res.values[h][ex], V[h, res.indices[h][ex]])  # ... exact
-            assert np.all(res.beta[h][ex] == 0)
-            assert e < len(kept) <= e + b
-    assert np.isfinite(llama.eval_logits(_ids(3, 4))).all()
-    _restore(llama, st)
-    for bad in ({"exact": "both"}, {"exact": "observed", "budgets": {"L0H0": 1.0}}):
-        with pytest.raises(ConfigError, match="exact"):
-            llama.compact(ratio=4, queries="repeat", **bad, **LENIENT)
-        assert llama._snapshot() == st[0]
-
-
-def test_exact_heavy_keeps_each_heads_h2o_heavy_hitters_exact_and_fits_the_rest(llama, tiny_models, monkeypatch):
-    from pyllamaam.compact.select.snapkv import observed_scores
-    from pyllamaam.queries import rows as qrows
-
-    got = {}
-    real = spanfit.fit_layer_exact
-
-    def spy(K, V, Q, budget, n_exact, obs, scale, prior, chunks, kernel, *a, **k):
-        res = real(K, V, Q, budget, n_exact, obs, scale, prior, chunks, kernel, *a, **k)
-        got[len(got)] = (K, V, obs, n_exact, budget, kernel, res, observed_scores(obs, K, scale, prior, 1))
-        return res
-
-    monkeypatch.setattr(spanfit, "fit_layer_exact", spy)
-    ctx = llama._ctx_queries.get()  # what prefill captured: the heavy hitters' queries
-    rep = llama.compact(ratio=4, queries="repeat", on_policy=2, exact="heavy", **LENIENT)
-    assert not rep.fell_back, rep.reason
-    assert len(got) == len(rep.layers)
-    for il, (K, V, obs, e, _b, kernel, res, score) in zip(rep.layers, got.values(), strict=True):
-        assert kernel == 1  # summed attention, not max-pooled
-        np.testing.assert_array_equal(obs, qrows.group_by_kv_head(ctx[il], K.shape[0]))
-        for h in range(K.shape[0]):
-            kept = res.indices[h][res.kept[h]]
-            top = np.argsort(-score[h], kind="stable")[:e]
-            assert set(top) <= set(kept)  # the heavy hitters are kept ...
-            ex = np.isin(res.indices[h], top)
-            np.testing.assert_array_equal(res.values[h][ex], V[h, res.indices[h][ex]])  # ... exact
-            assert np.all(res.beta[h][ex] == 0)
-    assert np.isfinite(llama.eval_logits(_ids(3, 4))).all()
-    # without queries captured during prefill: a clear error, the cache untouched
-    with tiny_models["llama"].session(n_ctx=512) as s:
-        s.prefill(_ids(200))
-        before = s._snapshot()
-        with pytest.raises(ConfigError, match="capture_context_queries"):
-            s.compact(ratio=4, queries="repeat", exact="heavy", **LENIENT)
-        assert s._snapshot() == before
-
-
-@pytest.mark.parametrize("arch", ["llama", "gemma3"])
-def test_lookahead_queries_are_the_greedy_continuations_own_and_leave_no_trace(tiny_models, arch, monkeypatch):
-    from pyllamaam.queries import lookahead_queries, scratch
-    from pyllamaam.queries.lookahead import lookahead_tokens_of
-
-    with tiny_models[arch].session(n_ctx=512) as s:
-        s.prefill(_ids(200, 5))
-        st, tokens, last = _state(s), s.tokens, s.logits()
-        got = lookahead_queries(s, (4, 180), lookahead_tokens=10)
-        assert _state(s) == st and s.tokens == tokens
-        np.testing.assert_array_equal(s.logits(), last)
-        with scratch(s):
-            greedy = lookahead_tokens_of(s, 10)
-        after = s.eval_logits(greedy)  # logits after each token, on the context as it was
-        assert greedy == [int(np.argmax(x)) for x in (last, *after[:-1])]  # each the argmax after those before
-        with scratch(s):
-            fed = s.capture_queries(greedy)  # the same tokens fed at once: the same queries
-        assert set(got) == set(fed)
-        for il, q in got.items():
-            assert q.shape == fed[il].shape == (10, *q.shape[1:])
-            assert max_rel(q, fed[il]) < 1e-3, il
-        first = greedy[0]  # an end-of-generation token is passed over for the next likeliest
-        monkeypatch.setattr(type(s.model), "is_eog", lambda self, t: t == first)
-        with scratch(s):
-            assert lookahead_tokens_of(s, 1) == [int(np.argsort(-last, kind="stable")[1])]
-        for bad, msg in ((0, "lookahead_tokens"), (True, "lookahead_tokens"), (400, "free cells")):
-            with pytest.raises(ConfigError, match=msg):
-                lookahead_queries(s, (4, 180), lookahead_tokens=bad)
-        assert _state(s) == st
-
-
-def test_exact_lookahead_keeps_the_keys_the_greedy_continuation_reads_exact(llama, monkeypatch):
-    from pyllamaam.queries import lookahead_queries
-
-    got = []
-    real = spanfit.fit_layer_exact
-
-    def spy(K, V, Q, budget, n_exact, obs, *a, **k):
-        got.append((obs, k.get("exact")))
-        return real(K, V, Q, budget, n_exact, obs, *a, **k)
-
-    monkeypatch.setattr(spanfit, "fit_layer_exact", spy)
-    st = _state(llama)
-    want = lookahead_queries(llama, (0, 0), lookahead_tokens=8)
-    ref = llama.compact(ratio=4, queries="repeat", on_policy=1, **LENIENT)
-    _restore(llama, st)
-    got.clear()
-    rep = llama.compact(ratio=4, queries="repeat", on_policy=1, exact="lookahead", observe=8, **LENIENT)
-    assert not rep.fell_back, rep.reason
-    assert rep.cells_after == ref.cells_after and rep.recurring_cells in (None, 0)
-    assert len(got) == len(rep.layers)
-    for il, (obs, exact) in zip(rep.layers, got, strict=True):
-        assert exact is None  # chosen per head by the observation queries' scores
-        np.testing.assert_allclose(
-            obs, rows.group_by_kv_head(want[il], llama.layers[il]["n_head_kv"]), rtol=1e-5, atol=1e-6
-        )
-    _restore(llama, st)
-    got.clear()
-    llama.compact(ratio=4, queries="repeat", on_policy=1, exact="lookahead", **LENIENT)
-    r = llama.layers[rep.layers[0]]["n_head"] // llama.layers[rep.layers[0]]["n_head_kv"]
-    assert got[0][0].shape[1] == pipeline.LOOKAHEAD_TOKENS * r  # observe=0: LOOKAHEAD_TOKENS tokens
-    _restore(llama, st)
-    with pytest.raises(ConfigError, match="exact"):
-        llama.compact(ratio=4, queries="repeat", exact="lookahead", budgets={"L0H0": 1.0}, **LENIENT)
-    assert llama._snapshot() == st[0]
-
-
-def test_recurring_keeps_the_latest_copy_of_repeated_text_exact_in_place_of_recent_cells(tiny_models, monkeypatch):
-    # 240 random tokens with two runs repeated: A (6 tokens) at 20 and 70, B (5 tokens) at 40 and 150
-    toks = _ids(240, 11)
-    a, b = _ids(6, 12), _ids(5, 13)
-    toks[20:26] = toks[70:76] = a
-    toks[40:45] = toks[150:155] = b
-    got = {}
-    real = spanfit.fit_layer_exact
-
-    def spy(K, V, Q, budget, n_exact, obs, scale, prior, *args, exact=None, **kw):
-        res = real(K, V, Q, budget, n_exact, obs, scale, prior, *args, exact=exact, **kw)
-        got[len(got)] = (V, np.array(exact), budget, res)
-        return res
-
-    monkeypatch.setattr(spanfit, "fit_layer_exact", spy)
-    with tiny_models["llama"].session(n_ctx=512) as s:
-        s.prefill(toks)
-        st = _state(s)
-        ref = s.compact(ratio=4, queries="repeat", recurring=0, **LENIENT)
-        assert ref.recurring_cells == 0 and not got
-        _restore(s, st)
-        rep = s.compact(ratio=4, queries="repeat", recurring=0.5, **LENIENT)
-        assert not rep.fell_back, rep.reason
-        assert rep.cells_after == ref.cells_after  # the same cells as the recent window
-        # the span is positions 4..207 (keep_first=4, keep_last=32); the exact share is e cells;
-        # repeats outside the recent window: A's latest copy (70..75) and B's (150..154), most recent first
-        V, exact, budget, res = got[0]
-        e = exact.shape[1]
-        r = rep.recurring_cells
-        assert r == min(round(0.5 * e), 11) and f"{r} exact cells of repeated text" in str(rep)
-        want = sorted([p - 4 for p in [*range(150, 155), *range(70, 76)]][:r])
-        assert sorted(set(exact[0]) - set(range(204 - (e - r), 204))) == want
-        assert len(set(exact[0])) == e and np.all(exact == exact[0])  # shared by every head
-        for h in range(V.shape[0]):  # kept exact: original values, no bias
-            ex = np.isin(res.indices[h], exact[h])
-            assert ex.sum() == e
-            np.testing.assert_array_equal(res.values[h][ex], V[h, res.indices[h][ex]])
-            assert np.all(res.beta[h][ex] == 0)
-        assert np.isfinite(s.eval_logits(_ids(3, 4))).all()
-        # recurring=1 gives the whole exact window to repeated text where there is enough of it
-        _restore(s, st)
-        full = s.compact(ratio=4, queries="repeat", recurring=1.0, **LENIENT)
-        assert full.recurring_cells == min(e, 11) and full.cells_after == ref.cells_after
-        _restore(s, st)
-        assert s.compact(ratio=4, queries="repeat", **LENIENT).recurring_cells == 0  # off by default
-        # nothing repeats: the plain recent window, byte for byte
-        _restore(s, st)
-        for bad in (-0.1, 1.5, "all"):
-            with pytest.raises(ConfigError, match="recurring"):
-                s.compact(ratio=4, queries="repeat", recurring=bad, **LENIENT)
-            assert s._snapshot() == st[0]
-    with tiny_models["llama"].session(n_ctx=512) as s:
-        plain = list(range(10, 250))  # no run of 4 tokens occurs twice
-        s.prefill(plain)
-        st = _state(s)
-        s.compact(ratio=4, queries="repeat", recurring=0, **LENIENT)
-        one = s._snapshot()
-        _restore(s, st)
-        rep = s.compact(ratio=4, queries="repeat", recurring=1.0, **LENIENT)
-        assert rep.recurring_cells == 0 and s._snapshot() == one
-
-
 def test_tail_queries_on_a_hybrid_memory_are_refused_and_nothing_changes(tiny_models):
     with tiny_models["hybrid"].session(n_ctx=512) as s:
         s.prefill(_ids(200, 8))
         st, last = _state(s), s.logits()
         # a recurrent state cannot drop its last tokens to read them again: refused with the reason
         with pytest.raises(ConfigError, match="cannot drop its last 8 cells"):
-            s.compact(ratio=4, queries="repeat", method="hybrid", observe=8, **LENIENT)
+            s.compact(ratio=4, queries="tail", tail_tokens=8, **LENIENT)
         assert _state(s) == st
         np.testing.assert_array_equal(s.logits(), last)
 

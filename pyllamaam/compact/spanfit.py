@@ -2,8 +2,8 @@
 
 Wraps :func:`~pyllamaam.compact.head.compact_layer` (one batched fit of every KV head of a layer)
 for the pipeline's options: ``chunk_tokens`` (the span fitted in pieces: bounded memory), head
-budgets with exact recent windows (``budget_cells="fill"``, option ``recent``) and exact keys
-chosen per head (options ``exact`` and ``recurring``). Arrays as in :mod:`pyllamaam.compact`:
+budgets with exact recent windows (``budget_cells="fill"``, option ``recent``) and exact cells
+given per head (the chunks of option ``spans``). Arrays as in :mod:`pyllamaam.compact`:
 K, V ``[H, T, d]``, Q ``[H, n, d]``, prior bias ``[H, T]``.
 """
 
@@ -14,8 +14,6 @@ import numpy as np
 from ..errors import ConfigError
 from .head import compact_layer
 from .result import PAD, CompactedLayer
-from .select.base import rank_by_score
-from .select.snapkv import observed_scores
 
 
 def fit_layer_windows(K, V, Q, budget, window, scale, prior, chunk_tokens, **kw) -> CompactedLayer:
@@ -70,13 +68,9 @@ def fit_layer_windows(K, V, Q, budget, window, scale, prior, chunk_tokens, **kw)
     return CompactedLayer(idx, beta, vals, zeros, tuple(sorted(fallback)), timings)
 
 
-def fit_layer_exact(
-    K, V, Q, budget, n_exact, obs, scale, prior, chunk_tokens, kernel: int = 7, exact=None, **kw
-) -> CompactedLayer:
-    """One layer's fit where each KV head keeps ``n_exact`` span keys exact (original keys, values
-    and bias): the keys the observation queries ``obs`` [H, m, d] attend to most (SnapKV's scores,
-    max-pooled over ``kernel`` cells), or the span indices ``exact`` [H, e] where given; ``budget``
-    keys are fitted on the rest of its span.
+def fit_layer_exact(K, V, Q, budget, exact, scale, prior, chunk_tokens, **kw) -> CompactedLayer:
+    """One layer's fit where each KV head keeps the span indices ``exact`` [H, e] exact (original
+    keys, values and bias); ``budget`` keys are fitted on the rest of its span.
 
     The span's unnormalized attention sum is the exact keys' sum plus the rest's, so a fit that
     matches the rest matches the whole (as for chunks). Heads with the same exact keys share one
@@ -88,11 +82,6 @@ def fit_layer_exact(
         )
     H, T = K.shape[:2]
     valid = np.ones((H, T), bool) if prior is None else np.isfinite(prior)
-    if exact is None:
-        e = int(min(n_exact, T - 1))
-        exact = np.sort(
-            rank_by_score(observed_scores(obs, K, scale, prior, kernel), valid)[:, :e], axis=1
-        )
     exact = np.asarray(exact, np.int64)
     idx, beta, vals = [None] * H, [None] * H, [None] * H
     zeros, fallback, timings = np.zeros(H, np.int64), [], {}

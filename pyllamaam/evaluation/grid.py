@@ -49,51 +49,20 @@ METHODS: dict[str, dict[str, Any] | None] = {
     # on-policy refits with the hybrid keys (attn-rms and the repeat pass's last-window snapkv
     # rankings interleaved) instead of attn-rms alone
     "am-op3-hybrid": {"method": "hybrid", "queries": "repeat", "on_policy": 3},
-    # on-policy refits with the hybrid keys observing the context's last 32 tokens read again
-    # (SnapKV's signal: what the next tokens read) instead of the repeat pass's last window
-    "am-op3-tail": {"method": "hybrid", "queries": "repeat", "on_policy": 3, "observe": 32},
-    # on-policy refits with SnapKV's keys (observing the context's last 32 tokens) and AM's fit
-    "am-op3-snaptail": {"method": "snapkv", "queries": "repeat", "fit": True, "on_policy": 3, "observe": 32},
     # on-policy refits whose queries add the context's last 256 tokens read again (forward reading,
-    # as the next tokens read) to the repeat pass: pooled (~10% of the rows at 2K), or balanced
+    # as the next tokens read) to the repeat pass (~10% of the rows at 2K)
     "am-op3-rtail": {"method": "am", "queries": "repeat+tail", "tail_tokens": 256, "on_policy": 3},
-    "am-op3-rtail-b": {"method": "am", "queries": "repeat+tail", "tail_tokens": 256, "on_policy": 3, "mix": "balanced"},
-    # on-policy refits whose per-head guards also choose on the context's last (up to 256) tokens
-    # read again: fitted, shrunk, original or evicted values as the next tokens read the span
-    "am-op3-gtail": {"method": "am", "queries": "repeat", "on_policy": 3, "guard_tail": 256},
-    # on-policy refits whose exact share of the budget holds, per head, the keys the context's
-    # last 32 tokens read again attend to most (SnapKV's choice) instead of the recent window
-    "am-op3-exobs": {"method": "am", "queries": "repeat", "on_policy": 3, "exact": "observed"},
-    # on-policy refits whose exact share holds, per head, H2O's heavy hitters (the span keys with the
-    # most attention summed over the queries captured during prefill) instead of the recent window
-    "am-op3-heavy": {"method": "am", "queries": "repeat", "on_policy": 3, "exact": "heavy"},
     # on-policy refits with a smaller exact recent window (option recent; the default is 0.5)
     "am-op3-rec0.3": {"method": "am", "queries": "repeat", "on_policy": 3, "recent": 0.3},
     "am-op3-rec0.4": {"method": "am", "queries": "repeat", "on_policy": 3, "recent": 0.4},
     # and larger ones: a copy in the continuation reads an exact recent token, the fit cannot
     "am-op3-rec0.8": {"method": "am", "queries": "repeat", "on_policy": 3, "recent": 0.8},
     "am-op3-rec0.9": {"method": "am", "queries": "repeat", "on_policy": 3, "recent": 0.9},
-    # on-policy refits whose exact share holds repeated text (the latest copy of every run of 4
-    # tokens the context repeats) in place of some of the most recent span cells (option recurring)
-    "am-op3-recur0.25": {"method": "am", "queries": "repeat", "on_policy": 3, "recurring": 0.25},
-    "am-op3-recur0.5": {"method": "am", "queries": "repeat", "on_policy": 3, "recurring": 0.5},
-    "am-op3-recur1": {"method": "am", "queries": "repeat", "on_policy": 3, "recurring": 1.0},
-    # on-policy refits whose exact share holds, per head, the keys that 64 tokens of the model's own
-    # greedy continuation attend to most (exact="lookahead": what the next tokens will read)
-    "am-op3-look": {"method": "am", "queries": "repeat", "on_policy": 3, "exact": "lookahead", "recurring": 0.0},
-    # the default with the greedy continuation's queries (64 tokens) in the fit, as an equal
-    # share of the rows (mix="balanced")
-    "am-op3-recur1-lmix": {
-        "method": "am", "queries": "repeat+lookahead", "on_policy": 3, "recurring": 1.0,
-        "lookahead_tokens": 64, "mix": "balanced",
-    },
     # on-policy refits on 4x the fitted query rows (max_queries, 2048 rows per KV head by default:
     # 512 tokens of Gemma-3's 4 query heads, an eighth of a 4K repeat pass)
     "am-op3-q8k": {"method": "am", "queries": "repeat", "on_policy": 3, "max_queries": 8192},
     # on-policy refits on the repeat pass plus the prefill's own queries (fixed: not re-captured)
     "am-op3-rctx": {"method": "am", "queries": "repeat+context", "on_policy": 3},
-    # the mix with each source given half of the fitted rows (self-study is ~150 tokens)
-    "am-op3-bmix": {"method": "am", "queries": "repeat+self-study", "on_policy": 3, "mix": "balanced"},
     # SnapKV's keys (the repeat pass's last window, max-pooled) with the Attention Matching fit
     "am-snapkv": {"method": "snapkv", "queries": "repeat", "fit": True, "on_policy": 1},
     "snapkv": {"method": "snapkv", "queries": "context"},
@@ -102,10 +71,9 @@ METHODS: dict[str, dict[str, Any] | None] = {
     "random": {"method": "random", "queries": "context"},
 }
 # every named variant keeps the per-head selection and exact recent window it was measured with
-# (no shared spans, recurring=0); only "default" follows Session.compact's defaults as they are now
+# (no shared spans); only "default" follows Session.compact's defaults as they are now
 for _name, _kw in METHODS.items():
     if _kw is not None and _name != "default":
-        _kw.setdefault("recurring", 0.0)
         _kw.setdefault("spans", 0.0)
 #: Methods that keep original keys and values (the eviction baselines AM is compared to).
 EVICTION = ("snapkv", "h2o", "window", "random")

@@ -7,9 +7,8 @@ restores the session exactly afterwards (:func:`scratch`).
 
 Sources: ``"context"`` (captured during prefill, free), ``"repeat"`` (a repeat-the-text pass),
 ``"self-study"`` (the model's own short texts about the context), ``"task"`` (the upcoming task
-prompt), ``"tail"`` (the context's last tokens read again: what the next tokens need), ``"lookahead"``
-(the model's own greedy continuation: what the next tokens will read); a
-mixture is ``"repeat+context"``.
+prompt), ``"tail"`` (the context's last tokens read again: what the next tokens need); a mixture is
+``"repeat+context"``.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import numpy as np
 from ..errors import ConfigError
 from ._scratch import scratch
 from .context import context_queries
-from .lookahead import lookahead_queries
 from .repeat import repeat_queries
 from .selfstudy import selfstudy_queries
 from .tail import tail_queries
@@ -39,7 +37,6 @@ SOURCES: dict[str, Source] = {
     "self-study": selfstudy_queries,
     "task": task_queries,
     "tail": tail_queries,
-    "lookahead": lookahead_queries,
 }
 
 __all__ = ["SOURCES", "Queries", "collect", "parse_spec", "scratch"]
@@ -47,7 +44,7 @@ __all__ = ["SOURCES", "Queries", "collect", "parse_spec", "scratch"]
 
 class Queries(dict):
     """``{layer: Q}`` of a query spec, with ``parts``: the token count of each source in the
-    order they are concatenated (so a fit can weigh the sources of a mixture)."""
+    order they are concatenated."""
 
     def __init__(self, q: dict[int, np.ndarray], parts: list[int]) -> None:
         super().__init__(q)

@@ -18,39 +18,20 @@ def split_queries(
     max_rows: int,
     session: Session,
     max_held: int | None = None,
-    mix: str = "pooled",
 ):
     """Per layer: (fit, held-out) queries grouped by KV head, [H, n * r, d] each.
 
-    Every ``1/heldout``-th token of each source is held out. ``mix="pooled"`` samples the
-    fitted and held-out tokens evenly over all sources, so each source weighs as many tokens
-    as it captured; ``"balanced"`` gives every source of a mixture an equal share of the rows
-    (a short source's rows repeat: integer weights), e.g. 144 self-study tokens against a
-    4K-token repeat pass."""
+    Every ``1/heldout``-th token is held out; the fitted and held-out tokens are sampled evenly
+    over all of them, so each source of a mixture weighs as many tokens as it captured."""
     n_tok = len(next(iter(Q.values())))
     if n_tok < 2:
         raise ConfigError(f"only {n_tok} reference query tokens: too few to fit and verify")
-    if mix not in ("pooled", "balanced"):
-        raise ConfigError(f"mix must be 'pooled' or 'balanced', not {mix!r}")
-    parts = [p for p in getattr(Q, "parts", [n_tok]) if p > 0]
-    if sum(parts) != n_tok or mix == "pooled":
-        parts = [n_tok]
     step = max(2, round(1 / heldout)) if heldout > 0 else n_tok + 1
-    bounds = np.cumsum([0, *parts])
-    local = np.concatenate([np.arange(n) for n in parts])
-    held = local % step == step - 1
-    fit_tok = [np.flatnonzero(~held[a:b]) + a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    held_tok = [np.flatnonzero(held[a:b]) + a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    held = np.arange(n_tok) % step == step - 1
+    fit_tok, held_tok = np.flatnonzero(~held), np.flatnonzero(held)
 
-    def pick(toks: list[np.ndarray], cap: int) -> np.ndarray:
-        if len(toks) == 1:
-            t = toks[0]
-            return (
-                t[np.linspace(0, len(t) - 1, min(cap, len(t))).round().astype(int)] if len(t) else t
-            )
-        share = max(1, cap // len(toks))  # equal rows per source, short sources repeated
-        out = [t[np.linspace(0, len(t) - 1, share).round().astype(int)] for t in toks if len(t)]
-        return np.concatenate(out) if out else toks[0]
+    def pick(t: np.ndarray, cap: int) -> np.ndarray:
+        return t[np.linspace(0, len(t) - 1, min(cap, len(t))).round().astype(int)] if len(t) else t
 
     fit, out = {}, {}
     for il, q in Q.items():
