@@ -318,20 +318,21 @@ def _plan(session, ratio, target_cells, method, queries, keep_first, keep_last, 
         budgets = (shipped_budgets(session) if SHIPPED_BUDGETS_BY_DEFAULT and fits else None) or "uniform"
     if pipe["max_attention_error"] is None:
         pipe["max_attention_error"] = 0.9 if fits else float("inf")
-    if pipe["on_policy"] is None:  # re-capture needs a forward-pass source run by this call
-        forward = fits and given is None and qspec != "context"
-        pipe["on_policy"] = min(ON_POLICY_GROUPS, len(layers)) if forward else 1
     fill = fits and pipe["budget_cells"] == "fill" and not _uniform(budgets)
     if not (isinstance(pipe["spans"], (int, float)) and 0 <= pipe["spans"] <= 1):
         raise ConfigError(f"spans must be a number in [0, 1], not {pipe['spans']!r}")
     if pipe["chunk"] != "sentence" and not (isinstance(pipe["chunk"], int) and pipe["chunk"] >= 1):
         raise ConfigError(f"chunk must be 'sentence' or an integer >= 1 (cells), not {pipe['chunk']!r}")
-    if pipe["spans"] and (shared or not fits or fill or not _uniform(budgets)):
+    keep_mask = selector == "keep" or "keep" in options
+    if pipe["spans"] and (shared or not fits or fill or keep_mask or not _uniform(budgets)):
         if spans_given:
-            raise ConfigError("spans= serves fitted methods with uniform budgets and the plain exact window")
+            raise ConfigError("spans= serves fitted methods with uniform budgets and no keep mask")
         pipe["spans"] = 0.0  # the default serves the plain fit only
-    if shared or pipe["spans"]:
-        pipe["on_policy"] = 1  # the chunks are chosen once, on the queries of the whole cache
+    if shared or (pipe["spans"] and pipe["on_policy"] is None):
+        pipe["on_policy"] = 1  # the cells are chosen once, on the queries of the whole cache
+    if pipe["on_policy"] is None:  # re-capture needs a forward-pass source run by this call
+        forward = fits and given is None and qspec != "context"
+        pipe["on_policy"] = min(ON_POLICY_GROUPS, len(layers)) if forward else 1
     return _Plan(layers, selector, fits, qspec, given, task, budgets, pipe, qopts, options, fill, shared)
 
 
@@ -513,6 +514,7 @@ def reference_queries(
     target_cells: int | None = None,
     method: str = "am",
     recent: float = PIPELINE_DEFAULTS["recent"],
+    spans: float = PIPELINE_DEFAULTS["spans"],
     **options: Any,
 ) -> ReferenceQueries:
     """Capture the reference queries :func:`compact` would use, once, for several compactions
@@ -520,7 +522,8 @@ def reference_queries(
 
     Without ``ratio``/``target_cells`` they cover the whole span between ``keep_first`` and
     ``keep_last`` and serve any compaction; with them, the span that this one compaction fits
-    (fitted methods move part of the budget to an exact recent window, option ``recent``), as
+    (fitted methods with ``spans=0`` move part of the budget to an exact recent window, option
+    ``recent``), as
     ``compact`` would capture them itself."""
     _check_gate(session)
     spec = "+".join(qsources.parse_spec(queries))
@@ -533,7 +536,8 @@ def reference_queries(
         span = kvsplit.span_of(kv, kvsplit.split_cells(kv, keep_first, keep_last))
     else:
         _check_args(ratio, target_cells, keep_first, keep_last)
-        fits = SELECTORS[_selector(method)].fits
+        # with spans (the default) and the shared evictions the fit covers the user's whole span
+        fits = method not in SHARED_EVICTIONS and SELECTORS[_selector(method)].fits and not spans
         span = kvsplit.span_of(kv, kvsplit.splits(kv, keep_first, keep_last, ratio, target_cells, fits, recent)[1])
     clock = time.perf_counter()
     Q = qsources.collect(session, spec, span, task=task, **options)

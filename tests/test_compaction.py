@@ -231,7 +231,8 @@ def test_recurrent_memory_is_refused_with_the_reason(tiny_models):
 
 # --- iterative and automatic ---
 def test_compacting_twice_includes_the_existing_bias(llama, monkeypatch):
-    rep1 = llama.compact(ratio=3, queries="context", **LENIENT)
+    # the per-head fit (spans=0) sees the prior of every span cell it fits
+    rep1 = llama.compact(ratio=3, queries="context", spans=0.0, **LENIENT)
     assert not rep1.fell_back
     llama.prefill(_ids(100, 10))
     seen = []
@@ -242,7 +243,7 @@ def test_compacting_twice_includes_the_existing_bias(llama, monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(spanfit, "compact_layer", spy)
-    rep2 = llama.compact(ratio=3, queries="context", **LENIENT)
+    rep2 = llama.compact(ratio=3, queries="context", spans=0.0, **LENIENT)
     assert not rep2.fell_back, rep2.reason
     assert all(p is not None and np.isinf(p).any() | (p != 0).any() for p in seen)
     assert llama.n_past == 300 and llama.n_cells == rep2.cells_after < rep1.cells_after + 100
@@ -332,9 +333,12 @@ def test_reference_queries_reused_give_the_same_compaction_as_capturing_again(ll
         assert rep.n_queries > 0
     _restore(llama, st)
     ref4 = llama.reference_queries("repeat", ratio=4)  # the span this compaction fits
-    assert ref4.span[0] == ref.span[0] and ref4.span[1] < ref.span[1]  # am: exact recent window
+    assert ref4.span == ref.span  # am with spans (the default) fits the user's whole span
     llama.compact(ratio=4, queries=ref4, **LENIENT)
     assert llama._snapshot() == after_fresh  # bit-identical to capturing them again
+    _restore(llama, st)
+    ref4 = llama.reference_queries("repeat", ratio=4, spans=0.0)
+    assert ref4.span[0] == ref.span[0] and ref4.span[1] < ref.span[1]  # per-head am: exact recent window
 
 
 def test_reference_queries_for_another_cache_are_refused_and_nothing_changes(llama):
@@ -399,7 +403,7 @@ def test_on_policy_none_picks_groups_only_where_queries_can_be_recaptured(llama)
     from pyllamaam import pipeline
 
     st = _state(llama)
-    rep = llama.compact(ratio=4, queries="repeat", on_policy=None, **LENIENT)
+    rep = llama.compact(ratio=4, queries="repeat", on_policy=None, spans=0.0, **LENIENT)
     assert not rep.fell_back, rep.reason
     assert rep.on_policy == min(pipeline.ON_POLICY_GROUPS, len(rep.layers)) > 1
     assert "on-policy in" in str(rep)
@@ -475,7 +479,7 @@ def test_repeat_pieces_are_evenly_spread_contiguous_and_within_budget():
 def test_am_keeps_an_exact_recent_window_of_half_the_budget_and_the_same_cells(llama):
     kv0 = llama.get_kv()
     st = _state(llama)
-    rep = llama.compact(ratio=4, queries="context", **LENIENT)  # recent=0.5 by default for am
+    rep = llama.compact(ratio=4, queries="context", spans=0.0, **LENIENT)  # recent=0.5 by default
     assert not rep.fell_back, rep.reason
     kv1 = llama.get_kv()
     t = round((kv0.n_cells - 4 - 32) / 4)
@@ -488,13 +492,13 @@ def test_am_keeps_an_exact_recent_window_of_half_the_budget_and_the_same_cells(l
         assert np.array_equal(kv1.values[il][o1[-w:]], kv0.values[il][o0[-w:]])
         assert np.array_equal(kv1.bias[il][o1[-w:]], kv0.bias[il][o0[-w:]])
     _restore(llama, st)
-    rep0 = llama.compact(ratio=4, queries="context", recent=0.0, **LENIENT)
+    rep0 = llama.compact(ratio=4, queries="context", recent=0.0, spans=0.0, **LENIENT)
     assert rep0.cells_after == rep.cells_after
     full = t * sum(kv0.keys[il].shape[1] for il in kv0.layers)  # keys of the span: the window counts
     assert 0.8 * full <= rep0.keys_kept <= full and 0.8 * full <= rep.keys_kept <= full
     _restore(llama, st)
     with pytest.raises(ConfigError):
-        llama.compact(ratio=4, queries="context", recent=1.0, **LENIENT)
+        llama.compact(ratio=4, queries="context", recent=1.0, spans=0.0, **LENIENT)
     assert llama.n_cells == st[1]
 
 
