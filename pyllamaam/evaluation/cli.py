@@ -92,7 +92,7 @@ def _qa_main(args: argparse.Namespace) -> int:
         seeds=args.seeds, continuation=args.continuation, n_threads=args.threads,
     )
     if args.quick:
-        spec.n_tokens, spec.ratios, spec.seeds = [256], [4.0], [0]
+        spec.n_tokens, spec.ratios, spec.seeds = [600], [4.0], [0]
         spec.methods, spec.continuation = ["full", "default", "chunkkv"], 12
     try:
         clock = time.perf_counter()
