@@ -27,8 +27,8 @@ class AttentionStats:
         Row maximum ``m_i`` of the logits (the shift used on both sides of the mass fit).
     mass : ndarray, float64, [H, n]
         ``sum_k exp(logit_ik - m_i)`` (>= 1): the shifted attention mass of each query.
-    output : ndarray, float64, [H, n, d]
-        The attention output ``softmax(logits) V``.
+    output : ndarray, float64, [H, n, d], or None
+        The attention output ``softmax(logits) V`` (None when not asked for).
     score_rms, score_mean, score_max : ndarray, float64, [H, T], or None
         RMS, mean and max over queries of the softmax weights of each key (None when
         not asked for).
@@ -36,7 +36,7 @@ class AttentionStats:
 
     shift: np.ndarray
     mass: np.ndarray
-    output: np.ndarray
+    output: np.ndarray | None
     score_rms: np.ndarray | None
     score_mean: np.ndarray | None
     score_max: np.ndarray | None
@@ -77,6 +77,7 @@ def attention_stats(
     *,
     max_block: int = DEFAULT_MAX_BLOCK,
     scores: frozenset[str] | tuple[str, ...] = SCORES,
+    output: bool = True,
 ) -> AttentionStats:
     """One chunked pass over the queries computing everything the fit needs.
 
@@ -86,7 +87,7 @@ def attention_stats(
 
     Parameters
     ----------
-    K, V : ndarray, float32, [H, T, d]
+    K, V : ndarray, float32, [H, T, d] (V may be None without ``output``)
     Q : ndarray, float32, [H, n, d]
     scale : float
         The layer's kq_scale.
@@ -96,6 +97,8 @@ def attention_stats(
         Cap on the elements of one [H, rows, T] logit block.
     scores : subset of ``("rms", "mean", "max")``
         Key scores to compute (the others are None); a selector names what it reads.
+    output : bool
+        Compute the attention output (a key score alone needs no values).
 
     Returns
     -------
@@ -109,11 +112,11 @@ def attention_stats(
     f32 = np.float32
     Qs = (Q * f32(scale)).astype(f32, copy=False)
     Kt = np.ascontiguousarray(K.transpose(0, 2, 1), dtype=f32)  # [H, d, T]
-    Vf = V.astype(f32, copy=False)
+    Vf = V.astype(f32, copy=False) if output else None
     bias = None if prior_bias is None else prior_bias.astype(f32, copy=False)[:, None, :]
     shift = np.empty((H, n))
     mass = np.empty((H, n))
-    output = np.empty((H, n, V.shape[2]))
+    out = np.empty((H, n, V.shape[2])) if output else None
     sq = np.zeros((H, T)) if "rms" in scores else None
     sm = np.zeros((H, T)) if "mean" in scores else None
     mx = np.zeros((H, T)) if "max" in scores else None
@@ -132,7 +135,8 @@ def attention_stats(
         shift[:, a:b] = m
         mass[:, a:b] = z
         rz = (1.0 / z)[:, None, :]  # [H, 1, c]
-        output[:, a:b] = np.matmul(E, Vf) * rz.transpose(0, 2, 1)
+        if out is not None:
+            out[:, a:b] = np.matmul(E, Vf) * rz.transpose(0, 2, 1)
         # Column sums of the softmax weights A = E / z as products with 1/z: one read
         # of E each instead of normalizing the block first.
         if sm is not None:
@@ -146,7 +150,7 @@ def attention_stats(
     return AttentionStats(
         shift,
         mass,
-        output,
+        out,
         None if sq is None else np.sqrt(sq / n),
         None if sm is None else sm / n,
         mx,

@@ -22,13 +22,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
-
-#: Query rows per block of the score pass (bounds memory at rows * r * N floats per head).
-_BLOCK = 256
-
+from ._attention import attention_stats
 
 def attention_max(K: np.ndarray, Q: np.ndarray, scale: float, prior: np.ndarray | None = None) -> np.ndarray:
-    """Per (KV head, cell) the largest softmax attention over the queries of its group, ``[H, N]``.
+    """Per (KV head, cell, query head of its group) the largest softmax attention over the queries.
 
     Parameters
     ----------
@@ -39,26 +36,18 @@ def attention_max(K: np.ndarray, Q: np.ndarray, scale: float, prior: np.ndarray 
 
     Returns
     -------
-    [H, N, r] float32: the maximum over queries, per query head of the group (sum or max them).
+    [H, N, r]: the maximum over queries, per query head of the group (sum or max them).
     """
     H, N, _ = K.shape
-    n_head, n, _ = Q.shape
+    n_head = Q.shape[0]
     if n_head % H:
         raise ConfigError(f"{n_head} query heads do not group onto {H} KV heads")
     r = n_head // H
-    out = np.zeros((H, N, r), np.float32)
-    for h in range(H):
-        Kh = K[h].astype(np.float32)
-        for a in range(0, n, _BLOCK):
-            q = Q[h * r : (h + 1) * r, a : a + _BLOCK].astype(np.float32)  # [r, b, d]
-            z = scale * (q @ Kh.T)  # [r, b, N]
-            if prior is not None:
-                z += prior[h][None, None, :]
-            z -= z.max(axis=2, keepdims=True)
-            np.exp(z, out=z)
-            z /= z.sum(axis=2, keepdims=True)
-            np.maximum(out[h], z.max(axis=1).T, out=out[h])
-    return out
+    # every query head on its own KV head's keys: the kernel's chunked pass, key scores only
+    Kq = np.repeat(K, r, axis=0)
+    pq = None if prior is None else np.repeat(prior, r, axis=0)
+    mx = attention_stats(Kq, None, Q, scale, pq, scores=("max",), output=False).score_max  # [n_head, N]
+    return mx.reshape(H, r, N).transpose(0, 2, 1)
 
 
 def chunk_select(scores: np.ndarray, n_keep: int, chunk: int | np.ndarray) -> np.ndarray:
