@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import ConfigError
 from ._attention import attention_stats
 
+
 def attention_max(K: np.ndarray, Q: np.ndarray, scale: float, prior: np.ndarray | None = None) -> np.ndarray:
     """Per (KV head, cell, query head of its group) the largest softmax attention over the queries.
 
