@@ -28,16 +28,16 @@ def document() -> str:
     return hay[:cut] + FACT + " " + hay[cut:]
 
 
-def _prompt() -> str:
+def prompt() -> str:
     return f"\n\nQuestion: {QUESTION}\nAnswer: {STEM}"
 
 
 def ask(session: Any) -> str:
     """The greedy answer to the demo question (8 tokens); the session is left unchanged."""
     model = session.model
-    prompt, out = model.tokenize(_prompt()), []
+    toks, out = model.tokenize(prompt()), []
     for _ in range(8):
-        out.append(int(session.eval_logits(prompt + out)[-1].argmax()))
+        out.append(int(session.eval_logits(toks + out)[-1].argmax()))
     return model.detokenize(out).strip().split("\n")[0]
 
 
@@ -74,7 +74,7 @@ def run(model_name: str | None = None) -> int:
         prefill = time.perf_counter() - clock
         full = s.save(tmp / "full.pllam")
         rows.append(("full cache", s.n_cells, prefill, "prefill", ask(s)))
-        for label, kw in (("4x, any question", {"ratio": 4}), ("10x, this question", {"ratio": 10, "task": _prompt()})):
+        for label, kw in (("4x, any question", {"ratio": 4}), ("10x, this question", {"ratio": 10, "task": prompt()})):
             s.restore(full)
             bar = _bar(len(s.compact_layers()))
             try:

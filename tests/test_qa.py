@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
+from pyllamaam import demo
 from pyllamaam.compact import chunks
 from pyllamaam.evaluation import qa, qa_run, tasks
 
-FACT = "Note for the archivist: the locker code is 67767."
-QUESTION = "\n\nQuestion: What is the locker code for the archivist?\nAnswer: The locker code for the archivist is"
+QUESTION = demo.prompt()  # "Question: ...? Answer: The locker code for the archivist is"
 
 
 def test_documents_are_deterministic_and_hold_every_fact():
@@ -71,11 +71,9 @@ def test_global_budgets_give_uneven_heads_and_never_more_cells_than_t():
 
 @pytest.fixture(scope="module")
 def planted(smollm2):
-    """~1K tokens of prose with one planted code, prefilled once; the blob to restore."""
-    hay = tasks.haystack_text()[20000:24200]
-    cut = hay.find(". ", len(hay) // 3) + 2
-    text = hay[:cut] + FACT + " " + hay[cut:]
-    toks = smollm2.tokenize(text, add_bos=True)
+    """~1K tokens of prose with one planted code (the demo's document), prefilled once; the blob
+    to restore."""
+    toks = smollm2.tokenize(demo.document(), add_bos=True)
     s = smollm2.session(n_ctx=2 * len(toks) + 256)
     s.prefill(toks)
     yield s, s._snapshot(), len(toks)
@@ -83,14 +81,8 @@ def planted(smollm2):
 
 
 def _answer(s, model) -> str:
-    return model.detokenize(_greedy(s, model.tokenize(QUESTION), 8))
-
-
-def _greedy(s, prompt, n):
-    out = []
-    for _ in range(n):
-        out.append(int(s.eval_logits(prompt + out)[-1].argmax()))
-    return out
+    assert model is s.model
+    return demo.ask(s)  # greedy, 8 tokens after QUESTION; the session is left unchanged
 
 
 def test_planted_code_is_answered_from_the_full_cache(planted, smollm2):
