@@ -87,23 +87,42 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # continuation KL of AM against keep_last alone (docs/results/ACCEPTANCE.md). 0: keep_last only
     "recent": 0.5,
     # fitted methods: the share of the compacted budget (span cells kept, not keep_last) held by
-    # whole chunks of consecutive cells, the same chunks in every layer and head, chosen by the
-    # attention the reference queries give them (summed over layers and query heads, a chunk
-    # scored by its mean cell); the fit compacts the rest of the span. A fact is a few
+    # whole units of consecutive cells (option ``chunk``), the same units in every layer and head,
+    # chosen by option ``span_score``; the fit compacts the rest of the span. A fact is a few
     # consecutive tokens read through every head at once: per-head selection and the fit split
-    # it and lose it (DESIGN.md section 9). 0.9: on the QA tuning documents (SmolLM2, 1K tokens,
-    # seeds 1-2) it tied the best eviction on answers at 4x and 10x, above per-head AM; one repeat
-    # pass (on_policy 1) instead of three. 0: off (option ``recent`` then holds the exact share)
-    "spans": 0.9,
+    # it and lose it (DESIGN.md section 9). 0.75: on the QA tuning documents (seeds 1-3, 1K
+    # tokens, 4x and 10x) it tied 0.9 and 1.0 on answers; the fit of the other quarter kept the
+    # continuation ΔNLL of 0.9 (1.0, nothing fitted: +0.13 on SmolLM2 and on Qwen2.5-0.5B at
+    # 4x). 0: off (option ``recent`` then holds the exact share)
+    "spans": 0.75,
     # the unit of ``spans`` and of method "chunkkv": "sentence" (text up to a sentence or line end,
     # at most 32 tokens: a fact's cue words and its value together) or a number of cells
     "chunk": "sentence",
+    # how option ``spans`` scores the units: "cache+repeat" (the cache's own scores pick the
+    # candidate units, ``span_candidates`` of the span; the repeat pass reads only those and the
+    # largest attention each cell gets from it ranks them), "cache" (the cache alone, no forward
+    # pass: key novelty plus value norm, :func:`pyllamaam.compact.chunks.cache_scores`) or
+    # "repeat" (the whole span repeated, ranked by its attention). Share of the answers of the QA
+    # tuning documents (seeds 1-8, 1K tokens, 72 per cell) whose sentences were kept at 4x / 10x:
+    # SmolLM2 0.53 / 0.39 ("cache+repeat"), 0.54 / 0.31 ("cache"), 0.50 / 0.39 ("repeat");
+    # Qwen2.5-0.5B 0.63 / 0.43, 0.74 / 0.51, 0.56 / 0.38. "cache" alone lost the planted code of
+    # the demo at 4x, which both others keep; "cache+repeat" reads half the text again
+    "span_score": "cache+repeat",
+    # with span_score "cache+repeat": the share of the span's cells, best units by cache score
+    # first, that the repeat pass reads (0.3 lost the demo's planted code, 0.5 kept it)
+    "span_candidates": 0.5,
+    # with span_score "cache": the share of the span the repeat pass reads for the fit's queries
+    # (evenly spread pieces; ``repeat_max_tokens`` given overrides it). The fit covers the tenth of
+    # the budget that is not whole sentences
+    "fit_repeat": 0.25,
 }
 #: Eviction baselines selected once for the whole model, not per head: "chunkkv" keeps whole
 #: chunks of consecutive cells, the same in every head and layer (ChunkKV); "kvzip" ranks every
 #: (layer, head, cell) score at once, so heads keep uneven numbers of cells (KVzip). Both score a
 #: cell by the largest attention it gets from the reference queries.
 SHARED_EVICTIONS = ("chunkkv", "kvzip")
+#: The values of option ``span_score``.
+SPAN_SCORES = ("cache+repeat", "cache", "repeat")
 #: Layer groups of ``on_policy=None``. 3: on the tuning contexts of the continuation grid (both models,
 #: 1K and 2K tokens, 10x and 20x) it lowered answer NLL and ΔNLL against one group on both models,
 #: for 2-3x the compaction time; the shipped budgets and the self-study mix on top of it did not
@@ -241,8 +260,11 @@ def compact(
     try:
         clock = time.perf_counter()
         span = (int(span_pos[0]), int(span_pos[-1]))
-        if plan.given is None:
-            Q = qsources.collect(session, plan.qspec, span, task=plan.task, **plan.qopts)
+        candidates, qopts = _candidates(session, kv, plan, cut)
+        if not _needs_queries(plan):
+            Q = {}
+        elif plan.given is None:
+            Q = qsources.collect(session, plan.qspec, span, task=plan.task, **qopts)
         else:
             _check_given(plan.given, span, kvsplit.span_of(kv, cut.user), n_cells0)
             Q = plan.given.queries
@@ -251,7 +273,7 @@ def compact(
 
         if plan.shared or plan.pipe["spans"]:
             tell("select", 0, 1)
-            cut = _shared_cut(session, kv, plan, cut, Q, rep)
+            cut = _shared_cut(session, kv, plan, cut, Q, rep, candidates)
             tell("select", 1, 1)
         if cut.evict is not None:
             fitted, held_q = cut.evict, {}
@@ -328,6 +350,17 @@ def _plan(session, ratio, target_cells, method, queries, keep_first, keep_last, 
         if spans_given:
             raise ConfigError("spans= serves fitted methods with uniform budgets and no keep mask")
         pipe["spans"] = 0.0  # the default serves the plain fit only
+    if pipe["span_score"] not in SPAN_SCORES:
+        raise ConfigError(f"span_score must be one of {', '.join(SPAN_SCORES)}, not {pipe['span_score']!r}")
+    share = pipe["span_candidates"]
+    if not (isinstance(share, (int, float)) and 0 < share <= 1):
+        raise ConfigError(f"span_candidates must be a number in (0, 1], not {share!r}")
+    if pipe["spans"] and pipe["span_score"] == "cache" and "repeat" in qspec.split("+") and given is None:
+        share = pipe["fit_repeat"]
+        if not (isinstance(share, (int, float)) and 0 < share <= 1):
+            raise ConfigError(f"fit_repeat must be a number in (0, 1], not {share!r}")
+        if share < 1:
+            qopts.setdefault("repeat_max_tokens", share)
     if shared or (pipe["spans"] and pipe["on_policy"] is None):
         pipe["on_policy"] = 1  # the cells are chosen once, on the queries of the whole cache
     if pipe["on_policy"] is None:  # re-capture needs a forward-pass source run by this call
@@ -347,7 +380,29 @@ def _cut(kv: KVState, plan: _Plan, sizes: tuple) -> _Cut:
     return _Cut(user, split, t, extra, None)
 
 
-def _shared_cut(session: Session, kv: KVState, plan: _Plan, cut: _Cut, Q, rep: CompactionReport) -> _Cut:
+def _candidates(session: Session, kv: KVState, plan: _Plan, cut: _Cut) -> tuple[np.ndarray | None, dict]:
+    """With ``span_score="cache+repeat"``: the span cells of the best units by cache score,
+    ``span_candidates`` of the span (a mask), and the query options that repeat only them."""
+    pipe = plan.pipe
+    if plan.shared or not pipe["spans"] or pipe["span_score"] != "cache+repeat":
+        return None, plan.qopts
+    user = cut.user
+    scores = chunks.cache_scores(
+        (kvsplit.span_arrays(kv, il, user) for il in plan.layers), (kv.bias[il][user.span].T for il in plan.layers)
+    )
+    T = len(user.span)
+    units = _units(session, kv, user, pipe["chunk"])
+    keep = chunks.chunk_select(scores, int(np.ceil(pipe["span_candidates"] * T)), units)
+    mask = np.zeros(T, bool)
+    mask[keep] = True
+    qopts = dict(plan.qopts)
+    if plan.given is None and "repeat" in plan.qspec.split("+") and "repeat_max_tokens" not in qopts:
+        qopts["repeat_positions"] = kv.positions[user.span][mask]
+    return mask, qopts
+
+
+def _shared_cut(session: Session, kv: KVState, plan: _Plan, cut: _Cut, Q, rep: CompactionReport,
+                candidates: np.ndarray | None = None) -> _Cut:
     """The cells chosen once for every head and layer (option ``spans``, methods "chunkkv" and
     "kvzip"), from the attention the reference queries ``Q`` give the user's span.
 
@@ -355,12 +410,20 @@ def _shared_cut(session: Session, kv: KVState, plan: _Plan, cut: _Cut, Q, rep: C
     rest; a selection that fits nothing comes back in ``evict`` (original keys, values, bias)."""
     clock = time.perf_counter()
     user, t = cut.user, cut.t
-    scores = _span_scores(session, kv, user, Q, plan.layers, plan.pipe)
+    if not plan.shared and plan.pipe["span_score"] == "cache":
+        total = chunks.cache_scores(
+            (kvsplit.span_arrays(kv, il, user) for il in plan.layers), (kv.bias[il][user.span].T for il in plan.layers)
+        )
+    else:
+        scores = _span_scores(session, kv, user, Q, plan.layers, plan.pipe)
+        if plan.shared == "kvzip":
+            rep.seconds["select"] = time.perf_counter() - clock
+            per_head = chunks.global_budgets([scores[il].max(axis=2) for il in plan.layers], t)
+            return _Cut(user, user, t, 0, None, _kept(kv, user, dict(zip(plan.layers, per_head, strict=True))))
+        total = sum(scores[il].sum(axis=(0, 2)) for il in plan.layers)
+        if candidates is not None:  # only the candidates were read again: they go first
+            total = np.where(candidates, total, -1.0)
     rep.seconds["select"] = time.perf_counter() - clock
-    if plan.shared == "kvzip":
-        per_head = chunks.global_budgets([scores[il].max(axis=2) for il in plan.layers], t)
-        return _Cut(user, user, t, 0, None, _kept(kv, user, dict(zip(plan.layers, per_head, strict=True))))
-    total = sum(scores[il].sum(axis=(0, 2)) for il in plan.layers)
     n_exact = t if plan.shared else int(round(plan.pipe["spans"] * t))
     exact = chunks.chunk_select(total, n_exact, _units(session, kv, user, plan.pipe["chunk"]))
     if plan.shared or n_exact >= t:  # nothing left to fit: the chunks as they are
@@ -368,6 +431,13 @@ def _shared_cut(session: Session, kv: KVState, plan: _Plan, cut: _Cut, Q, rep: C
         idx = {il: np.broadcast_to(exact, (H[il], len(exact))) for il in plan.layers}
         return _Cut(user, user, t, 0, None, _kept(kv, user, idx))
     return _Cut(user, user, t, len(exact), exact)
+
+
+def _needs_queries(plan: _Plan) -> bool:
+    """False where nothing reads the reference queries: whole units scored from the cache fill
+    the whole budget (``spans=1``), so there is nothing to fit and no pass to run."""
+    pipe = plan.pipe
+    return bool(plan.shared or not pipe["spans"] or pipe["span_score"] != "cache" or pipe["spans"] < 1)
 
 
 def _units(session: Session, kv: KVState, split: kvsplit.Split, chunk):

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import pyllamaam
+from pyllamaam import catalog
 from pyllamaam.errors import (
     CompactionError,
     ConfigError,
@@ -314,7 +315,10 @@ def _add_routes(app: FastAPI) -> None:  # noqa: C901 - one place lists every end
 
     @app.post("/v1/sessions/{sid}/compact")
     async def compact_session(sid: str, request: Request, body: CompactRequest | None = None) -> dict[str, Any]:
-        report = await _state(request).sessions.compact(sid, (body or CompactRequest()).kwargs())
+        st = _state(request)
+        path = getattr(st.model, "path", None)
+        template = catalog.qa_template(path) if path else catalog.QA_TEMPLATE
+        report = await st.sessions.compact(sid, (body or CompactRequest()).kwargs(template))
         return {"id": sid, "report": report}
 
     @app.post("/v1/sessions/{sid}/save")

@@ -97,10 +97,11 @@ class CompactRequest(_Body):
         description="compact for this question: the sentences it reads are kept whole (question-aware)",
     )
 
-    def kwargs(self) -> dict[str, object]:
+    def kwargs(self, template: str = QA_TEMPLATE) -> dict[str, object]:
+        """``Session.compact``'s arguments; a question is put in the model's ``template``."""
         out = {k: v for k, v in self.model_dump().items() if v is not None}
         if "question" in out:
-            out["task"] = QA_TEMPLATE.format(question=out.pop("question"))
+            out["task"] = template.format(question=out.pop("question"))
         return out
 
 

@@ -188,7 +188,8 @@ def test_bench_quick_end_to_end(tmp_path):
                   "decode_compacted_over_fresh", "peak_rss_mb", "kv_mb_before"):
             assert r[k] > 0
         assert r["cells_after"] < r["n_tokens"]
-    assert (out / "bench.md").read_text().startswith("| N |")
+    assert (out / "bench.md").read_text().startswith("| model | N |")
+    assert {r["model"] for r in res["rows"]} == {"smollm2-135m"}
     assert (out / "scaling.png").read_bytes()[:4] == b"\x89PNG"
 
 

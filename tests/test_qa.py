@@ -69,6 +69,26 @@ def test_global_budgets_give_uneven_heads_and_never_more_cells_than_t():
     assert counts.sum() <= 40 and counts.min() < 10
 
 
+def test_cache_scores_rank_a_novel_key_and_a_large_value_first():
+    rng = np.random.default_rng(2)
+    T, H, d = 60, 2, 8
+    base = rng.standard_normal(d)
+    K = np.broadcast_to(base, (H, T, d)) + 0.05 * rng.standard_normal((H, T, d))
+    V = rng.standard_normal((H, T, d))
+    K[:, 11] = -base  # a key pointing away from every other key of its heads
+    V[:, 11] *= 4.0  # and a value that stands out
+    V[:, 40] *= 4.0  # a large value alone
+    s = chunks.cache_scores([(K, V), (K, V)])
+    assert s.shape == (T,) and int(np.argmax(s)) == 11
+    assert s[40] > np.median(s)
+    assert 0.0 <= s.min() and s.max() <= 2.0
+    # padding of an earlier compaction (bias -inf in every head) scores lowest
+    bias = np.zeros((H, T))
+    bias[:, 11] = -np.inf
+    s2 = chunks.cache_scores([(K, V)], [bias])
+    assert s2[11] < s2.min(initial=np.inf, where=np.arange(T) != 11)
+
+
 @pytest.fixture(scope="module")
 def planted(smollm2):
     """~1K tokens of prose with one planted code (the demo's document), prefilled once; the blob
@@ -109,6 +129,31 @@ def test_planted_code_survives_question_aware_10x_compaction(planted, smollm2):
         assert s.n_cells < n / 4
         assert "67767" in _answer(s, smollm2)
     finally:
+        s._write_blob(blob, n)
+
+
+def test_cache_scores_cut_the_repeat_pass(planted, smollm2):
+    s, blob, n = planted
+    try:
+        s._capture = None
+        calls = []
+        real = s.capture_queries
+        s.capture_queries = lambda toks: calls.append(len(toks)) or real(toks)
+        rep = s.compact(ratio=4, spans=1.0, span_score="cache")
+        assert not rep.fell_back, rep.reason
+        assert calls == [] and rep.seconds["queries"] < 0.5 and rep.seconds["fit"] == 0.0
+        s._write_blob(blob, n)
+        calls.clear()
+        rep = s.compact(ratio=4, span_score="cache")  # the fit's repeat pass reads a quarter of the span
+        assert not rep.fell_back, rep.reason
+        assert 0 < sum(calls) <= 0.3 * n
+        s._write_blob(blob, n)
+        calls.clear()
+        rep = s.compact(ratio=4)  # the default: the repeat pass reads the best half by cache score
+        assert not rep.fell_back, rep.reason
+        assert 0.45 * n <= sum(calls) <= 0.55 * n
+    finally:
+        del s.capture_queries
         s._write_blob(blob, n)
 
 

@@ -10,6 +10,8 @@ unit of selection, KVzip's repeat-pass scores):
   reference query of the head's query group, normalized over every cell of the cache;
 - :func:`chunk_select` — cells grouped in chunks of ``c`` consecutive span cells, a chunk
   scored by the mean of its cells' scores (summed over layers and heads), the best chunks kept;
+- :func:`cache_scores` — a query-free score from the cache itself: how far a cell's key points
+  from its head's mean key direction (KeyDiff's novelty) and how large its value is, ranked;
 - :func:`global_budgets` — KVzip's per-head budgets: one ranking of every (layer, head, cell)
   score, each head keeping its own top cells (uneven budgets), capped so the cells still shrink.
 
@@ -83,6 +85,55 @@ def chunk_select(scores: np.ndarray, n_keep: int, chunk: int | np.ndarray) -> np
         kept.append(cells)
         left -= len(cells)
     return np.sort(np.concatenate(kept)) if kept else np.zeros(0, np.int64)
+
+
+def cache_scores(layers, bias=None) -> np.ndarray:
+    """Per span cell, a score read from the cache alone (no forward pass): the rank of its key
+    novelty plus the rank of its value norm, each summed over layers and KV heads.
+
+    Key novelty is ``1 - cos(k, a)`` with ``a`` the head's mean unit key over the span (KeyDiff):
+    most text shares a few key directions, and a cell whose key stands apart holds content the
+    rest does not. A planted fact (a name, a code) also writes larger values.
+
+    Parameters
+    ----------
+    layers : iterable of (K ``[H, T, d]``, V ``[H, T, dv]``) span arrays, one pair per layer.
+    bias : optional iterable of ``[H, T]`` biases of the same layers; cells whose bias is -inf in
+        every head of a layer (padding of an earlier compaction) score lowest.
+
+    Returns
+    -------
+    [T] float64 in [0, 2].
+    """
+    novelty = norms = None
+    dead = None
+    bias = iter(bias) if bias is not None else None
+    for K, V in layers:
+        K = np.asarray(K, np.float64)
+        live = np.ones(K.shape[1], bool)
+        b = next(bias, None) if bias is not None else None
+        if b is not None:
+            live = ~np.all(np.isneginf(b), axis=0)
+        unit = K / np.maximum(np.linalg.norm(K, axis=2, keepdims=True), 1e-30)
+        anchor = unit[:, live].mean(axis=1) if live.any() else unit.mean(axis=1)
+        anchor /= np.maximum(np.linalg.norm(anchor, axis=1, keepdims=True), 1e-30)
+        nov = (1.0 - np.einsum("htd,hd->ht", unit, anchor)).sum(axis=0)
+        vn = np.linalg.norm(np.asarray(V, np.float64), axis=2).sum(axis=0)
+        novelty = nov if novelty is None else novelty + nov
+        norms = vn if norms is None else norms + vn
+        dead = ~live if dead is None else dead | ~live
+    if novelty is None:
+        raise ConfigError("cache_scores needs at least one layer")
+    score = _rank(novelty) + _rank(norms)
+    score[dead] = -1.0
+    return score
+
+
+def _rank(x: np.ndarray) -> np.ndarray:
+    """Ranks of ``x`` scaled to [0, 1] (ties broken by position)."""
+    r = np.empty(len(x))
+    r[np.argsort(x, kind="stable")] = np.arange(len(x))
+    return r / max(1, len(x) - 1)
 
 
 def sentence_starts(pieces: list[str], max_len: int = 32) -> np.ndarray:

@@ -116,15 +116,16 @@ def bench_parser() -> argparse.ArgumentParser:
                                  "compaction/prefill, decode after compaction vs fresh, peak RSS, scaling over N")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run for make test)")
     ap.add_argument("--out", type=Path, default=Path("results"))
-    ap.add_argument("--model", default=d.model)
+    ap.add_argument("--models", "--model", type=_strs, default=d.models, help="catalog names or GGUF paths, comma list")
     ap.add_argument("--n-tokens", type=_ints, default=d.n_tokens, help="context lengths N, comma list")
     ap.add_argument("--ratio", type=float, default=d.ratio)
-    ap.add_argument("--method", default=d.method)
+    ap.add_argument("--method", default=d.method, help="default: Session.compact's")
     ap.add_argument("--queries", default=d.queries)
     ap.add_argument("--repeat-max-tokens", type=float, default=None,
                     help="repeat only evenly spread pieces: this many tokens, or this fraction of N if < 1")
     ap.add_argument("--decode-tokens", type=int, default=d.decode_tokens)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-verify", action="store_true", help="compact without the verification probes")
     ap.add_argument("--no-progress", action="store_true")
     return ap
 
@@ -136,9 +137,9 @@ def bench_main(argv: list[str] | None = None) -> int:
     args = bench_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("pyllamaam.native").setLevel(logging.ERROR)
-    spec = BenchSpec(model=args.model, n_tokens=args.n_tokens, ratio=args.ratio, method=args.method,
+    spec = BenchSpec(models=args.models, n_tokens=args.n_tokens, ratio=args.ratio, method=args.method,
                      queries=args.queries, decode_tokens=args.decode_tokens, n_threads=args.threads,
-                     repeat_max_tokens=args.repeat_max_tokens)
+                     repeat_max_tokens=args.repeat_max_tokens, verify=not args.no_verify)
     if args.quick:
         spec = BenchSpec(**{**spec.__dict__, **QUICK_BENCH})
     try:

@@ -22,14 +22,15 @@ from . import tasks
 
 @dataclass
 class BenchSpec:
-    model: str = "smollm2-135m"
-    n_tokens: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192])
+    models: list[str] = field(default_factory=lambda: ["smollm2-135m"])
+    n_tokens: list[int] = field(default_factory=lambda: [2048, 4096, 8192])
     ratio: float = 10.0
-    method: str = "am"
-    queries: str = "repeat"
+    method: str | None = None  # None: Session.compact's default
+    queries: str | None = None  # None: the method's default source
     decode_tokens: int = 32
     n_threads: int | None = None
-    repeat_max_tokens: float | None = None  # tokens, or a fraction of N if < 1 (None: all)
+    repeat_max_tokens: float | None = None  # tokens, or a fraction of N if < 1 (None: the default)
+    verify: bool = True  # the default compaction verifies: its probes count in its seconds
 
 
 def peak_rss_mb() -> float:
@@ -81,10 +82,11 @@ def kv_bytes(session: Any) -> int:
 def bench_one(model: Any, n: int, spec: BenchSpec) -> dict[str, Any]:
     """Every cost number for one context length."""
     toks = _text_tokens(model, n)
-    row: dict[str, Any] = {"n_tokens": n, "ratio": spec.ratio, "method": spec.method, "queries": spec.queries}
+    row: dict[str, Any] = {"n_tokens": n, "ratio": spec.ratio, "method": spec.method or "default",
+                           "queries": spec.queries or "default"}
     n_ctx = 2 * n + 512 + spec.decode_tokens
     with model.session(n_ctx=n_ctx, n_threads=spec.n_threads) as s:
-        if "context" in spec.queries:
+        if spec.queries and "context" in spec.queries:
             s.capture_context_queries(cap=max(4096, n))
         clock = time.perf_counter()
         s.prefill(toks)
@@ -92,12 +94,16 @@ def bench_one(model: Any, n: int, spec: BenchSpec) -> dict[str, Any]:
         row["prefill_tok_s"] = n / row["prefill_seconds"]
         row["kv_mb_before"] = kv_bytes(s) / 2**20
         rss0 = peak_rss_mb()
-        qopts = {}
+        opts: dict[str, Any] = {"verify": spec.verify}
+        if spec.method:
+            opts["method"] = spec.method
+        if spec.queries:
+            opts["queries"] = spec.queries
         if spec.repeat_max_tokens is not None:
             m = spec.repeat_max_tokens
-            qopts["repeat_max_tokens"] = max(1, round(m * n if m < 1 else m))
-            row["repeat_max_tokens"] = qopts["repeat_max_tokens"]
-        rep = s.compact(ratio=spec.ratio, method=spec.method, queries=spec.queries, verify=False, **qopts)
+            opts["repeat_max_tokens"] = max(1, round(m * n if m < 1 else m))
+            row["repeat_max_tokens"] = opts["repeat_max_tokens"]
+        rep = s.compact(ratio=spec.ratio, **opts)
         row["peak_rss_mb"] = peak_rss_mb()
         row["peak_rss_growth_mb"] = row["peak_rss_mb"] - rss0
         row["compaction_seconds"] = rep.seconds
@@ -121,9 +127,13 @@ def run_bench(spec: BenchSpec, out: Path, progress: bool = True) -> dict[str, An
 
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    with pyllamaam.load_model(None if spec.model in ("smollm2-135m", "default") else spec.model) as model:
-        for n in tqdm(spec.n_tokens, disable=not progress, unit="length", desc="bench"):
-            rows.append(bench_one(model, n, spec))
+    bar = tqdm(total=len(spec.models) * len(spec.n_tokens), disable=not progress, unit="length", desc="bench")
+    for name in spec.models:
+        with pyllamaam.load_model(None if name in ("smollm2-135m", "default") else name) as model:
+            for n in spec.n_tokens:
+                rows.append({"model": name, **bench_one(model, n, spec)})
+                bar.update(1)
+    bar.close()
     result = {"spec": asdict(spec), "rows": rows, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (out / "bench.json").write_text(json.dumps(result, indent=1))
     (out / "bench.md").write_text(bench_markdown(rows))
@@ -133,11 +143,12 @@ def run_bench(spec: BenchSpec, out: Path, progress: bool = True) -> dict[str, An
 
 def bench_markdown(rows: list[dict[str, Any]]) -> str:
     stages = list(rows[0]["compaction_seconds"]) if rows else []
-    head = ["N", "prefill tok/s", *[f"{s} s" for s in stages], "compaction s", "compaction/prefill",
+    head = ["model", "N", "prefill tok/s", *[f"{s} s" for s in stages], "compaction s", "compaction/prefill",
             "decode tok/s compacted", "decode tok/s fresh", "compacted/fresh", "KV MiB", "peak RSS MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        vals = [str(r["n_tokens"]), f"{r['prefill_tok_s']:.1f}", *[f"{r['compaction_seconds'][s]:.2f}" for s in stages],
+        vals = [r.get("model", ""), str(r["n_tokens"]), f"{r['prefill_tok_s']:.1f}",
+                *[f"{r['compaction_seconds'].get(s, 0.0):.2f}" for s in stages],
                 f"{r['compaction_total_seconds']:.2f}", f"{r['compaction_over_prefill']:.2f}",
                 f"{r['decode_tok_s_compacted']:.1f}", f"{r['decode_tok_s_fresh']:.1f}",
                 f"{r['decode_compacted_over_fresh']:.2f}", f"{r['kv_mb_before']:.1f}", f"{r['peak_rss_mb']:.0f}"]
@@ -146,25 +157,23 @@ def bench_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def plot_scaling(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Compaction seconds per stage over N (stacked), with prefill seconds for reference."""
+    """Compaction seconds over prefill seconds against N, one line per model (1.0: a prefill)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    n = np.array([r["n_tokens"] for r in rows])
-    bottom = np.zeros(len(rows))
-    for stage in rows[0]["compaction_seconds"] if rows else []:
-        v = np.array([r["compaction_seconds"][stage] for r in rows])
-        ax.bar(range(len(rows)), v, bottom=bottom, label=f"compaction: {stage}")
-        bottom += v
-    ax.plot(range(len(rows)), [r["prefill_seconds"] for r in rows], "k-o", label="prefill")
-    ax.set_xticks(range(len(rows)), [str(x) for x in n])
+    for name in dict.fromkeys(r.get("model", "") for r in rows):
+        mine = [r for r in rows if r.get("model", "") == name]
+        ax.plot([r["n_tokens"] for r in mine], [r["compaction_over_prefill"] for r in mine], "-o", label=name)
+    ax.axhline(1.0, color="k", lw=0.8, ls="--", label="one prefill")
+    ax.set_xscale("log", base=2)
     ax.set_xlabel("context tokens N")
-    ax.set_ylabel("seconds")
+    ax.set_ylabel("compaction seconds / prefill seconds")
+    ax.set_ylim(bottom=0)
     ax.legend(fontsize=7)
-    ax.grid(alpha=0.3, axis="y")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -26,6 +26,8 @@ QA_METHODS: dict[str, dict[str, Any] | None] = {
     "default": {},  # Session.compact's defaults, whatever they are
     "question": {"task": True},  # question-aware: the question's own queries choose the cells
     "am-perhead": {"method": "am", "spans": 0.0, "recent": 0.5, "queries": "repeat"},  # per-head keys + fit
+    # whole sentences ranked by the whole text repeated, 0.9 of the budget, and the fit of the rest
+    "am-repeat-spans": {"method": "am", "spans": 0.9, "span_score": "repeat", "queries": "repeat"},
     "kvzip": {"method": "kvzip", "queries": "repeat"},
     "chunkkv": {"method": "chunkkv"},  # scored by the context's last tokens read again (ChunkKV)
     "chunkkv-repeat": {"method": "chunkkv", "queries": "repeat"},
@@ -140,9 +142,9 @@ def _run_document(model, model_name, n, seed, cells, spec):
                 continue
             s._write_blob(blob, len(toks))
             capture = 0.0
-            if kw.get("queries", "repeat" if method == "default" else None) == "repeat" and kw.get("on_policy", 1) == 1:
-                # one repeat pass serves every method and ratio of the document; its cost is
-                # added to each compaction that uses it
+            if kw.get("queries") == "repeat" and kw.get("on_policy", 1) == 1:
+                # one repeat pass serves every method and ratio of the document that names it; its
+                # cost is added to each compaction that uses it (the default runs its own passes)
                 ropts = {k: v for k, v in kw.items() if k.startswith("repeat_")}
                 key = json.dumps(ropts, sort_keys=True)
                 if key not in shared:

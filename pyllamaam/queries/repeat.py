@@ -42,10 +42,15 @@ def repeat_queries(
     repeat_prompt: str = REPEAT_PROMPT,
     repeat_max_tokens: float | None = None,
     repeat_piece: int = 256,
+    repeat_positions: Any = None,
     **_: Any,
 ) -> dict[int, np.ndarray]:
-    """Queries of the repeated span tokens, ``{layer: [n, n_head, head_dim]}``."""
-    toks = session._tokens[span[0] : span[1] + 1]
+    """Queries of the repeated span tokens, ``{layer: [n, n_head, head_dim]}``; with
+    ``repeat_positions`` (context positions, in order), the tokens at those positions only."""
+    if repeat_positions is None:
+        toks = session._tokens[span[0] : span[1] + 1]
+    else:
+        toks = [session._tokens[int(p)] for p in repeat_positions]
     if repeat_max_tokens is not None and 0 < repeat_max_tokens < 1:  # a share of the span
         repeat_max_tokens = max(1, round(repeat_max_tokens * len(toks)))
     if repeat_max_tokens is not None and len(toks) > repeat_max_tokens:
