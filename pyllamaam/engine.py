@@ -420,11 +420,13 @@ class Session:
         """Compact the KV cache in place; returns a :class:`~pyllamaam.report.CompactionReport`.
 
         ``ratio`` = span cells before / after (or ``target_cells`` = all cells after); ``method``
-        ``"am"`` (Attention Matching: attn-rms selection, fitted beta and values,
-        half of the kept cells an exact recent window: option ``recent``; the layers fitted in 3
-        groups, each on queries re-captured after the groups before it: option ``on_policy``,
-        1 for the fastest compaction) or any selection method
-        of :func:`pyllamaam.compact.available_methods` (baselines keep original values); ``queries``
+        ``"am"`` (whole sentences kept in every layer and head, ``spans`` of the budget, chosen by
+        the cache's own scores and a repeat pass over the best half of the text: options
+        ``span_score``, ``span_candidates``; Attention Matching fits biases and values for the
+        rest; ``spans=0``: per-head attn-rms selection with an exact recent window) or any
+        selection method of :func:`pyllamaam.compact.available_methods` (baselines keep original
+        values). ``task``: the question that will follow; alone it makes the compaction
+        question-aware (its queries choose the sentences). ``queries``
         ``"repeat"``, ``"context"``, ``"self-study"``, ``"task"``, ``"tail"``, a mix like
         ``"repeat+context"``, or queries captured earlier by :meth:`reference_queries`; None:
         ``"repeat"`` for fitted methods, ``"tail"`` (the context's last tokens read again, SnapKV's

@@ -352,15 +352,12 @@ def _plan(session, ratio, target_cells, method, queries, keep_first, keep_last, 
         pipe["spans"] = 0.0  # the default serves the plain fit only
     if pipe["span_score"] not in SPAN_SCORES:
         raise ConfigError(f"span_score must be one of {', '.join(SPAN_SCORES)}, not {pipe['span_score']!r}")
-    share = pipe["span_candidates"]
-    if not (isinstance(share, (int, float)) and 0 < share <= 1):
-        raise ConfigError(f"span_candidates must be a number in (0, 1], not {share!r}")
+    for name in ("span_candidates", "fit_repeat"):
+        if not (isinstance(pipe[name], (int, float)) and 0 < pipe[name] <= 1):
+            raise ConfigError(f"{name} must be a number in (0, 1], not {pipe[name]!r}")
     if pipe["spans"] and pipe["span_score"] == "cache" and "repeat" in qspec.split("+") and given is None:
-        share = pipe["fit_repeat"]
-        if not (isinstance(share, (int, float)) and 0 < share <= 1):
-            raise ConfigError(f"fit_repeat must be a number in (0, 1], not {share!r}")
-        if share < 1:
-            qopts.setdefault("repeat_max_tokens", share)
+        if pipe["fit_repeat"] < 1:
+            qopts.setdefault("repeat_max_tokens", pipe["fit_repeat"])
     if shared or (pipe["spans"] and pipe["on_policy"] is None):
         pipe["on_policy"] = 1  # the cells are chosen once, on the queries of the whole cache
     if pipe["on_policy"] is None:  # re-capture needs a forward-pass source run by this call

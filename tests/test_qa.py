@@ -157,6 +157,18 @@ def test_cache_scores_cut_the_repeat_pass(planted, smollm2):
         s._write_blob(blob, n)
 
 
+@pytest.mark.parametrize("bad", [{"span_score": "bogus"}, {"span_candidates": 0}, {"span_candidates": 1.5},
+                                 {"fit_repeat": 0}])
+def test_bad_span_options_are_refused_and_change_nothing(planted, bad):
+    from pyllamaam.errors import ConfigError
+
+    s, blob, n = planted
+    before = s._snapshot()
+    with pytest.raises(ConfigError):
+        s.compact(ratio=4, **bad)
+    assert s.n_cells == n and s._snapshot() == before
+
+
 @pytest.mark.parametrize("method", ["chunkkv", "kvzip"])
 def test_shared_evictions_keep_the_budget_and_original_cells(planted, method):
     s, blob, n = planted
