@@ -177,9 +177,11 @@ def test_bench_quick_end_to_end(tmp_path):
     from pyllamaam.evaluation.cli import bench_main
 
     out = tmp_path / "results"
-    assert bench_main(["--quick", "--out", str(out), "--no-progress", "--repeat-max-tokens", "0.5"]) == 0
+    assert bench_main(["--quick", "--out", str(out), "--no-progress", "--repeat-max-tokens", "0.5",
+                       "--opt", "span_score=repeat", "--opt", "spans=0.8"]) == 0
     res = json.loads((out / "bench.json").read_text())
     assert [r["n_tokens"] for r in res["rows"]] == [128, 256]
+    assert res["spec"]["options"] == {"span_score": "repeat", "spans": 0.8}
     for r in res["rows"]:
         assert not r["fell_back"]
         assert r["repeat_max_tokens"] == r["n_tokens"] // 2  # the cheaper repeat pass ran

@@ -8,6 +8,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ..errors import PyllamaamError
 from . import grid, qa_run
@@ -28,6 +29,16 @@ def _ints(s: str) -> list[int]:
 
 def _strs(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def _option(s: str) -> tuple[str, Any]:
+    key, sep, value = s.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, not {s!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
 
 
 def eval_parser() -> argparse.ArgumentParser:
@@ -126,6 +137,8 @@ def bench_parser() -> argparse.ArgumentParser:
     ap.add_argument("--decode-tokens", type=int, default=d.decode_tokens)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-verify", action="store_true", help="compact without the verification probes")
+    ap.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", type=_option,
+                    help="another Session.compact option, e.g. span_score=cache (VALUE read as JSON, else text)")
     ap.add_argument("--no-progress", action="store_true")
     return ap
 
@@ -139,7 +152,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     logging.getLogger("pyllamaam.native").setLevel(logging.ERROR)
     spec = BenchSpec(models=args.models, n_tokens=args.n_tokens, ratio=args.ratio, method=args.method,
                      queries=args.queries, decode_tokens=args.decode_tokens, n_threads=args.threads,
-                     repeat_max_tokens=args.repeat_max_tokens, verify=not args.no_verify)
+                     repeat_max_tokens=args.repeat_max_tokens, verify=not args.no_verify, options=dict(args.opt))
     if args.quick:
         spec = BenchSpec(**{**spec.__dict__, **QUICK_BENCH})
     try:

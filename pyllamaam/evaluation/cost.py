@@ -31,6 +31,7 @@ class BenchSpec:
     n_threads: int | None = None
     repeat_max_tokens: float | None = None  # tokens, or a fraction of N if < 1 (None: the default)
     verify: bool = True  # the default compaction verifies: its probes count in its seconds
+    options: dict[str, Any] = field(default_factory=dict)  # more Session.compact options
 
 
 def peak_rss_mb() -> float:
@@ -94,7 +95,7 @@ def bench_one(model: Any, n: int, spec: BenchSpec) -> dict[str, Any]:
         row["prefill_tok_s"] = n / row["prefill_seconds"]
         row["kv_mb_before"] = kv_bytes(s) / 2**20
         rss0 = peak_rss_mb()
-        opts: dict[str, Any] = {"verify": spec.verify}
+        opts: dict[str, Any] = {**spec.options, "verify": spec.verify}
         if spec.method:
             opts["method"] = spec.method
         if spec.queries:
