@@ -176,21 +176,23 @@ def load(path: Path) -> list[dict[str, Any]]:
 
 
 def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (model, method, ratio): accuracy over every question with its 95% interval, the same
-    relative to the full cache on the same documents, mean ΔNLL, KL and compaction/prefill."""
+    """Per (model, document length, method, ratio): accuracy over every question with its 95%
+    interval, the same relative to the full cache on the same documents, mean ΔNLL, KL and
+    compaction/prefill."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for c in cells:
-        groups.setdefault((c["model"], c["method"], c["ratio"]), []).append(c)
+        groups.setdefault((c["model"], _length(c), c["method"], c["ratio"]), []).append(c)
     full = {(c["model"], c["n_tokens"], c["seed"]): c for c in cells if c["method"] == "full"}
     rows = []
-    for (model, method, ratio), cs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
+    for (model, length, method, ratio), cs in sorted(groups.items(), key=lambda kv: (*kv[0][:2], kv[0][3], kv[0][2])):
         qs = [q for c in cs for q in c["questions"]]
         k = sum(q["correct"] for q in qs)
         ref = [full.get((model, c["n_tokens"], c["seed"])) for c in cs]
         ref_k = sum(q["correct"] for r in ref if r for q in r["questions"])
         lo, hi = qa.wilson(k, len(qs))
         row = {
-            "model": model, "method": method, "ratio": ratio, "documents": len(cs), "questions": len(qs),
+            "model": model, "tokens": length, "method": method, "ratio": ratio, "documents": len(cs),
+            "questions": len(qs),
             "accuracy": k / max(1, len(qs)), "ci95": [lo, hi],
             "of_full": (k / ref_k) if ref_k and all(ref) else None,
             "by_kind": {kind: float(np.mean([q["correct"] for q in qs if q["kind"] == kind]))
@@ -208,16 +210,22 @@ def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _length(cell: dict[str, Any]) -> int:
+    """The document length asked for (the key's), not the tokens it came to."""
+    return int(cell["key"].split("|")[1])
+
+
 def write_report(out: Path) -> dict[str, Any]:
     """qa_summary.json, qa_results.md and one accuracy-vs-ratio plot per model, from qa_cells.jsonl."""
     rows = summarize(load(out / "qa_cells.jsonl"))
     (out / "qa_summary.json").write_text(json.dumps(rows, indent=1) + "\n")
-    lines = ["| model | method | ratio | accuracy (95% CI) | of full | ΔNLL | compaction/prefill | questions |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | tokens | method | ratio | accuracy (95% CI) | of full | ΔNLL | compaction/prefill "
+             "| questions |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = "–" if r["method"] == "full" else f"{r['ratio']:g}x"
         lines.append(
-            f"| {r['model']} | {r['method']} | {ratio} | "
+            f"| {r['model']} | {r['tokens']} | {r['method']} | {ratio} | "
             f"{r['accuracy']:.2f} ({r['ci95'][0]:.2f}–{r['ci95'][1]:.2f}) | {_fmt(r['of_full'], 2)} | "
             f"{_fmt(r.get('delta_nll'), 3)} | {_fmt(r.get('compaction_over_prefill'), 2)} | {r['questions']} |"
         )
@@ -235,29 +243,30 @@ def headline(rows: list[dict[str, Any]]) -> str:
     """One table per model and ratio: QA accuracy of the full cache, the default, question-aware
     compaction and the best eviction baseline; ΔNLL and compaction/prefill of the default and that
     baseline."""
-    by = {(r["model"], r["method"], r["ratio"]): r for r in rows}
-    out = ["| model | ratio | full | default | question-aware | best eviction | ΔNLL default / eviction "
-           "| compaction/prefill default / eviction |", "|---|---|---|---|---|---|---|---|"]
-    for model in sorted({r["model"] for r in rows}):
-        full = by.get((model, "full", 0.0))
-        for ratio in sorted({r["ratio"] for r in rows if r["model"] == model and r["method"] != "full"}):
-            d, q = by.get((model, "default", ratio)), by.get((model, "question", ratio))
-            ev = [by[(model, m, ratio)] for m in EVICTIONS if (model, m, ratio) in by]
+    by = {(r["model"], r["tokens"], r["method"], r["ratio"]): r for r in rows}
+    out = ["| model | tokens | ratio | full | default | question-aware | best eviction | ΔNLL default / eviction "
+           "| compaction/prefill default / eviction |", "|---|---|---|---|---|---|---|---|---|"]
+    for model, n in sorted({(r["model"], r["tokens"]) for r in rows}):
+        full = by.get((model, n, "full", 0.0))
+        mine = [r for r in rows if (r["model"], r["tokens"]) == (model, n) and r["method"] != "full"]
+        for ratio in sorted({r["ratio"] for r in mine}):
+            d, q = by.get((model, n, "default", ratio)), by.get((model, n, "question", ratio))
+            ev = [by[(model, n, m, ratio)] for m in EVICTIONS if (model, n, m, ratio) in by]
             best = max(ev, key=lambda r: (r["accuracy"], -(r.get("delta_nll") or 0)), default=None)
 
             def acc(r: dict[str, Any] | None) -> str:
                 return "–" if r is None else f"{r['accuracy']:.2f}"
 
             out.append(
-                f"| {model} | {ratio:g}x | {acc(full)} | {acc(d)} | {acc(q)} | "
+                f"| {model} | {n} | {ratio:g}x | {acc(full)} | {acc(d)} | {acc(q)} | "
                 f"{'–' if best is None else best['method'] + ' ' + acc(best)} | "
                 f"{_fmt(d and d.get('delta_nll'), 3)} / {_fmt(best and best.get('delta_nll'), 3)} | "
                 f"{_fmt(d and d.get('compaction_over_prefill'), 2)} / "
                 f"{_fmt(best and best.get('compaction_over_prefill'), 2)} |"
             )
-    n = {r["model"]: r["questions"] for r in rows if r["method"] == "full"}
+    n_q = {(r["model"], r["tokens"]): r["questions"] for r in rows if r["method"] == "full"}
     out.append("")
-    out.append("Questions per cell: " + ", ".join(f"{m} {k}" for m, k in sorted(n.items())) + ".")
+    out.append("Questions per cell: " + ", ".join(f"{m} {t} tokens {k}" for (m, t), k in sorted(n_q.items())) + ".")
     return "\n".join(out) + "\n"
 
 
@@ -275,21 +284,23 @@ def _plot(rows: list[dict[str, Any]], out: Path) -> list[str]:
         return []
     names = []
     for model in sorted({r["model"] for r in rows}):
-        mine = [r for r in rows if r["model"] == model]
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        full = [r for r in mine if r["method"] == "full"]
-        if full:
-            ax.axhline(full[0]["accuracy"], color="k", ls="--", lw=1, label="full cache")
-        for method in sorted({r["method"] for r in mine} - {"full"}):
-            pts = sorted((r["ratio"], r["accuracy"], *r["ci95"]) for r in mine if r["method"] == method)
-            x, y, lo, hi = (np.array(v) for v in zip(*pts, strict=True))
-            ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", capsize=3, label=method)
-        ax.set_xscale("log")
-        ax.set_xlabel("compaction ratio")
-        ax.set_ylabel("QA accuracy")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"QA accuracy after compaction: {model}")
-        ax.legend(fontsize=7)
+        lengths = sorted({r["tokens"] for r in rows if r["model"] == model})
+        fig, axes = plt.subplots(1, len(lengths), figsize=(6.4 * len(lengths), 4.2), squeeze=False)
+        for ax, n in zip(axes[0], lengths, strict=True):
+            mine = [r for r in rows if (r["model"], r["tokens"]) == (model, n)]
+            full = [r for r in mine if r["method"] == "full"]
+            if full:
+                ax.axhline(full[0]["accuracy"], color="k", ls="--", lw=1, label="full cache")
+            for method in sorted({r["method"] for r in mine} - {"full"}):
+                pts = sorted((r["ratio"], r["accuracy"], *r["ci95"]) for r in mine if r["method"] == method)
+                x, y, lo, hi = (np.array(v) for v in zip(*pts, strict=True))
+                ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", capsize=3, label=method)
+            ax.set_xscale("log")
+            ax.set_xlabel("compaction ratio")
+            ax.set_ylabel("QA accuracy")
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(f"{model}, {n}-token documents")
+            ax.legend(fontsize=7)
         name = f"qa_{model}.png"
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
