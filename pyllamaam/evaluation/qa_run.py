@@ -285,6 +285,8 @@ def _plot(rows: list[dict[str, Any]], out: Path) -> list[str]:
     names = []
     for model in sorted({r["model"] for r in rows}):
         lengths = sorted({r["tokens"] for r in rows if r["model"] == model})
+        methods = sorted({r["method"] for r in rows if r["model"] == model} - {"full"})
+        color = {m: f"C{i % 10}" for i, m in enumerate(methods)}  # one color per method in every panel
         fig, axes = plt.subplots(1, len(lengths), figsize=(6.4 * len(lengths), 4.2), squeeze=False)
         for ax, n in zip(axes[0], lengths, strict=True):
             mine = [r for r in rows if (r["model"], r["tokens"]) == (model, n)]
@@ -294,8 +296,11 @@ def _plot(rows: list[dict[str, Any]], out: Path) -> list[str]:
             for method in sorted({r["method"] for r in mine} - {"full"}):
                 pts = sorted((r["ratio"], r["accuracy"], *r["ci95"]) for r in mine if r["method"] == method)
                 x, y, lo, hi = (np.array(v) for v in zip(*pts, strict=True))
-                ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", capsize=3, label=method)
+                ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", capsize=3, label=method, color=color[method])
             ax.set_xscale("log")
+            ticks = sorted({r["ratio"] for r in mine if r["method"] != "full"})
+            ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
+            ax.minorticks_off()
             ax.set_xlabel("compaction ratio")
             ax.set_ylabel("QA accuracy")
             ax.set_ylim(-0.02, 1.02)
