@@ -383,19 +383,24 @@ def _candidates(session: Session, kv: KVState, plan: _Plan, cut: _Cut) -> tuple[
     pipe = plan.pipe
     if plan.shared or not pipe["spans"] or pipe["span_score"] != "cache+repeat":
         return None, plan.qopts
-    user = cut.user
-    scores = chunks.cache_scores(
-        (kvsplit.span_arrays(kv, il, user) for il in plan.layers), (kv.bias[il][user.span].T for il in plan.layers)
-    )
-    T = len(user.span)
-    units = _units(session, kv, user, pipe["chunk"])
-    keep = chunks.chunk_select(scores, int(np.ceil(pipe["span_candidates"] * T)), units)
-    mask = np.zeros(T, bool)
-    mask[keep] = True
+    mask = _candidate_mask(session, kv, cut.user, plan.layers, pipe["chunk"], pipe["span_candidates"])
     qopts = dict(plan.qopts)
     if plan.given is None and "repeat" in plan.qspec.split("+") and "repeat_max_tokens" not in qopts:
-        qopts["repeat_positions"] = kv.positions[user.span][mask]
+        qopts["repeat_positions"] = kv.positions[cut.user.span][mask]
     return mask, qopts
+
+
+def _candidate_mask(session: Session, kv: KVState, user: kvsplit.Split, layers, chunk, share: float) -> np.ndarray:
+    """Over the span: the cells of the best units by :func:`~pyllamaam.compact.chunks.cache_scores`,
+    ``share`` of the span."""
+    scores = chunks.cache_scores(
+        (kvsplit.span_arrays(kv, il, user) for il in layers), (kv.bias[il][user.span].T for il in layers)
+    )
+    T = len(user.span)
+    keep = chunks.chunk_select(scores, int(np.ceil(share * T)), _units(session, kv, user, chunk))
+    mask = np.zeros(T, bool)
+    mask[keep] = True
+    return mask
 
 
 def _shared_cut(session: Session, kv: KVState, plan: _Plan, cut: _Cut, Q, rep: CompactionReport,
@@ -582,6 +587,9 @@ def reference_queries(
     method: str = "am",
     recent: float = PIPELINE_DEFAULTS["recent"],
     spans: float = PIPELINE_DEFAULTS["spans"],
+    span_score: str = PIPELINE_DEFAULTS["span_score"],
+    span_candidates: float = PIPELINE_DEFAULTS["span_candidates"],
+    chunk: Any = PIPELINE_DEFAULTS["chunk"],
     **options: Any,
 ) -> ReferenceQueries:
     """Capture the reference queries :func:`compact` would use, once, for several compactions
@@ -590,8 +598,8 @@ def reference_queries(
     Without ``ratio``/``target_cells`` they cover the whole span between ``keep_first`` and
     ``keep_last`` and serve any compaction; with them, the span that this one compaction fits
     (fitted methods with ``spans=0`` move part of the budget to an exact recent window, option
-    ``recent``), as
-    ``compact`` would capture them itself."""
+    ``recent``; with ``span_score="cache+repeat"`` the repeat pass reads the candidate
+    sentences only), as ``compact`` would capture them itself."""
     _check_gate(session)
     spec = "+".join(qsources.parse_spec(queries))
     bad = set(options) - set(QUERY_OPTIONS)
@@ -605,7 +613,13 @@ def reference_queries(
         _check_args(ratio, target_cells, keep_first, keep_last)
         # with spans (the default) and the shared evictions the fit covers the user's whole span
         fits = method not in SHARED_EVICTIONS and SELECTORS[_selector(method)].fits and not spans
-        span = kvsplit.span_of(kv, kvsplit.splits(kv, keep_first, keep_last, ratio, target_cells, fits, recent)[1])
+        split = kvsplit.splits(kv, keep_first, keep_last, ratio, target_cells, fits, recent)[1]
+        span = kvsplit.span_of(kv, split)
+        two_stage = spans and span_score == "cache+repeat" and method not in SHARED_EVICTIONS
+        if two_stage and SELECTORS[_selector(method)].fits and "repeat" in spec.split("+") \
+                and "repeat_max_tokens" not in options:
+            mask = _candidate_mask(session, kv, split, _check_gate(session), chunk, span_candidates)
+            options["repeat_positions"] = kv.positions[split.span][mask]
     clock = time.perf_counter()
     Q = qsources.collect(session, spec, span, task=task, **options)
     return ReferenceQueries(spec, span, session.n_cells, Q, time.perf_counter() - clock)

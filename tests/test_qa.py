@@ -195,7 +195,7 @@ def test_qa_suite_quick_run_writes_table_summary_and_plot(tmp_path):
     rows = json.loads((tmp_path / "qa_summary.json").read_text())
     assert {r["method"] for r in rows} == {"full", "default", "chunkkv"}
     assert all(0 <= r["accuracy"] <= 1 and r["questions"] > 0 for r in rows)
-    assert "| model | method |" in (tmp_path / "qa_results.md").read_text()
+    assert "| model | tokens | method |" in (tmp_path / "qa_results.md").read_text()
     assert (tmp_path / "qa_smollm2-135m.png").stat().st_size > 0
     cells = qa_run.load(tmp_path / "qa_cells.jsonl")
     assert eval_main(["--suite", "qa", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0  # resumes
