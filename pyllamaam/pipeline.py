@@ -384,20 +384,31 @@ def _candidates(session: Session, kv: KVState, plan: _Plan, cut: _Cut) -> tuple[
     if plan.shared or not pipe["spans"] or pipe["span_score"] != "cache+repeat":
         return None, plan.qopts
     mask = _candidate_mask(session, kv, cut.user, plan.layers, pipe["chunk"], pipe["span_candidates"])
-    qopts = dict(plan.qopts)
-    if plan.given is None and "repeat" in plan.qspec.split("+") and "repeat_max_tokens" not in qopts:
-        qopts["repeat_positions"] = kv.positions[cut.user.span][mask]
-    return mask, qopts
+    if plan.given is not None:
+        return mask, plan.qopts
+    return mask, _repeat_only(kv, cut.user, mask, plan.qspec, plan.qopts)
+
+
+def _repeat_only(kv: KVState, split: kvsplit.Split, mask: np.ndarray, spec: str, qopts: dict) -> dict:
+    """``qopts`` with the repeat pass restricted to the span cells of ``mask``, where ``spec``
+    repeats the span in full (no ``repeat_max_tokens`` given)."""
+    if "repeat" not in spec.split("+") or "repeat_max_tokens" in qopts:
+        return qopts
+    return {**qopts, "repeat_positions": kv.positions[split.span][mask]}
+
+
+def _cache_scores(kv: KVState, split: kvsplit.Split, layers) -> np.ndarray:
+    """:func:`~pyllamaam.compact.chunks.cache_scores` of the span of ``split``."""
+    return chunks.cache_scores(
+        (kvsplit.span_arrays(kv, il, split) for il in layers), (kv.bias[il][split.span].T for il in layers)
+    )
 
 
 def _candidate_mask(session: Session, kv: KVState, user: kvsplit.Split, layers, chunk, share: float) -> np.ndarray:
-    """Over the span: the cells of the best units by :func:`~pyllamaam.compact.chunks.cache_scores`,
-    ``share`` of the span."""
-    scores = chunks.cache_scores(
-        (kvsplit.span_arrays(kv, il, user) for il in layers), (kv.bias[il][user.span].T for il in layers)
-    )
+    """Over the span: the cells of the best units by cache score, ``share`` of the span."""
     T = len(user.span)
-    keep = chunks.chunk_select(scores, int(np.ceil(share * T)), _units(session, kv, user, chunk))
+    units = _units(session, kv, user, chunk)
+    keep = chunks.chunk_select(_cache_scores(kv, user, layers), int(np.ceil(share * T)), units)
     mask = np.zeros(T, bool)
     mask[keep] = True
     return mask
@@ -413,9 +424,7 @@ def _shared_cut(session: Session, kv: KVState, plan: _Plan, cut: _Cut, Q, rep: C
     clock = time.perf_counter()
     user, t = cut.user, cut.t
     if not plan.shared and plan.pipe["span_score"] == "cache":
-        total = chunks.cache_scores(
-            (kvsplit.span_arrays(kv, il, user) for il in plan.layers), (kv.bias[il][user.span].T for il in plan.layers)
-        )
+        total = _cache_scores(kv, user, plan.layers)
     else:
         scores = _span_scores(session, kv, user, Q, plan.layers, plan.pipe)
         if plan.shared == "kvzip":
@@ -600,7 +609,7 @@ def reference_queries(
     (fitted methods with ``spans=0`` move part of the budget to an exact recent window, option
     ``recent``; with ``span_score="cache+repeat"`` the repeat pass reads the candidate
     sentences only), as ``compact`` would capture them itself."""
-    _check_gate(session)
+    layers = _check_gate(session)
     spec = "+".join(qsources.parse_spec(queries))
     bad = set(options) - set(QUERY_OPTIONS)
     if bad:
@@ -615,11 +624,10 @@ def reference_queries(
         fits = method not in SHARED_EVICTIONS and SELECTORS[_selector(method)].fits and not spans
         split = kvsplit.splits(kv, keep_first, keep_last, ratio, target_cells, fits, recent)[1]
         span = kvsplit.span_of(kv, split)
-        two_stage = spans and span_score == "cache+repeat" and method not in SHARED_EVICTIONS
-        if two_stage and SELECTORS[_selector(method)].fits and "repeat" in spec.split("+") \
-                and "repeat_max_tokens" not in options:
-            mask = _candidate_mask(session, kv, split, _check_gate(session), chunk, span_candidates)
-            options["repeat_positions"] = kv.positions[split.span][mask]
+        fitted_spans = spans and method not in SHARED_EVICTIONS and SELECTORS[_selector(method)].fits
+        if fitted_spans and span_score == "cache+repeat":
+            mask = _candidate_mask(session, kv, split, layers, chunk, span_candidates)
+            options = _repeat_only(kv, split, mask, spec, options)
     clock = time.perf_counter()
     Q = qsources.collect(session, spec, span, task=task, **options)
     return ReferenceQueries(spec, span, session.n_cells, Q, time.perf_counter() - clock)

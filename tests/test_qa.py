@@ -110,23 +110,17 @@ def test_planted_code_is_answered_from_the_full_cache(planted, smollm2):
     assert "67767" in _answer(s, smollm2)
 
 
-def test_planted_code_survives_the_default_4x_compaction(planted, smollm2):
+@pytest.mark.parametrize(
+    ("options", "most"),
+    [({"ratio": 4}, 1 / 2), ({"ratio": 10, "task": QUESTION}, 1 / 4)],
+    ids=["default-4x", "question-aware-10x"],
+)
+def test_planted_code_survives_compaction(planted, smollm2, options, most):
     s, blob, n = planted
     try:
-        rep = s.compact(ratio=4)
+        rep = s.compact(**options)
         assert not rep.fell_back, rep.reason
-        assert s.n_cells < n / 2
-        assert "67767" in _answer(s, smollm2)
-    finally:
-        s._write_blob(blob, n)
-
-
-def test_planted_code_survives_question_aware_10x_compaction(planted, smollm2):
-    s, blob, n = planted
-    try:
-        rep = s.compact(ratio=10, task=QUESTION)
-        assert not rep.fell_back, rep.reason
-        assert s.n_cells < n / 4
+        assert s.n_cells < n * most
         assert "67767" in _answer(s, smollm2)
     finally:
         s._write_blob(blob, n)
