@@ -71,7 +71,8 @@ def guard_layer(
     kept = res.kept
     if Q.shape[1] == 0 or not kept.any():
         return GuardResult(res, np.zeros(H, dtype=int), np.zeros((len(VARIANTS), H)))
-    out0, logm0 = attend(K, V, Q, scale, prior)
+    # float32: the margin between variants is relative, 2%, far above float32's resolution
+    out0, logm0 = attend(K, V, Q, scale, prior, np.float32)
     safe = np.where(kept, res.indices, 0)
     V_orig = np.where(kept[:, :, None], np.take_along_axis(V, safe[:, :, None], axis=1), 0).astype(np.float32)
     base = np.zeros(kept.shape) if prior is None else np.take_along_axis(prior, safe, axis=1)
@@ -86,7 +87,7 @@ def guard_layer(
     errs = np.empty((len(cands), H))
     for i, (beta, vals) in enumerate(cands):
         live = kept.any(axis=1)
-        out, logm = attend(C1, vals, Q, scale, np.where(live[:, None], beta, 0.0))
+        out, logm = attend(C1, vals, Q, scale, np.where(live[:, None], beta, 0.0), np.float32)
         errs[i] = span_sum_errors(out0, logm0, out, logm)
     best = np.argmin(errs, axis=0)
     choice = np.where(errs[best, np.arange(H)] < (1 - margin) * errs[0], best, 0)

@@ -163,7 +163,8 @@ def shipped_budgets(session: Session) -> Path | None:
 AM_SELECTOR = "attn-rms"
 #: Options passed to the query sources.
 QUERY_OPTIONS = (
-    "repeat_prompt", "repeat_max_tokens", "repeat_piece", "selfstudy_prompts", "selfstudy_tokens", "tail_tokens",
+    "repeat_prompt", "repeat_max_tokens", "repeat_piece", "repeat_flash", "selfstudy_prompts", "selfstudy_tokens",
+    "tail_tokens",
 )
 #: The kernel's own defaults serve the pipeline: 30 NNLS iterations gave the same KL and ΔNLL
 #: as 100 and 300 on SmolLM2 caches (1K tokens, 10x and 20x, two texts; docs/results/options.md).
@@ -751,7 +752,9 @@ def _verify(session, kv, split, fitted, held_q, probe, before, pipe, rep, verify
         if il not in held_q or held_q[il].shape[1] == 0:
             continue
         K, V = kvsplit.span_arrays(kv, il, split)
-        e = attention_errors(K, V, held_q[il], session.kq_scale(il), res, kvsplit.span_prior(kv, il, split))
+        e = attention_errors(
+            K, V, held_q[il], session.kq_scale(il), res, kvsplit.span_prior(kv, il, split), np.float32
+        )
         errs.append(float(np.mean(e.output)))
     if errs:
         rep.attention_error, rep.attention_error_worst = float(np.mean(errs)), float(np.max(errs))

@@ -126,13 +126,15 @@ def test_planted_code_survives_compaction(planted, smollm2, options, most):
         s._write_blob(blob, n)
 
 
-def test_cache_scores_cut_the_repeat_pass(planted, smollm2):
+def test_cache_scores_cut_the_repeat_pass(planted, smollm2, monkeypatch):
+    from pyllamaam.engine import Session
+
     s, blob, n = planted
     try:
         s._capture = None
         calls = []
-        real = s.capture_queries
-        s.capture_queries = lambda toks: calls.append(len(toks)) or real(toks)
+        real = Session.capture_queries  # the pass runs on a flash-attention copy of the session
+        monkeypatch.setattr(Session, "capture_queries", lambda self, toks: calls.append(len(toks)) or real(self, toks))
         rep = s.compact(ratio=4, spans=1.0, span_score="cache")
         assert not rep.fell_back, rep.reason
         assert calls == [] and rep.seconds["queries"] < 0.5 and rep.seconds["fit"] == 0.0
@@ -147,8 +149,33 @@ def test_cache_scores_cut_the_repeat_pass(planted, smollm2):
         assert not rep.fell_back, rep.reason
         assert 0.45 * n <= sum(calls) <= 0.55 * n
     finally:
-        del s.capture_queries
         s._write_blob(blob, n)
+
+
+def test_the_repeat_pass_runs_on_a_flash_copy_that_matches_the_session(planted, smollm2):
+    """The default repeat pass runs on a flash-attention copy: the session is left byte-identical,
+    the queries are the session's own up to float16 rounding, and a session with no free cells
+    still compacts (the pass no longer needs room in the session)."""
+    from pyllamaam.queries.repeat import repeat_queries
+
+    s, blob, n = planted
+    before = s._snapshot()
+    span = (4, n - 33)
+    own = repeat_queries(s, span, repeat_flash=False, repeat_max_tokens=256)
+    twin = repeat_queries(s, span, repeat_max_tokens=256)
+    assert s._snapshot() == before and s.n_cells == n
+    assert own.keys() == twin.keys()
+    for il in own:
+        a, b = own[il], twin[il]
+        assert a.shape == b.shape
+        rel = np.linalg.norm(a - b, axis=-1) / np.linalg.norm(a, axis=-1)
+        assert np.median(rel) < 0.05, (il, float(np.median(rel)))
+    toks = s.tokens
+    with smollm2.session(n_ctx=n + 2) as full:
+        full.prefill(toks)
+        rep = full.compact(ratio=4)
+        assert not rep.fell_back, rep.reason
+        assert full.n_cells < n / 2 and "67767" in _answer(full, smollm2)
 
 
 @pytest.mark.parametrize("bad", [{"span_score": "bogus"}, {"span_candidates": 0}, {"span_candidates": 1.5},

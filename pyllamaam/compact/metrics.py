@@ -33,6 +33,7 @@ def attention_errors(
     scale: float,
     result: CompactedLayer | CompactedHead,
     prior_bias: np.ndarray | None = None,
+    dtype: type = np.float64,
 ) -> AttentionErrors:
     """Relative errors of output and mass of ``result`` against the original cells.
 
@@ -45,6 +46,8 @@ def attention_errors(
     scale : float
     result : CompactedLayer or CompactedHead
     prior_bias : ndarray or None, [H, T] (or [T])
+    dtype : float64 or float32
+        What the attention is computed in (see :func:`~pyllamaam.compact.attend`).
 
     Returns
     -------
@@ -57,10 +60,10 @@ def attention_errors(
         result = CompactedLayer(
             result.indices[None], result.beta[None], result.values[None], np.zeros(1, int)
         )
-    out0, logm = attend(K, V, Q, scale, prior_bias)
+    out0, logm = attend(K, V, Q, scale, prior_bias, dtype)
     live = result.kept.any(axis=1)
     beta = np.where(live[:, None], result.beta, 0.0)  # an empty head: error 1, not NaN
-    Oc, logmc = attend(result.keys(K), result.values, Q, scale, beta)
+    Oc, logmc = attend(result.keys(K), result.values, Q, scale, beta, dtype)
     Oc[~live], logmc[~live] = 0.0, -np.inf
     out = np.linalg.norm((Oc - out0).reshape(len(out0), -1), axis=1)
     out /= np.maximum(np.linalg.norm(out0.reshape(len(out0), -1), axis=1), 1e-300)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from ..errors import PyllamaamError
+from ..kv import build_seq_state
+
 if TYPE_CHECKING:
     from ..engine import Session
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -26,6 +33,47 @@ def scratch(session: Session) -> Iterator[Session]:
         session._auto, session._ctx_queries = auto, ctxq
         session._write_blob(blob, n_cells)
         session._tokens, session._last_logits = tokens, last
+
+
+@contextmanager
+def flash_twin(session: Session, n_new: int) -> Iterator[Session | None]:
+    """A temporary copy of ``session`` that uses flash attention, with room for ``n_new`` more
+    tokens, for a long scratch pass; the session itself is not touched.
+
+    A scratch pass attends from every new token to the whole context, and llama.cpp's CPU
+    attention without flash costs most of it: on SmolLM2 a pass over half of a 4K-token context
+    ran in 0.65 of the time with flash attention. Yields None where no copy serves (the session
+    uses flash attention already, or its memory is more than one plain KV cache) or where one
+    cannot be made; the caller then runs on the session in :func:`scratch`.
+    """
+    if session.flash_attn or session.memory_layout != "kv" or len(session.compact_layers()) != len(session.layers):
+        yield None
+        return
+    from ..engine import Session
+
+    twin = None
+    try:
+        twin = Session(
+            session.model,
+            n_ctx=session.n_cells + n_new + 1,
+            flash_attn=True,
+            n_threads=session.n_threads,
+            kv_type=session.kv_type,
+            n_batch=session.n_batch,
+        )
+        state = session.get_kv()
+        twin._write_blob(build_seq_state(dataclasses.replace(state, v_trans=False)), state.n_cells)
+        twin._tokens = list(session._tokens)
+    except PyllamaamError as err:  # no flash attention here, or no memory for a copy
+        log.info("scratch pass on the session itself: no flash-attention copy (%s)", err)
+        if twin is not None:
+            twin.close()
+        yield None
+        return
+    try:
+        yield twin
+    finally:
+        twin.close()
 
 
 def room(session: Session) -> int:

@@ -3,17 +3,20 @@
 The model reads a "repeat the previous text" prompt and then the span's own tokens, at
 positions that continue after the context; the queries of the repeated tokens look back at the
 context the way a reader recalling it would (DESIGN.md section 8: the best source we measured).
-When the span does not fit in the free cells, it is repeated in chunks, one scratch pass each.
+The pass runs on a flash-attention copy of the session where that is faster; on the session
+itself, when the span does not fit in the free cells it is repeated in chunks, one scratch pass
+each.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import ConfigError
-from ._scratch import room, scratch
+from ._scratch import flash_twin, room, scratch
 
 if TYPE_CHECKING:
     from ..engine import Session
@@ -43,10 +46,14 @@ def repeat_queries(
     repeat_max_tokens: float | None = None,
     repeat_piece: int = 256,
     repeat_positions: Any = None,
+    repeat_flash: bool = True,
     **_: Any,
 ) -> dict[int, np.ndarray]:
     """Queries of the repeated span tokens, ``{layer: [n, n_head, head_dim]}``; with
-    ``repeat_positions`` (context positions, in order), the tokens at those positions only."""
+    ``repeat_positions`` (context positions, in order), the tokens at those positions only.
+
+    With ``repeat_flash`` (the default) a session without flash attention runs the pass on a
+    flash-attention copy of itself (:func:`flash_twin`), in one piece whatever its free cells."""
     if repeat_positions is None:
         toks = session._tokens[span[0] : span[1] + 1]
     else:
@@ -56,6 +63,11 @@ def repeat_queries(
     if repeat_max_tokens is not None and len(toks) > repeat_max_tokens:
         toks = spread_pieces(toks, repeat_max_tokens, repeat_piece)
     prompt = session.model.tokenize(repeat_prompt) if repeat_prompt else []
+    with flash_twin(session, len(prompt) + len(toks)) if repeat_flash else nullcontext() as twin:
+        if twin is not None:
+            if prompt:
+                twin.prefill(prompt)
+            return twin.capture_queries(toks)
     chunk = room(session) - len(prompt)
     if chunk < 16:
         raise ConfigError(
