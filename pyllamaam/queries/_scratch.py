@@ -63,6 +63,7 @@ def flash_twin(session: Session, n_new: int) -> Iterator[Session | None]:
         )
         state = session.get_kv()
         twin._write_blob(build_seq_state(dataclasses.replace(state, v_trans=False)), state.n_cells)
+        del state  # float32 arrays: not kept through the pass
         twin._tokens = list(session._tokens)
     except PyllamaamError as err:  # no flash attention here, or no memory for a copy
         log.info("scratch pass on the session itself: no flash-attention copy (%s)", err)
