@@ -274,6 +274,21 @@ def test_attention_stats_match_float64_attention():
     np.testing.assert_allclose(st_.score_max, A.max(axis=1), rtol=1e-4)
 
 
+def test_float32_attention_matches_float64_with_a_removed_cell():
+    L = synthetic_layer(H=2, T=300, n=50, d=32, seed=4)
+    bias = np.random.default_rng(2).normal(size=(2, 300))
+    bias[:, 7] = -np.inf
+    out64, logm64 = attend(L.K, L.V, L.Q_fit, L.scale, bias)
+    out32, logm32 = attend(L.K, L.V, L.Q_fit, L.scale, bias, np.float32)
+    assert out32.dtype == np.float64 and logm32.dtype == np.float64
+    np.testing.assert_allclose(out32, out64, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(logm32, logm64, rtol=1e-6, atol=1e-5)
+    res = compact_layer(L.K, L.V, L.Q_fit, 60, L.scale, prior_bias=bias)
+    r = attention_errors(L.K, L.V, L.Q_fit, L.scale, res, bias, np.float32)
+    r64 = attention_errors(L.K, L.V, L.Q_fit, L.scale, res, bias)
+    np.testing.assert_allclose(r.output, r64.output, rtol=1e-3, atol=1e-6)
+
+
 @pytest.mark.parametrize("ridge", [1e-2, 1e-6])
 def test_value_solve_matches_the_normal_equations(ridge):
     L = synthetic_layer(H=2, T=200, n=120, d=16, seed=10)
