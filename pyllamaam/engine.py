@@ -508,10 +508,11 @@ class Session:
                 raise StateError(f"set_kv: layer {il} bias has shape {b.shape}, expected {k.shape[:2]}")
             if not (np.isfinite(k).all() and np.isfinite(v).all()):
                 raise StateError(f"set_kv: layer {il} keys or values are not finite")
-        # KVState holds V untransposed; the blob must match this context's V layout
-        state = dataclasses.replace(state, v_trans=not self.flash_attn)
-        blob = build_seq_state(state)
-        self._write_blob(blob, len(pos))
+        self._write_kv(state)
+
+    def _write_kv(self, state: KVState) -> None:
+        """Write ``state`` unchecked, in this context's V layout (KVState holds V untransposed)."""
+        self._write_blob(build_seq_state(dataclasses.replace(state, v_trans=not self.flash_attn)), state.n_cells)
 
     def _write_blob(self, blob: bytes, n_cells: int) -> None:
         old = self._snapshot()

@@ -622,11 +622,10 @@ def reference_queries(
     else:
         _check_args(ratio, target_cells, keep_first, keep_last)
         # with spans (the default) and the shared evictions the fit covers the user's whole span
-        fits = method not in SHARED_EVICTIONS and SELECTORS[_selector(method)].fits and not spans
-        split = kvsplit.splits(kv, keep_first, keep_last, ratio, target_cells, fits, recent)[1]
+        fitted = method not in SHARED_EVICTIONS and SELECTORS[_selector(method)].fits
+        split = kvsplit.splits(kv, keep_first, keep_last, ratio, target_cells, fitted and not spans, recent)[1]
         span = kvsplit.span_of(kv, split)
-        fitted_spans = spans and method not in SHARED_EVICTIONS and SELECTORS[_selector(method)].fits
-        if fitted_spans and span_score == "cache+repeat":
+        if fitted and spans and span_score == "cache+repeat":
             mask = _candidate_mask(session, kv, split, layers, chunk, span_candidates)
             options = _repeat_only(kv, split, mask, spec, options)
     clock = time.perf_counter()

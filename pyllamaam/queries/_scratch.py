@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from ..errors import PyllamaamError
-from ..kv import build_seq_state
 
 if TYPE_CHECKING:
     from ..engine import Session
@@ -49,21 +47,16 @@ def flash_twin(session: Session, n_new: int) -> Iterator[Session | None]:
     if session.flash_attn or session.memory_layout != "kv" or len(session.compact_layers()) != len(session.layers):
         yield None
         return
-    from ..engine import Session
-
     twin = None
     try:
-        twin = Session(
-            session.model,
+        twin = session.model.session(
             n_ctx=session.n_cells + n_new + 1,
             flash_attn=True,
             n_threads=session.n_threads,
             kv_type=session.kv_type,
             n_batch=session.n_batch,
         )
-        state = session.get_kv()
-        twin._write_blob(build_seq_state(dataclasses.replace(state, v_trans=False)), state.n_cells)
-        del state  # float32 arrays: not kept through the pass
+        twin._write_kv(session.get_kv())  # the float32 arrays are not kept through the pass
         twin._tokens = list(session._tokens)
     except PyllamaamError as err:  # no flash attention here, or no memory for a copy
         log.info("scratch pass on the session itself: no flash-attention copy (%s)", err)
