@@ -103,6 +103,10 @@ def cmd_compact(args: argparse.Namespace) -> int:
                     ratio=args.ratio, method=args.method, queries=args.queries, task=task, progress=bar.update
                 )
             print(rep.to_json() if args.json else rep)
+            if args.show_kept and not args.json:
+                print("kept verbatim in every layer and head:")
+                for a_b, text in zip(rep.verbatim, s.kept_text(rep), strict=False):
+                    print(f"  [{a_b[0]}-{a_b[1]}] {' '.join(text.split())}")
         out = s.save(args.output)
     print(f"saved {out}", file=sys.stderr)
     return 1 if rep is not None and rep.fell_back else 0
@@ -194,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-ctx", type=int, default=None)
     p.add_argument("--flash-attn", action="store_true")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--show-kept", action="store_true",
+                   help="print the passages kept verbatim (a fact outside them was not kept as it was)")
     p.set_defaults(fn=cmd_compact)
 
     p = sub.add_parser("ask", help="ask questions of a saved session")

@@ -457,6 +457,12 @@ class Session:
 
         return pipeline.reference_queries(self, queries, keep_first, keep_last, task, **options)
 
+    def kept_text(self, report: Any) -> list[str]:
+        """The text of each passage a compaction kept verbatim (``report.verbatim``), from the
+        tokens this session was fed; a fact whose tokens are not in one was not kept as it was."""
+        n = len(self._tokens)
+        return [self.model.detokenize(self._tokens[a : min(b + 1, n)]) for a, b in report.verbatim if a < n]
+
     def auto_compact(self, threshold: float | None = 0.9, ratio: float = 4.0, **compact_options: Any) -> None:
         """Compact automatically whenever prefill()/generate() would pass ``threshold * n_ctx``
         cells, so the session runs past n_ctx; ``threshold=None`` turns it off. Reports of the

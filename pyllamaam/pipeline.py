@@ -276,6 +276,7 @@ def compact(
             tell("select", 0, 1)
             cut = _shared_cut(session, kv, plan, cut, Q, rep, candidates)
             tell("select", 1, 1)
+        rep.verbatim = _verbatim(kv, plan, cut)
         if cut.evict is not None:
             fitted, held_q = cut.evict, {}
         else:
@@ -300,7 +301,7 @@ def compact(
         session._write_blob(blob, n_cells0)
         if not isinstance(err, Exception):
             raise
-        rep.fell_back, rep.cells_after = True, n_cells0
+        rep.fell_back, rep.cells_after, rep.verbatim = True, n_cells0, []
         rep.reason = str(err) if isinstance(err, _GateFailed) else f"{type(err).__name__}: {err}"
         log.warning("compaction fell back, cache restored: %s", rep.reason)
     return rep
@@ -441,8 +442,24 @@ def _shared_cut(session: Session, kv: KVState, plan: _Plan, cut: _Cut, Q, rep: C
     if plan.shared or n_exact >= t:  # nothing left to fit: the chunks as they are
         H = {il: kv.keys[il].shape[1] for il in plan.layers}
         idx = {il: np.broadcast_to(exact, (H[il], len(exact))) for il in plan.layers}
-        return _Cut(user, user, t, 0, None, _kept(kv, user, idx))
+        return _Cut(user, user, t, 0, exact, _kept(kv, user, idx))
     return _Cut(user, user, t, len(exact), exact)
+
+
+def _verbatim(kv: KVState, plan: _Plan, cut: _Cut) -> list[list[int]]:
+    """Position ranges ``[first, last]`` kept as they are in every layer and head: the sinks,
+    the recent window (with the plain fit's exact window, the same in every head) and the
+    chunks chosen for every head (``cut.exact``)."""
+    split = cut.user if plan.fill else cut.split
+    parts = [split.sinks, split.recent]
+    if cut.exact is not None:
+        parts.append(cut.user.span[cut.exact])
+    pos = np.unique(kv.positions[np.concatenate(parts)])
+    if not len(pos):
+        return []
+    breaks = np.flatnonzero(np.diff(pos) != 1)
+    starts, ends = np.append(pos[0], pos[breaks + 1]), np.append(pos[breaks], pos[-1])
+    return [[int(a), int(b)] for a, b in zip(starts, ends, strict=True)]
 
 
 def _needs_queries(plan: _Plan) -> bool:

@@ -32,6 +32,12 @@ class CompactionReport:
     guards : how often each per-head guard fired (:mod:`pyllamaam.guards`): heads kept as
         fitted (``fit``), shrunk (``shrink``), given original values (``original``) or evicted
         plainly (``evict``); NNLS zero-weight keys left; heads whose fitted values were rejected.
+    verbatim : the positions kept as they were (key, value and bias) in every layer and KV head,
+        as inclusive ``[first, last]`` ranges in position order: the first and last cells and the
+        whole sentences chosen for the span. A fact is answered from the compacted cache about as
+        well as from the full one when its tokens are in here, and rarely otherwise
+        (:meth:`Session.kept_text <pyllamaam.engine.Session.kept_text>` gives their text). Empty
+        when the compaction fell back (the cache is then unchanged).
     """
 
     method: str
@@ -54,6 +60,12 @@ class CompactionReport:
     fell_back: bool = False
     reason: str = ""
     guards: dict[str, int] = field(default_factory=dict)
+    verbatim: list[list[int]] = field(default_factory=list)
+
+    @property
+    def verbatim_cells(self) -> int:
+        """Cells in :attr:`verbatim`."""
+        return sum(b - a + 1 for a, b in self.verbatim)
 
     @property
     def total_seconds(self) -> float:
@@ -62,6 +74,7 @@ class CompactionReport:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["total_seconds"] = self.total_seconds
+        d["verbatim_cells"] = self.verbatim_cells
         return d
 
     def to_json(self, **kw: object) -> str:
@@ -80,7 +93,8 @@ class CompactionReport:
             head += (
                 f"{self.cells_before} -> {self.cells_after} cells "
                 f"(span {self.span_before} -> {self.span_after}, {self.ratio:.1f}x), "
-                f"{self.keys_kept} keys kept"
+                f"{self.keys_kept} keys kept; {self.verbatim_cells} cells verbatim in every head "
+                f"({len(self.verbatim)} passages)"
             )
         err = "n/a" if self.attention_error is None else f"{self.attention_error:.3f}"
         if self.attention_error_worst is not None:

@@ -158,4 +158,17 @@ def test_compact_for_a_question_then_ask_answers_it(planted, tmp_path):
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)
     assert report["cells_after"] < report["cells_before"] / 5 and not report["fell_back"]
+    assert 0 < report["verbatim_cells"] <= report["cells_after"]
     assert CODE in _ask(out)
+
+
+def test_compact_shows_the_passages_kept_verbatim(planted, tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "pyllamaam", "compact", str(planted), "--ratio", "10", "--question", QUESTION,
+         "-o", str(tmp_path / "k.pllam"), "--show-kept"],
+        capture_output=True, text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    out = res.stdout.split("kept verbatim in every layer and head:\n", 1)[1]
+    assert "cells verbatim in every head" in res.stdout
+    assert any(CODE in line for line in out.splitlines())  # the sentence the question reads

@@ -98,7 +98,7 @@ def test_failed_kl_gate_restores_the_cache_exactly(llama):
     st, probe = _state(llama), _ids(4, 2)
     logits = llama.eval_logits(probe)
     rep = llama.compact(ratio=5, queries="context", max_kl=-1.0)
-    assert rep.fell_back and "KL" in rep.reason and rep.cells_after == st[1]
+    assert rep.fell_back and "KL" in rep.reason and rep.cells_after == st[1] and rep.verbatim == []
     _assert_unchanged(llama, st, logits, probe)
 
 

@@ -122,6 +122,13 @@ def test_planted_code_survives_compaction(planted, smollm2, options, most):
         assert not rep.fell_back, rep.reason
         assert s.n_cells < n * most
         assert "67767" in _answer(s, smollm2)
+        # the report says where the code went: into a passage kept verbatim in every head
+        assert any("67767" in t for t in s.kept_text(rep))
+        flat = [p for r in rep.verbatim for p in r]
+        assert flat == sorted(flat) and all(b + 1 < c for b, c in zip(flat[1::2], flat[2::2], strict=False))
+        assert rep.verbatim[0] == [0, 3] and rep.verbatim[-1][1] == n - 1  # sinks and recent window
+        assert rep.verbatim_cells <= rep.cells_after
+        assert rep.to_dict()["verbatim_cells"] == rep.verbatim_cells
     finally:
         s._write_blob(blob, n)
 
@@ -205,6 +212,10 @@ def test_shared_evictions_keep_the_budget_and_original_cells(planted, method):
         orig = {k.tobytes() for k in kv0.keys[il][:, 0]}
         kept = kv.keys[il][np.isfinite(kv.bias[il][:, 0]), 0]
         assert all(k.tobytes() in orig for k in kept)
+        if method == "kvzip":  # cells chosen per head: only the first and last cells are whole
+            assert rep.verbatim == [[0, 3], [n - 32, n - 1]]
+        else:  # the same whole sentences in every head: every cell is verbatim
+            assert rep.verbatim_cells == rep.cells_after
     finally:
         s._write_blob(blob, n)
 
@@ -219,5 +230,8 @@ def test_qa_suite_quick_run_writes_table_summary_and_plot(tmp_path):
     assert "| model | tokens | method |" in (tmp_path / "qa_results.md").read_text()
     assert (tmp_path / "qa_smollm2-135m.png").stat().st_size > 0
     cells = qa_run.load(tmp_path / "qa_cells.jsonl")
+    # each compacted cell marks whether an answer's tokens were kept verbatim
+    assert all("kept" in q for c in cells if c["method"] != "full" for q in c["questions"] if q["kind"] != "vartrack")
+    assert all(r["answers_kept"] is not None for r in rows if r["method"] != "full")
     assert eval_main(["--suite", "qa", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0  # resumes
     assert len(qa_run.load(tmp_path / "qa_cells.jsonl")) == len(cells)

@@ -109,9 +109,28 @@ def ask(session: Any, model: Any, q: qa.Question) -> dict[str, Any]:
     return {"kind": q.kind, "answer": q.answer, "correct": pick == q.answer, "prediction": pick}
 
 
+def answer_positions(model: Any, toks: list[int], answer: str) -> np.ndarray:
+    """Positions of the tokens that spell the first ``answer`` in the text of ``toks`` (fed from
+    position 0); empty where their pieces do not spell it."""
+    pieces = [model.detokenize([t]) for t in toks]
+    ends = np.cumsum([len(p) for p in pieces])
+    i = "".join(pieces).find(answer)
+    if i < 0:
+        return np.zeros(0, np.int64)
+    return np.flatnonzero((ends > i) & (ends - np.array([len(p) for p in pieces]) < i + len(answer)))
+
+
+def _kept(results: list[dict[str, Any]], where: list[np.ndarray], verbatim: list[list[int]]) -> None:
+    """Mark each result ``kept``: its answer's tokens all lie in the compaction's verbatim ranges."""
+    for r, pos in zip(results, where, strict=True):
+        if len(pos):
+            r["kept"] = bool(all(any(a <= p <= b for a, b in verbatim) for p in pos.tolist()))
+
+
 def _run_document(model, model_name, n, seed, cells, spec):
     doc = build_document(model, n, seed)
     toks = model.tokenize(doc.text, add_bos=model.info["add_bos"])
+    where = [answer_positions(model, toks, q.answer) for q in doc.questions]
     cont = model.tokenize(doc.continuation)[: spec.continuation + 1]
     with model.session(n_ctx=2 * len(toks) + 512, n_threads=spec.n_threads) as s:
         clock = time.perf_counter()
@@ -130,10 +149,11 @@ def _run_document(model, model_name, n, seed, cells, spec):
             kw = {**kw, **spec.options}
             if kw.pop("task", False):  # one compaction per question, each from the full cache
                 results, secs, cells_after = [], [], []
-                for q in doc.questions:
+                for q, pos in zip(doc.questions, where, strict=True):
                     s._write_blob(blob, len(toks))
                     rep = s.compact(ratio=ratio, task=q.prompt(), **kw)
                     results.append({**ask(s, model, q), "fell_back": rep.fell_back})
+                    _kept(results[-1:], [pos], rep.verbatim)
                     secs.append(rep.total_seconds)
                     cells_after.append(s.n_cells)
                 s._write_blob(blob, len(toks))
@@ -154,7 +174,9 @@ def _run_document(model, model_name, n, seed, cells, spec):
             rep = s.compact(ratio=ratio, **{k: v for k, v in kw.items() if not (capture and k.startswith("repeat_"))})
             stages = dict(rep.seconds)
             stages["queries"] = stages.get("queries", 0.0) + capture
-            rec = {**base, **_score(s, model, doc, full, cont), "cells": s.n_cells,
+            scored = _score(s, model, doc, full, cont)
+            _kept(scored["questions"], where, rep.verbatim)
+            rec = {**base, **scored, "cells": s.n_cells,
                    "compaction_seconds": rep.total_seconds + capture, "stages": stages, "fell_back": rep.fell_back,
                    "reason": rep.reason}
             s._write_blob(blob, len(toks))
@@ -206,6 +228,12 @@ def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ratios = [c["compaction_seconds"] / c["prefill_seconds"] for c in cs]
             row["compaction_over_prefill"] = float(np.mean(ratios))
             row["fell_back"] = sum(bool(c.get("fell_back")) for c in cs)
+            marked = [q for q in qs if "kept" in q]  # runs that recorded it
+            kept = [q for q in marked if q["kept"]]
+            row["answers_kept"] = len(kept) / len(marked) if marked else None
+            row["accuracy_kept"] = sum(q["correct"] for q in kept) / len(kept) if kept else None
+            lost = [q for q in marked if not q["kept"]]
+            row["accuracy_not_kept"] = sum(q["correct"] for q in lost) / len(lost) if lost else None
         rows.append(row)
     return rows
 
@@ -220,14 +248,16 @@ def write_report(out: Path) -> dict[str, Any]:
     rows = summarize(load(out / "qa_cells.jsonl"))
     (out / "qa_summary.json").write_text(json.dumps(rows, indent=1) + "\n")
     lines = ["| model | tokens | method | ratio | accuracy (95% CI) | of full | ΔNLL | compaction/prefill "
-             "| questions |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| questions | answers kept verbatim | accuracy kept / not |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = "–" if r["method"] == "full" else f"{r['ratio']:g}x"
         lines.append(
             f"| {r['model']} | {r['tokens']} | {r['method']} | {ratio} | "
             f"{r['accuracy']:.2f} ({r['ci95'][0]:.2f}–{r['ci95'][1]:.2f}) | {_fmt(r['of_full'], 2)} | "
-            f"{_fmt(r.get('delta_nll'), 3)} | {_fmt(r.get('compaction_over_prefill'), 2)} | {r['questions']} |"
+            f"{_fmt(r.get('delta_nll'), 3)} | {_fmt(r.get('compaction_over_prefill'), 2)} | {r['questions']} | "
+            f"{_fmt(r.get('answers_kept'), 2)} | "
+            f"{_fmt(r.get('accuracy_kept'), 2)} / {_fmt(r.get('accuracy_not_kept'), 2)} |"
         )
     (out / "qa_results.md").write_text("\n".join(lines) + "\n")
     (out / "qa_table.md").write_text(headline(rows))
