@@ -99,8 +99,10 @@ def cmd_compact(args: argparse.Namespace) -> int:
         if args.ratio != 1:
             with _ProgressBar(len(s.compact_layers())) as bar:
                 task = catalog.qa_template(model.path).format(question=args.question) if args.question else None
+                extra = {"pin": args.pin} if args.pin else {}
                 rep = s.compact(
-                    ratio=args.ratio, method=args.method, queries=args.queries, task=task, progress=bar.update
+                    ratio=args.ratio, method=args.method, queries=args.queries, task=task, progress=bar.update,
+                    **extra,
                 )
             print(rep.to_json() if args.json else rep)
             if args.show_kept and not args.json:
@@ -198,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-ctx", type=int, default=None)
     p.add_argument("--flash-attn", action="store_true")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--pin", default=None, metavar="REGEX",
+                   help="keep the sentences this regular expression matches verbatim, before any other")
     p.add_argument("--show-kept", action="store_true",
                    help="print the passages kept verbatim (a fact outside them was not kept as it was)")
     p.set_defaults(fn=cmd_compact)

@@ -8,6 +8,7 @@ only wires them to a :class:`~pyllamaam.engine.Session` (DESIGN.md section 2).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -115,6 +116,10 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # (evenly spread pieces; ``repeat_max_tokens`` given overrides it). The fit covers the tenth of
     # the budget that is not whole sentences
     "fit_repeat": 0.25,
+    # a regular expression: the units (sentences) whose text it matches are kept verbatim in every
+    # head and layer before any other, with whole-unit selection (``spans`` > 0, "chunkkv", a
+    # question); for a user who knows what must survive but not the question
+    "pin": None,
 }
 #: Eviction baselines selected once for the whole model, not per head: "chunkkv" keeps whole
 #: chunks of consecutive cells, the same in every head and layer (ChunkKV); "kvzip" ranks every
@@ -352,6 +357,16 @@ def _plan(session, ratio, target_cells, method, queries, keep_first, keep_last, 
         if spans_given:
             raise ConfigError("spans= serves fitted methods with uniform budgets and no keep mask")
         pipe["spans"] = 0.0  # the default serves the plain fit only
+    if pipe["pin"] is not None:
+        if not isinstance(pipe["pin"], str) or not pipe["pin"]:
+            raise ConfigError(f"pin must be a non-empty regular expression, not {pipe['pin']!r}")
+        try:
+            pipe["pin"] = re.compile(pipe["pin"])
+        except re.error as err:
+            raise ConfigError(f"pin is not a valid regular expression: {err}") from None
+        if not (pipe["spans"] or shared == "chunkkv"):
+            raise ConfigError("pin= needs whole-sentence selection: method 'am' with spans > 0, 'chunkkv' "
+                              "or a question (not per-head cells)")
     if pipe["span_score"] not in SPAN_SCORES:
         raise ConfigError(f"span_score must be one of {', '.join(SPAN_SCORES)}, not {pipe['span_score']!r}")
     for name in ("span_candidates", "fit_repeat"):
@@ -436,9 +451,16 @@ def _shared_cut(session: Session, kv: KVState, plan: _Plan, cut: _Cut, Q, rep: C
         total = sum(scores[il].sum(axis=(0, 2)) for il in plan.layers)
         if candidates is not None:  # only the candidates were read again: they go first
             total = np.where(candidates, total, -1.0)
-    rep.seconds["select"] = time.perf_counter() - clock
     n_exact = t if plan.shared else int(round(plan.pipe["spans"] * t))
-    exact = chunks.chunk_select(total, n_exact, _units(session, kv, user, plan.pipe["chunk"]))
+    units = _units(session, kv, user, plan.pipe["chunk"])
+    if plan.pipe["pin"] is not None:
+        pinned = _pinned(session, kv, user, units, plan.pipe["pin"])
+        if pinned.sum() > n_exact:
+            log.warning("pin: the matching sentences hold %d cells, more than the %d kept verbatim; "
+                        "the best of them are kept", int(pinned.sum()), n_exact)
+        total = np.where(pinned, total + 2.0 * (1.0 + np.abs(total).max()), total)  # pinned units first
+    rep.seconds["select"] = time.perf_counter() - clock
+    exact = chunks.chunk_select(total, n_exact, units)
     if plan.shared or n_exact >= t:  # nothing left to fit: the chunks as they are
         H = {il: kv.keys[il].shape[1] for il in plan.layers}
         idx = {il: np.broadcast_to(exact, (H[il], len(exact))) for il in plan.layers}
@@ -460,6 +482,21 @@ def _verbatim(kv: KVState, plan: _Plan, cut: _Cut) -> list[list[int]]:
     breaks = np.flatnonzero(np.diff(pos) != 1)
     starts, ends = np.append(pos[0], pos[breaks + 1]), np.append(pos[breaks], pos[-1])
     return [[int(a), int(b)] for a, b in zip(starts, ends, strict=True)]
+
+
+def _pinned(session: Session, kv: KVState, split: kvsplit.Split, units, pattern: re.Pattern) -> np.ndarray:
+    """Over the span: the cells of the units (``_units``) whose text ``pattern`` matches."""
+    pos = kv.positions[split.span]
+    if len(session._tokens) <= int(pos[-1]):
+        raise ConfigError("pin= needs the text of the whole cache: this session's tokens do not cover it")
+    T = len(pos)
+    starts = np.arange(0, T, units) if isinstance(units, int) else units
+    pieces = [session.model.detokenize([session._tokens[p]]) for p in pos]
+    mask = np.zeros(T, bool)
+    for a, b in zip(starts, np.append(starts[1:], T), strict=True):
+        if pattern.search("".join(pieces[a:b])):
+            mask[a:b] = True
+    return mask
 
 
 def _needs_queries(plan: _Plan) -> bool:

@@ -97,6 +97,11 @@ class CompactRequest(_Body):
         description="compact for this question: the sentences it reads are kept whole (question-aware)",
     )
 
+    pin: str | None = Field(
+        None, min_length=1, max_length=1000,
+        description="a regular expression: the sentences it matches are kept verbatim before any other",
+    )
+
     def kwargs(self, template: str = QA_TEMPLATE) -> dict[str, object]:
         """``Session.compact``'s arguments; a question is put in the model's ``template``."""
         out = {k: v for k, v in self.model_dump().items() if v is not None}

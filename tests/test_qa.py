@@ -133,6 +133,19 @@ def test_planted_code_survives_compaction(planted, smollm2, options, most):
         s._write_blob(blob, n)
 
 
+def test_a_pinned_sentence_is_kept_verbatim_and_answered(planted, smollm2):
+    """Without the question, 10x loses the code; pinning its sentence by a pattern keeps it."""
+    s, blob, n = planted
+    try:
+        rep = s.compact(ratio=10, pin=r"(?i)locker code")
+        assert not rep.fell_back, rep.reason
+        assert s.n_cells < n / 5
+        assert any("67767" in t for t in s.kept_text(rep))
+        assert "67767" in _answer(s, smollm2)
+    finally:
+        s._write_blob(blob, n)
+
+
 def test_cache_scores_cut_the_repeat_pass(planted, smollm2, monkeypatch):
     from pyllamaam.engine import Session
 
@@ -186,7 +199,8 @@ def test_the_repeat_pass_runs_on_a_flash_copy_that_matches_the_session(planted, 
 
 
 @pytest.mark.parametrize("bad", [{"span_score": "bogus"}, {"span_candidates": 0}, {"span_candidates": 1.5},
-                                 {"fit_repeat": 0}])
+                                 {"fit_repeat": 0}, {"pin": "(code"}, {"pin": ""}, {"pin": 5},
+                                 {"pin": "code", "method": "kvzip"}, {"pin": "code", "spans": 0}])
 def test_bad_span_options_are_refused_and_change_nothing(planted, bad):
     from pyllamaam.errors import ConfigError
 

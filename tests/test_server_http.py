@@ -234,10 +234,15 @@ def test_compaction_mid_conversation(state_dir):
                 {"role": "assistant", "content": r.choices[0].message.content},
                 {"role": "user", "content": question},
             ]
-        r = httpx.post(f"{srv.url}/v1/sessions/conv/compact", json={"ratio": 2}, timeout=300)
+        cells = httpx.get(f"{srv.url}/v1/sessions/conv").json()["n_cells"]
+        r = httpx.post(f"{srv.url}/v1/sessions/conv/compact", json={"ratio": 2, "pin": "(PELICAN"}, timeout=300)
+        assert r.status_code == 400 and "regular expression" in r.text, r.text
+        assert httpx.get(f"{srv.url}/v1/sessions/conv").json()["n_cells"] == cells  # nothing lost
+        r = httpx.post(f"{srv.url}/v1/sessions/conv/compact", json={"ratio": 2, "pin": "PELICAN"}, timeout=300)
         assert r.status_code == 200, r.text
         rep = r.json()["report"]
         assert rep["cells_after"] < rep["cells_before"] or rep["fell_back"]
+        assert rep["fell_back"] or rep["verbatim_cells"] > 0
         seen_auto = False
         for _ in range(8):  # keep talking until the cells pass 0.6 n_ctx
             r = ask(c, msgs, session="conv", max_tokens=64)
