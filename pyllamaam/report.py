@@ -32,8 +32,8 @@ class CompactionReport:
     guards : how often each per-head guard fired (:mod:`pyllamaam.guards`): heads kept as
         fitted (``fit``), shrunk (``shrink``), given original values (``original``) or evicted
         plainly (``evict``); NNLS zero-weight keys left; heads whose fitted values were rejected.
-    verbatim : the positions kept as they were (key, value and bias) in every layer and KV head,
-        as inclusive ``[first, last]`` ranges in position order: the first and last cells and the
+    verbatim : the positions kept as they were (key, value and bias) in every compacted layer and
+        KV head, as inclusive ``[first, last]`` ranges in position order: the first and last cells and the
         whole sentences chosen for the span. A fact is answered from the compacted cache about as
         well as from the full one when its tokens are in here, and rarely otherwise
         (:meth:`Session.kept_text <pyllamaam.engine.Session.kept_text>` gives their text). Empty
