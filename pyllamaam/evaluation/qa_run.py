@@ -113,14 +113,15 @@ def answer_positions(model: Any, toks: list[int], answer: str) -> np.ndarray:
     """Positions of the tokens that spell the first ``answer`` in the text of ``toks`` (fed from
     position 0); empty where their pieces do not spell it."""
     pieces = [model.detokenize([t]) for t in toks]
-    ends = np.cumsum([len(p) for p in pieces])
+    lens = np.array([len(p) for p in pieces])
+    ends = np.cumsum(lens)
     i = "".join(pieces).find(answer)
     if i < 0:
         return np.zeros(0, np.int64)
-    return np.flatnonzero((ends > i) & (ends - np.array([len(p) for p in pieces]) < i + len(answer)))
+    return np.flatnonzero((ends > i) & (ends - lens < i + len(answer)))
 
 
-def _kept(results: list[dict[str, Any]], where: list[np.ndarray], verbatim: list[list[int]]) -> None:
+def _mark_kept(results: list[dict[str, Any]], where: list[np.ndarray], verbatim: list[list[int]]) -> None:
     """Mark each result ``kept``: its answer's tokens all lie in the compaction's verbatim ranges."""
     for r, pos in zip(results, where, strict=True):
         if len(pos):
@@ -153,7 +154,7 @@ def _run_document(model, model_name, n, seed, cells, spec):
                     s._write_blob(blob, len(toks))
                     rep = s.compact(ratio=ratio, task=q.prompt(), **kw)
                     results.append({**ask(s, model, q), "fell_back": rep.fell_back})
-                    _kept(results[-1:], [pos], rep.verbatim)
+                    _mark_kept(results[-1:], [pos], rep.verbatim)
                     secs.append(rep.total_seconds)
                     cells_after.append(s.n_cells)
                 s._write_blob(blob, len(toks))
@@ -175,7 +176,7 @@ def _run_document(model, model_name, n, seed, cells, spec):
             stages = dict(rep.seconds)
             stages["queries"] = stages.get("queries", 0.0) + capture
             scored = _score(s, model, doc, full, cont)
-            _kept(scored["questions"], where, rep.verbatim)
+            _mark_kept(scored["questions"], where, rep.verbatim)
             rec = {**base, **scored, "cells": s.n_cells,
                    "compaction_seconds": rep.total_seconds + capture, "stages": stages, "fell_back": rep.fell_back,
                    "reason": rep.reason}
