@@ -452,9 +452,13 @@ def _shared_cut(session: Session, kv: KVState, plan: _Plan, cut: _Cut, Q, rep: C
         if candidates is not None:  # only the candidates were read again: they go first
             total = np.where(candidates, total, -1.0)
     n_exact = t if plan.shared else int(round(plan.pipe["spans"] * t))
-    units = _units(session, kv, user, plan.pipe["chunk"])
-    if plan.pipe["pin"] is not None:
-        pinned = _pinned(session, kv, user, units, plan.pipe["pin"])
+    pin = plan.pipe["pin"]
+    pieces = _span_pieces(session, kv, user) if plan.pipe["chunk"] == "sentence" or pin is not None else None
+    units = _unit_starts(pieces, plan.pipe["chunk"])
+    if pin is not None:
+        if pieces is None:
+            raise ConfigError("pin= needs the text of the whole cache: this session's tokens do not cover it")
+        pinned = _pinned(pieces, units, pin)
         if pinned.sum() > n_exact:
             log.warning("pin: the matching sentences hold %d cells, more than the %d kept verbatim; "
                         "the best of them are kept", int(pinned.sum()), n_exact)
@@ -484,14 +488,11 @@ def _verbatim(kv: KVState, plan: _Plan, cut: _Cut) -> list[list[int]]:
     return [[int(a), int(b)] for a, b in zip(starts, ends, strict=True)]
 
 
-def _pinned(session: Session, kv: KVState, split: kvsplit.Split, units, pattern: re.Pattern) -> np.ndarray:
-    """Over the span: the cells of the units (``_units``) whose text ``pattern`` matches."""
-    pos = kv.positions[split.span]
-    if len(session._tokens) <= int(pos[-1]):
-        raise ConfigError("pin= needs the text of the whole cache: this session's tokens do not cover it")
-    T = len(pos)
+def _pinned(pieces: list[str], units, pattern: re.Pattern) -> np.ndarray:
+    """Over the span (its tokens' ``pieces``): the cells of the units (:func:`_unit_starts`) whose
+    text ``pattern`` matches."""
+    T = len(pieces)
     starts = np.arange(0, T, units) if isinstance(units, int) else units
-    pieces = [session.model.detokenize([session._tokens[p]]) for p in pos]
     mask = np.zeros(T, bool)
     for a, b in zip(starts, np.append(starts[1:], T), strict=True):
         if pattern.search("".join(pieces[a:b])):
@@ -507,14 +508,24 @@ def _needs_queries(plan: _Plan) -> bool:
 
 
 def _units(session: Session, kv: KVState, split: kvsplit.Split, chunk):
-    """The selection units of option ``chunk`` over the span: a chunk size, or sentence starts
-    (a fixed chunk of 8 where the session's tokens do not cover the cache)."""
+    """The selection units of option ``chunk`` over the span (:func:`_unit_starts`)."""
+    return _unit_starts(_span_pieces(session, kv, split) if chunk == "sentence" else None, chunk)
+
+
+def _unit_starts(pieces: list[str] | None, chunk):
+    """The selection units of option ``chunk`` over a span whose tokens read ``pieces``: a chunk
+    size, or sentence starts (a fixed chunk of 8 where the text is unknown: ``pieces`` None)."""
     if chunk != "sentence":
         return chunk
+    return 8 if pieces is None else chunks.sentence_starts(pieces)
+
+
+def _span_pieces(session: Session, kv: KVState, split: kvsplit.Split) -> list[str] | None:
+    """The text of each span token, or None where the session's tokens do not cover the cache."""
     pos = kv.positions[split.span]
     if len(session._tokens) <= int(pos[-1]):
-        return 8
-    return chunks.sentence_starts([session.model.detokenize([session._tokens[p]]) for p in pos])
+        return None
+    return [session.model.detokenize([session._tokens[p]]) for p in pos]
 
 
 def _span_scores(session, kv, split, Q, layers, pipe) -> dict[int, np.ndarray]:

@@ -109,16 +109,17 @@ def ask(session: Any, model: Any, q: qa.Question) -> dict[str, Any]:
     return {"kind": q.kind, "answer": q.answer, "correct": pick == q.answer, "prediction": pick}
 
 
-def answer_positions(model: Any, toks: list[int], answer: str) -> np.ndarray:
-    """Positions of the tokens that spell the first ``answer`` in the text of ``toks`` (fed from
-    position 0); empty where their pieces do not spell it."""
+def answer_positions(model: Any, toks: list[int], answers: list[str]) -> list[np.ndarray]:
+    """Per answer, the positions of the tokens that spell its first occurrence in the text of
+    ``toks`` (fed from position 0); empty where their pieces do not spell it."""
     pieces = [model.detokenize([t]) for t in toks]
     lens = np.array([len(p) for p in pieces])
-    ends = np.cumsum(lens)
-    i = "".join(pieces).find(answer)
-    if i < 0:
-        return np.zeros(0, np.int64)
-    return np.flatnonzero((ends > i) & (ends - lens < i + len(answer)))
+    ends, text = np.cumsum(lens), "".join(pieces)
+    out = []
+    for answer in answers:
+        i = text.find(answer)
+        out.append(np.flatnonzero((ends > i) & (ends - lens < i + len(answer))) if i >= 0 else np.zeros(0, np.int64))
+    return out
 
 
 def _mark_kept(results: list[dict[str, Any]], where: list[np.ndarray], verbatim: list[list[int]]) -> None:
@@ -131,7 +132,7 @@ def _mark_kept(results: list[dict[str, Any]], where: list[np.ndarray], verbatim:
 def _run_document(model, model_name, n, seed, cells, spec):
     doc = build_document(model, n, seed)
     toks = model.tokenize(doc.text, add_bos=model.info["add_bos"])
-    where = [answer_positions(model, toks, q.answer) for q in doc.questions]
+    where = answer_positions(model, toks, [q.answer for q in doc.questions])
     cont = model.tokenize(doc.continuation)[: spec.continuation + 1]
     with model.session(n_ctx=2 * len(toks) + 512, n_threads=spec.n_threads) as s:
         clock = time.perf_counter()
