@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from cffi import FFI
 
+from . import kvtypes
 from .errors import ModelError, NativeError
 
 log = logging.getLogger("pyllamaam.native")
@@ -67,8 +68,8 @@ LAYOUTS = {0: "none", 1: "kv", 2: "iswa", 3: "hybrid", 4: "recurrent", 5: "other
 
 LAYER_BIAS_CACHE, LAYER_SWA, LAYER_RECURRENT, LAYER_BIASED = 1, 2, 4, 8
 
-# ggml_type ids of the KV cache types we accept
-KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "bf16": 30}
+# ggml_type ids of the KV cache types llama.cpp accepts (-ctk/-ctv), by name
+KV_TYPES = dict(kvtypes.BY_NAME)
 
 _LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 
@@ -282,7 +283,8 @@ def context_new(
     n_batch: int,
     n_threads: int,
     flash_attn: bool,
-    kv_type: str,
+    kv_type_k: str,
+    kv_type_v: str,
     flags: int,
     probe: Callable[[Any, bool], bool] | None = None,
     probe_key: int = 0,
@@ -297,8 +299,8 @@ def context_new(
     p.n_seq_max = 1
     p.n_threads = n_threads
     p.n_threads_batch = n_threads
-    p.type_k = KV_TYPES[kv_type]
-    p.type_v = KV_TYPES[kv_type]
+    p.type_k = KV_TYPES[kv_type_k]
+    p.type_v = KV_TYPES[kv_type_v]
     p.flash_attn_type = 1 if flash_attn else 0
     p.no_perf = True
     p.swa_full = False  # sliding-window layers keep their window only

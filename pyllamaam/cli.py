@@ -16,7 +16,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """A planted fact asked from the full cache, after 4x and question-aware 10x compaction."""
     from .demo import run
 
-    return run(args.model)
+    return run(args.model, **_session_opts(args))
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -90,7 +90,9 @@ def cmd_compact(args: argparse.Namespace) -> int:
     n_tok = len(model.tokenize(text, add_bos=True))
     n_ctx = args.n_ctx or max(512, n_tok + 256)
     rep = None
-    with model.session(n_ctx=n_ctx, flash_attn=args.flash_attn) as s:
+    opts = _session_opts(args)
+    opts["flash_attn"] = opts.get("flash_attn", False) or args.flash_attn
+    with model.session(n_ctx=n_ctx, **opts) as s:
         if args.queries and "context" in args.queries:
             s.capture_context_queries()
         t0 = time.perf_counter()
@@ -133,8 +135,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     model = load_model(args.model)
     template = catalog.qa_template(model.path)
+    types = {k: v for k, v in _session_opts(args).items() if k != "flash_attn"}  # flash: the file's
     for q in args.question:
-        with model.load_session(args.session) as s:
+        with model.load_session(args.session, **types) as s:
             t0 = time.perf_counter()
             answer = _answer(s, template.format(question=q), args.max_tokens)
             dt = time.perf_counter() - t0
@@ -174,6 +177,32 @@ def cmd_budgets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_runtime_args(p: argparse.ArgumentParser) -> None:
+    """The flags of every subcommand that creates sessions: how the model runs (KV cache types)."""
+    from .kvtypes import BY_NAME
+
+    for side in ("k", "v"):
+        p.add_argument(
+            f"-ct{side}", f"--cache-type-{side}", choices=list(BY_NAME), default=None, metavar="TYPE",
+            help=f"{side.upper()} cache type, as llama.cpp's: {', '.join(BY_NAME)} (default f16; ask: the saved "
+                 "session's)" + ("; a quantized V turns on flash attention" if side == "v" else ""),
+        )
+
+
+def _session_opts(args: argparse.Namespace) -> dict[str, Any]:
+    """Model.session options from the flags of :func:`_add_runtime_args`."""
+    from .kvtypes import BY_NAME, TYPES
+
+    opts: dict[str, Any] = {}
+    if args.cache_type_k:
+        opts["kv_type_k"] = args.cache_type_k
+    if args.cache_type_v:
+        opts["kv_type_v"] = args.cache_type_v
+        if TYPES[BY_NAME[args.cache_type_v]].quantized:  # llama.cpp's -fa auto does the same
+            opts["flash_attn"] = True
+    return opts
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pyllamaam", description="KV-cache compaction for llama.cpp")
     ap.add_argument("-v", "--verbose", action="count", default=0, help="-v: info logs, -vv: native debug logs")
@@ -181,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the main job on the default model")
     p.add_argument("--model", default=None, help="model name or GGUF path (default: SmolLM2-135M)")
+    _add_runtime_args(p)
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("doctor", help="library build, patch version, devices, models")
@@ -204,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the sentences this regular expression matches verbatim, before any other")
     p.add_argument("--show-kept", action="store_true",
                    help="print the passages kept verbatim (a fact outside them was not kept as it was)")
+    _add_runtime_args(p)
     p.set_defaults(fn=cmd_compact)
 
     p = sub.add_parser("ask", help="ask questions of a saved session")
@@ -211,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("question", nargs="+")
     p.add_argument("--model", default=None)
     p.add_argument("--max-tokens", type=int, default=64)
+    _add_runtime_args(p)
     p.set_defaults(fn=cmd_ask)
 
     sub.add_parser("serve", help="OpenAI-compatible HTTP server (`pyllamaam serve --help`)")

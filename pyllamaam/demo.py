@@ -56,7 +56,8 @@ def _bar(n_layers: int) -> Any:
     return update
 
 
-def run(model_name: str | None = None) -> int:
+def run(model_name: str | None = None, **session_opts: Any) -> int:
+    """``session_opts``: more options of Model.session (e.g. ``kv_type_k``, ``kv_type_v``)."""
     from . import load_model
 
     t_start = time.perf_counter()
@@ -68,7 +69,7 @@ def run(model_name: str | None = None) -> int:
     print(f"question  {QUESTION}  (expected {ANSWER})\n")
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="pyllamaam-demo-"))
-    with model.session(n_ctx=2 * len(toks) + 256) as s:
+    with model.session(n_ctx=2 * len(toks) + 256, **session_opts) as s:
         clock = time.perf_counter()
         s.prefill(toks)
         prefill = time.perf_counter() - clock

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _native, catalog, statefile
+from . import _native, catalog, kvtypes, statefile
 from .errors import ConfigError, NativeError, PyllamaamError, StateError, UnsupportedLayout
 from .kv import KVState, build_seq_state, parse_seq_state
 
@@ -29,6 +29,19 @@ def load_model(path: str | os.PathLike | None = None, **opts: Any) -> Model:
     ``use_mmap`` (True).
     """
     return Model(catalog.resolve_model(path), **opts)
+
+
+@dataclasses.dataclass(frozen=True)
+class KVBytes:
+    """Bytes of a KV cache's storage (:meth:`Session.kv_bytes`): K, V and the per-cell bias."""
+
+    k: int
+    v: int
+    bias: int
+
+    @property
+    def total(self) -> int:
+        return self.k + self.v + self.bias
 
 
 class Model:
@@ -101,10 +114,19 @@ class Model:
         n_ctx: int = 4096,
         flash_attn: bool = False,
         n_threads: int | None = None,
-        kv_type: str = "f16",
+        kv_type: str | None = None,
         n_batch: int = 512,
+        *,
+        kv_type_k: str | None = None,
+        kv_type_v: str | None = None,
     ) -> Session:
-        return Session(self, n_ctx=n_ctx, flash_attn=flash_attn, n_threads=n_threads, kv_type=kv_type, n_batch=n_batch)
+        """A new session (one llama.cpp context). ``kv_type`` sets the cache type of both K and V;
+        ``kv_type_k`` / ``kv_type_v`` set one each (llama.cpp's ``-ctk`` / ``-ctv``; default f16):
+        any of :data:`KV_TYPES`. A quantized V needs ``flash_attn=True``, as in llama.cpp."""
+        return Session(
+            self, n_ctx=n_ctx, flash_attn=flash_attn, n_threads=n_threads, kv_type=kv_type, n_batch=n_batch,
+            kv_type_k=kv_type_k, kv_type_v=kv_type_v,
+        )
 
     def load_session(self, path: str | os.PathLike, **opts: Any) -> Session:
         """A new session holding the state saved by :meth:`Session.save`."""
@@ -113,10 +135,11 @@ class Model:
         h = saved.header
         opts.setdefault("n_ctx", h["n_ctx"])
         opts.setdefault("flash_attn", h["flash_attn"])
-        opts.setdefault("kv_type", h["kv_type"])
+        if all(opts.get(k) is None for k in ("kv_type", "kv_type_k", "kv_type_v")):
+            opts["kv_type_k"], opts["kv_type_v"] = statefile.kv_types(h)
         s = self.session(**opts)
         try:
-            s._restore(saved)
+            s._restore(saved, path)
         except BaseException:
             s.close()
             raise
@@ -137,25 +160,27 @@ class Session:
         n_ctx: int = 4096,
         flash_attn: bool = False,
         n_threads: int | None = None,
-        kv_type: str = "f16",
+        kv_type: str | None = None,
         n_batch: int = 512,
+        kv_type_k: str | None = None,
+        kv_type_v: str | None = None,
     ) -> None:
-        if kv_type not in _native.KV_TYPES:
-            raise ConfigError(f"kv_type must be one of {sorted(_native.KV_TYPES)}, not {kv_type!r}")
-        if kv_type == "q8_0" and not flash_attn:
-            raise ConfigError("a quantized KV cache (q8_0) needs flash_attn=True")
+        self.kv_type_k, self.kv_type_v = kvtypes.resolve(kv_type, kv_type_k, kv_type_v, flash_attn)
         if n_ctx < 16:
             raise ConfigError(f"n_ctx must be at least 16, not {n_ctx}")
         self.model = model
         self.n_ctx = int(n_ctx)
         self.flash_attn = bool(flash_attn)
-        self.kv_type = kv_type
         self.n_batch = int(min(n_batch, n_ctx))
         self.n_threads = int(n_threads or os.cpu_count() or 1)
         # query capture: layer -> list of [n_tokens, n_head, head_dim], filled by prefill()
         self._capture: dict[int, list[np.ndarray]] | None = None
         self._capturing = False  # the native capture mode
-        self._ctx: int | None = self._new_context(flags=_native.FLAG_BIAS)
+        self._ctx: int | None = None
+        try:
+            self._ctx = self._new_context(flags=_native.FLAG_BIAS)
+        except NativeError as err:
+            raise self._explain_refusal(err) from err
         self.n_ctx = _native.n_ctx(self._ctx)  # llama.cpp may round it up
         model._sessions.add(self)
         self._tokens: list[int] = []
@@ -170,10 +195,69 @@ class Session:
             n_batch=self.n_batch,
             n_threads=self.n_threads,
             flash_attn=self.flash_attn,
-            kv_type=self.kv_type,
+            kv_type_k=self.kv_type_k,
+            kv_type_v=self.kv_type_v,
             flags=flags,
             probe=probe,
             probe_key=probe_key,
+        )
+
+    def _explain_refusal(self, err: NativeError) -> PyllamaamError:
+        """ConfigError when llama.cpp refused a quantized type whose blocks do not divide a head
+        (it checks that with flash attention); ``err`` otherwise. A context with f16 caches
+        tells the head sizes."""
+        quantized = [(w, n) for w, n in (("K", self.kv_type_k), ("V", self.kv_type_v)) if n != "f16"]
+        if not (self.flash_attn and any(kvtypes.TYPES[_native.KV_TYPES[n]].quantized for _, n in quantized)):
+            return err
+        try:
+            ctx = _native.context_new(
+                self.model.ptr, n_ctx=16, n_batch=16, n_threads=1, flash_attn=True, kv_type_k="f16",
+                kv_type_v="f16", flags=0,
+            )
+        except NativeError:
+            return err
+        try:
+            dims = [_native.layer_info(ctx, il) for il in range(self.model.n_layer)]
+        finally:
+            _native.context_free(ctx)
+        for which, name in quantized:
+            t = kvtypes.TYPES[_native.KV_TYPES[name]]
+            for il, li in enumerate(dims):
+                d = li[f"head_dim_{which.lower()}"]
+                if d and d % t.block:
+                    return ConfigError(
+                        f"{which} cache type {name} stores blocks of {t.block} values, which do not divide "
+                        f"layer {il}'s head size {d}; llama.cpp refuses it with flash attention"
+                    )
+        return err
+
+    @property
+    def kv_type(self) -> str | None:
+        """The cache type of K and V when they are the same, else None (see kv_type_k, kv_type_v)."""
+        return self.kv_type_k if self.kv_type_k == self.kv_type_v else None
+
+    def kv_bytes(self, detail: bool = False, n_cells: int | None = None) -> int | KVBytes:
+        """Bytes of K, V and bias storage of the compactable cache's cells in use (``n_cells``:
+        that many instead), from each layer's row sizes; ``detail=True``: a :class:`KVBytes`."""
+        n = self._n_cells if n_cells is None else int(n_cells)
+        k = v = b = 0
+        for il in self.compact_layers():
+            li = self.layers[il]
+            h = li["n_head_kv"]
+            k += kvtypes.TYPES[_native.KV_TYPES[self.kv_type_k]].row_bytes(h * li["head_dim_k"])
+            v += kvtypes.TYPES[_native.KV_TYPES[self.kv_type_v]].row_bytes(h * li["head_dim_v"])
+            b += 4 * h  # the bias: F32 per cell and KV head, in every layer of the compactable cache
+        out = KVBytes(k=n * k, v=n * v, bias=n * b)
+        return out if detail else out.total
+
+    def kv_bytes_f16(self, n_cells: int | None = None) -> int:
+        """Bytes of an f16 K and V cache without bias (llama.cpp's default) for the same layers and
+        ``n_cells`` cells (default: the full cache of the context, one cell per position so far)."""
+        n = self.n_past if n_cells is None else int(n_cells)
+        f16 = kvtypes.TYPES[kvtypes.F16]
+        return n * sum(
+            f16.row_bytes(li["n_head_kv"] * (li["head_dim_k"] + li["head_dim_v"]))
+            for li in (self.layers[il] for il in self.compact_layers())
         )
 
     # --- handle ---
@@ -538,7 +622,8 @@ class Session:
             "model": self.model.fingerprint(),
             "n_ctx": self.n_ctx,
             "flash_attn": self.flash_attn,
-            "kv_type": self.kv_type,
+            "kv_type_k": self.kv_type_k,
+            "kv_type_v": self.kv_type_v,
             "n_cells": self._n_cells,
             "n_past": self.n_past,
             "tokens": self._tokens,
@@ -549,15 +634,22 @@ class Session:
         """Replace this session's state with the one saved at ``path``; untouched on any error."""
         saved = statefile.read(path)
         statefile.check_model(saved, self.model.fingerprint(), path)
-        for key in ("flash_attn", "kv_type"):
-            if saved.header[key] != getattr(self, key):
-                raise StateError(
-                    f"{path}: saved with {key}={saved.header[key]!r}, this session has {getattr(self, key)!r}"
-                )
-        self._restore(saved)
+        if saved.header["flash_attn"] != self.flash_attn:
+            raise StateError(
+                f"{path}: saved with flash_attn={saved.header['flash_attn']!r}, this session has {self.flash_attn!r}"
+            )
+        self._restore(saved, path)
 
-    def _restore(self, saved: statefile.Saved) -> None:
+    def _restore(self, saved: statefile.Saved, path: str | os.PathLike) -> None:
         h = saved.header
+        # refused, not converted: the cells were quantized once already, and a silent conversion
+        # would make the restored session differ from the saved one
+        k, v = statefile.kv_types(h)
+        if (k, v) != (self.kv_type_k, self.kv_type_v):
+            raise StateError(
+                f"{path}: saved with K/V cache types {k}/{v}, this session has {self.kv_type_k}/{self.kv_type_v}; "
+                "load it into a session of the same types (Model.load_session picks them from the file)"
+            )
         if h["n_cells"] > self.n_ctx:
             raise StateError(f"the saved state has {h['n_cells']} cells, n_ctx is {self.n_ctx}")
         self._write_blob(saved.blob, int(h["n_cells"]))

@@ -29,14 +29,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import kvtypes
 from .errors import StateError
 
 BIAS_FLAG = 0x100
 SEQ_MAGIC = 0xAF143CD8
 
-# ggml types we convert directly; other (quantized) types go through gguf.quants
-GGML_F32, GGML_F16, GGML_Q8_0, GGML_BF16 = 0, 1, 8, 30
-TYPE_NAMES = {GGML_F32: "f32", GGML_F16: "f16", GGML_Q8_0: "q8_0", GGML_BF16: "bf16"}
+# ggml type ids of the cache types (every one llama.cpp accepts is in :mod:`pyllamaam.kvtypes`)
+GGML_F32, GGML_F16, GGML_Q8_0, GGML_BF16 = kvtypes.F32, kvtypes.F16, 8, kvtypes.BF16
+TYPE_NAMES = {i: t.name for i, t in kvtypes.TYPES.items()}
 
 
 @dataclass
@@ -106,34 +107,15 @@ class _Reader:
 
 
 def _decode(raw: memoryview, ggml_type: int) -> np.ndarray:
-    if ggml_type == GGML_F32:
-        return np.frombuffer(raw, dtype="<f4").astype(np.float32)
-    if ggml_type == GGML_F16:
-        return np.frombuffer(raw, dtype="<f2").astype(np.float32)
-    if ggml_type == GGML_BF16:
-        u = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
-        return u.view(np.float32)
-    from gguf import GGMLQuantizationType, quants
-
-    return quants.dequantize(np.frombuffer(raw, dtype=np.uint8), GGMLQuantizationType(ggml_type)).reshape(
-        -1
-    ).astype(np.float32)
+    if ggml_type not in kvtypes.TYPES:
+        raise StateError(f"the state holds ggml type {ggml_type}, which is not a KV cache type")
+    return kvtypes.decode(raw, ggml_type)
 
 
 def _encode(x: np.ndarray, ggml_type: int) -> bytes:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if ggml_type == GGML_F32:
-        return x.astype("<f4").tobytes()
-    if ggml_type == GGML_F16:
-        return x.astype("<f2").tobytes()
-    if ggml_type == GGML_BF16:
-        u = x.view(np.uint32).astype(np.uint64)
-        # round to nearest even, as ggml does
-        u = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
-        return u.astype("<u2").tobytes()
-    from gguf import GGMLQuantizationType, quants
-
-    return quants.quantize(x, GGMLQuantizationType(ggml_type)).tobytes()
+    if ggml_type not in kvtypes.TYPES:
+        raise StateError(f"ggml type {ggml_type} is not a KV cache type")
+    return kvtypes.encode(x, ggml_type)
 
 
 def parse_seq_state(blob: bytes, layer_ids: list[int], n_head_kv: dict[int, int]) -> KVState:

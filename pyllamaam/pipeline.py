@@ -11,7 +11,7 @@ import logging
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -253,6 +253,7 @@ def compact(
         str(plan.budgets) if isinstance(plan.budgets, (str, Path)) else "given"
     )
     blob, n_cells0 = session._snapshot(), session.n_cells
+    rep.bytes_before, rep.bytes_f16 = session.kv_bytes(), session.kv_bytes_f16()
 
     clock = time.perf_counter()
     tell("extract", 0, 1)
@@ -309,6 +310,7 @@ def compact(
         rep.fell_back, rep.cells_after, rep.verbatim = True, n_cells0, []
         rep.reason = str(err) if isinstance(err, _GateFailed) else f"{type(err).__name__}: {err}"
         log.warning("compaction fell back, cache restored: %s", rep.reason)
+    rep.bytes_after = session.kv_bytes()
     return rep
 
 
@@ -640,6 +642,7 @@ def _write(session, kv, plan, cut, fitted, rep) -> None:
     """Write the compacted cells back and report what they hold."""
     new = kvsplit.assemble(kv, cut.split, fitted)
     session.set_kv(new)
+    _as_written(session, new, fitted, len(cut.split.sinks))
     T = len(cut.user.span)
     rep.span_before, rep.span_after = T, new.n_cells - len(cut.user.sinks) - len(cut.user.recent)
     rep.ratio = T / max(1, rep.span_after)
@@ -649,6 +652,19 @@ def _write(session, kv, plan, cut, fitted, rep) -> None:
     )
     rep.keys_kept = int(sum(int(r.keys_kept.sum()) for r in fitted.values())) + moved
     rep.cells_after = session.n_cells
+
+
+def _as_written(session: Session, new: KVState, fitted: dict[int, CompactedLayer], n_sinks: int) -> None:
+    """Each fit's values replaced by what the cache holds, so that verify measures the cache as
+    written: f16, bf16 and the quantized types round the fitted float32 values (kept keys are
+    copies of cached ones and the bias is stored as F32: both are written exactly)."""
+    if session.kv_type_v == "f32":
+        return
+    got = session.get_kv()
+    at = {int(p): i for i, p in enumerate(got.positions)}
+    for il, res in fitted.items():
+        rows = [at[int(p)] for p in new.positions[n_sinks : n_sinks + res.indices.shape[1]]]
+        fitted[il] = replace(res, values=got.values[il][rows].transpose(1, 0, 2).astype(res.values.dtype))
 
 
 def reference_queries(

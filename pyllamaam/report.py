@@ -38,6 +38,10 @@ class CompactionReport:
         well as from the full one when its tokens are in here, and rarely otherwise
         (:meth:`Session.kept_text <pyllamaam.engine.Session.kept_text>` gives their text). Empty
         when the compaction fell back (the cache is then unchanged).
+    bytes_before, bytes_after : bytes of K, V and bias storage of the compactable cache's cells
+        in the session's cache types (:meth:`Session.kv_bytes <pyllamaam.engine.Session.kv_bytes>`).
+    bytes_f16 : bytes of an f16 K and V cache, without bias, of the whole context (one cell per
+        position), as plain llama.cpp would hold it; ``bytes_ratio_f16`` = bytes_f16 / bytes_after.
     """
 
     method: str
@@ -61,11 +65,19 @@ class CompactionReport:
     reason: str = ""
     guards: dict[str, int] = field(default_factory=dict)
     verbatim: list[list[int]] = field(default_factory=list)
+    bytes_before: int = 0
+    bytes_after: int = 0
+    bytes_f16: int = 0
 
     @property
     def verbatim_cells(self) -> int:
         """Cells in :attr:`verbatim`."""
         return sum(b - a + 1 for a, b in self.verbatim)
+
+    @property
+    def bytes_ratio_f16(self) -> float | None:
+        """How many times fewer bytes than the full f16 cache (None if unknown)."""
+        return self.bytes_f16 / self.bytes_after if self.bytes_after else None
 
     @property
     def total_seconds(self) -> float:
@@ -75,6 +87,7 @@ class CompactionReport:
         d = asdict(self)
         d["total_seconds"] = self.total_seconds
         d["verbatim_cells"] = self.verbatim_cells
+        d["bytes_ratio_f16"] = self.bytes_ratio_f16
         return d
 
     def to_json(self, **kw: object) -> str:
@@ -96,6 +109,11 @@ class CompactionReport:
                 f"{self.keys_kept} keys kept; {self.verbatim_cells} cells verbatim in every head "
                 f"({len(self.verbatim)} passages)"
             )
+            if self.bytes_after:
+                head += (
+                    f"; {_size(self.bytes_before)} -> {_size(self.bytes_after)} of KV storage, "
+                    f"{self.bytes_ratio_f16:.1f}x fewer bytes than the full f16 cache"
+                )
         err = "n/a" if self.attention_error is None else f"{self.attention_error:.3f}"
         if self.attention_error_worst is not None:
             err += f" (worst layer {self.attention_error_worst:.3f})"
@@ -110,3 +128,11 @@ class CompactionReport:
             f"{head}\n  held-out attention error {err}; probe KL {kl}\n"
             f"  {self.n_queries} reference queries; {times} (total {self.total_seconds:.2f}s){guards}"
         )
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"

@@ -4,7 +4,7 @@ Layout (little-endian)::
 
     8s   magic b"PLLAMAM\\0"
     u32  version
-    u32  header length, then the header as UTF-8 JSON (model fingerprint, bookkeeping)
+    u32  header length, then the header as UTF-8 JSON (model fingerprint, K/V cache types, bookkeeping)
     u64  blob length, then the llama.cpp sequence state (bias section included)
     u32  n_vocab, then the next-token logits as f32
     32s  sha256 of everything above
@@ -120,3 +120,9 @@ def _describe(fp: Any) -> str:
     if not isinstance(fp, dict):
         return "unknown"
     return f"{fp.get('arch')}, {fp.get('n_layer')} layers, {fp.get('n_params')} params"
+
+
+def kv_types(header: dict[str, Any]) -> tuple[str, str]:
+    """The (K, V) cache types a session was saved with (files before kv_type_k/v hold kv_type)."""
+    both = header.get("kv_type", "f16")
+    return header.get("kv_type_k", both), header.get("kv_type_v", both)

@@ -53,7 +53,8 @@ def flash_twin(session: Session, n_new: int) -> Iterator[Session | None]:
             n_ctx=session.n_cells + n_new + 1,
             flash_attn=True,
             n_threads=session.n_threads,
-            kv_type=session.kv_type,
+            kv_type_k=session.kv_type_k,
+            kv_type_v=session.kv_type_v,
             n_batch=session.n_batch,
         )
         twin._write_kv(session.get_kv())  # the float32 arrays are not kept through the pass
