@@ -95,7 +95,7 @@ def _default_loader(settings: Settings) -> Any:
 
 
 def _probe_layout(model: Any, settings: Settings) -> dict[str, Any]:
-    s = model.session(n_ctx=min(settings.n_ctx, 256), flash_attn=settings.flash_attn, kv_type=settings.kv_type)
+    s = model.session(n_ctx=min(settings.n_ctx, 256), flash_attn=settings.flash_attn, **settings.session_kv_types())
     try:
         return {
             "memory_layout": s.memory_layout,

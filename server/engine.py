@@ -213,7 +213,7 @@ class SessionManager:
             "n_ctx": st.n_ctx,
             "flash_attn": st.flash_attn,
             "n_threads": st.n_threads,
-            "kv_type": st.kv_type,
+            **st.session_kv_types(),
             "n_batch": st.n_batch,
         }
 

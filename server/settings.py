@@ -10,8 +10,11 @@ import argparse
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# the KV cache types llama.cpp accepts (pyllamaam.kvtypes.BY_NAME)
+KVType = Literal["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl"]
 
 
 class Settings(BaseSettings):
@@ -26,7 +29,9 @@ class Settings(BaseSettings):
     n_threads: int | None = Field(None, ge=1, description="CPU threads per decode")
     n_batch: int = Field(512, ge=1, description="prompt batch size")
     flash_attn: bool = Field(False, description="flash attention")
-    kv_type: Literal["f16", "f32", "q8_0"] = Field("f16", description="KV cache type")
+    kv_type: KVType = Field("f16", description="KV cache type of K and V")
+    cache_type_k: KVType | None = Field(None, description="K cache type (default: kv_type)")
+    cache_type_v: KVType | None = Field(None, description="V cache type (default: kv_type); quantized: --flash-attn")
 
     # --- HTTP ---
     host: str = Field("127.0.0.1", description="address to bind")
@@ -49,6 +54,17 @@ class Settings(BaseSettings):
     compact_ratio: float = Field(4.0, gt=1.0, description="auto-compaction shrinks the span by this factor")
     compact_method: str | None = Field(None, description="compaction method (default: the library's)")
     compact_queries: str | None = Field(None, description="reference queries (default: the library's)")
+
+    @model_validator(mode="after")
+    def _check_kv_types(self) -> Settings:
+        from pyllamaam.kvtypes import resolve
+
+        resolve(None, *self.session_kv_types().values(), self.flash_attn)  # a ConfigError is a ValueError
+        return self
+
+    def session_kv_types(self) -> dict[str, str]:
+        """Model.session's kv_type_k / kv_type_v: cache_type_k/v, else kv_type."""
+        return {"kv_type_k": self.cache_type_k or self.kv_type, "kv_type_v": self.cache_type_v or self.kv_type}
 
 
 def _flag(name: str) -> str:

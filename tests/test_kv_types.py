@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typing
+
 import numpy as np
 import pytest
 from conftest import TEXT
@@ -255,3 +257,41 @@ def test_cli_cache_types_compact_then_ask(tiny64, tmp_path):
     bad = [*run, "compact", str(doc), "-o", str(out), *model, "-ctk", "q3_k"]
     res = subprocess.run(bad, capture_output=True, text=True)
     assert res.returncode == 2 and "invalid choice" in res.stderr
+
+
+def test_server_settings_and_sessions(tiny64, tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+    from pydantic import ValidationError
+
+    from server.app import create_app
+    from server.settings import KVType, Settings, parse_args
+
+    assert typing.get_args(KVType) == tuple(kvtypes.BY_NAME)
+    assert Settings().session_kv_types() == {"kv_type_k": "f16", "kv_type_v": "f16"}
+    assert Settings(kv_type="q8_0", cache_type_v="f16").session_kv_types() == {"kv_type_k": "q8_0", "kv_type_v": "f16"}
+    monkeypatch.setenv("PYLLAMAAM_CACHE_TYPE_K", "iq4_nl")
+    s = parse_args(["--cache-type-v", "q4_0", "--flash-attn"])
+    assert s.session_kv_types() == {"kv_type_k": "iq4_nl", "kv_type_v": "q4_0"}
+    with pytest.raises(ValidationError, match="needs flash attention"):
+        parse_args(["--cache-type-v", "q4_0"])
+    with pytest.raises(ValidationError, match="cache_type_k"):
+        Settings(cache_type_k="q3_k")
+
+    class Recording:  # the real tiny model, noting the options of each session the server makes
+        def __init__(self, model):
+            self.model, self.opts = model, []
+
+        def __getattr__(self, name):
+            return getattr(self.model, name)
+
+        def session(self, **kw):
+            self.opts.append(kw)
+            return self.model.session(**kw)
+
+    model = Recording(tiny64)
+    settings = Settings(n_ctx=256, flash_attn=True, cache_type_k="q8_0", cache_type_v="q4_0", compact_threshold=0.0,
+                        state_dir=tmp_path)
+    with TestClient(create_app(settings, load_model=lambda st: model)) as c:
+        r = c.post("/v1/completions", json={"prompt": "The keeper", "max_tokens": 2, "session_id": "a"})
+        assert r.status_code == 200, r.text
+    assert len(model.opts) >= 2 and all((o["kv_type_k"], o["kv_type_v"]) == ("q8_0", "q4_0") for o in model.opts)
