@@ -122,7 +122,8 @@ class Model:
     ) -> Session:
         """A new session (one llama.cpp context). ``kv_type`` sets the cache type of both K and V;
         ``kv_type_k`` / ``kv_type_v`` set one each (llama.cpp's ``-ctk`` / ``-ctv``; default f16):
-        any of :data:`KV_TYPES`. A quantized V needs ``flash_attn=True``, as in llama.cpp."""
+        any name of :data:`pyllamaam.kvtypes.BY_NAME`. A quantized V needs ``flash_attn=True``, as in
+        llama.cpp."""
         return Session(
             self, n_ctx=n_ctx, flash_attn=flash_attn, n_threads=n_threads, kv_type=kv_type, n_batch=n_batch,
             kv_type_k=kv_type_k, kv_type_v=kv_type_v,
@@ -206,8 +207,11 @@ class Session:
         """ConfigError when llama.cpp refused a quantized type whose blocks do not divide a head
         (it checks that with flash attention); ``err`` otherwise. A context with f16 caches
         tells the head sizes."""
-        quantized = [(w, n) for w, n in (("K", self.kv_type_k), ("V", self.kv_type_v)) if n != "f16"]
-        if not (self.flash_attn and any(kvtypes.TYPES[_native.KV_TYPES[n]].quantized for _, n in quantized)):
+        quantized = [
+            (w, kvtypes.TYPES[kvtypes.BY_NAME[n]]) for w, n in (("K", self.kv_type_k), ("V", self.kv_type_v))
+            if kvtypes.TYPES[kvtypes.BY_NAME[n]].quantized
+        ]
+        if not (self.flash_attn and quantized):
             return err
         try:
             ctx = _native.context_new(
@@ -220,13 +224,12 @@ class Session:
             dims = [_native.layer_info(ctx, il) for il in range(self.model.n_layer)]
         finally:
             _native.context_free(ctx)
-        for which, name in quantized:
-            t = kvtypes.TYPES[_native.KV_TYPES[name]]
+        for which, t in quantized:
             for il, li in enumerate(dims):
                 d = li[f"head_dim_{which.lower()}"]
                 if d and d % t.block:
                     return ConfigError(
-                        f"{which} cache type {name} stores blocks of {t.block} values, which do not divide "
+                        f"{which} cache type {t.name} stores blocks of {t.block} values, which do not divide "
                         f"layer {il}'s head size {d}; llama.cpp refuses it with flash attention"
                     )
         return err
@@ -244,8 +247,8 @@ class Session:
         for il in self.compact_layers():
             li = self.layers[il]
             h = li["n_head_kv"]
-            k += kvtypes.TYPES[_native.KV_TYPES[self.kv_type_k]].row_bytes(h * li["head_dim_k"])
-            v += kvtypes.TYPES[_native.KV_TYPES[self.kv_type_v]].row_bytes(h * li["head_dim_v"])
+            k += kvtypes.TYPES[kvtypes.BY_NAME[self.kv_type_k]].row_bytes(h * li["head_dim_k"])
+            v += kvtypes.TYPES[kvtypes.BY_NAME[self.kv_type_v]].row_bytes(h * li["head_dim_v"])
             b += 4 * h  # the bias: F32 per cell and KV head, in every layer of the compactable cache
         out = KVBytes(k=n * k, v=n * v, bias=n * b)
         return out if detail else out.total
