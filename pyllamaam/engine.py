@@ -239,16 +239,22 @@ class Session:
         """The cache type of K and V when they are the same, else None (see kv_type_k, kv_type_v)."""
         return self.kv_type_k if self.kv_type_k == self.kv_type_v else None
 
-    def kv_bytes(self, detail: bool = False, n_cells: int | None = None) -> int | KVBytes:
+    def kv_bytes(
+        self, detail: bool = False, n_cells: int | None = None, kv_type_k: str | None = None,
+        kv_type_v: str | None = None,
+    ) -> int | KVBytes:
         """Bytes of K, V and bias storage of the compactable cache's cells in use (``n_cells``:
-        that many instead), from each layer's row sizes; ``detail=True``: a :class:`KVBytes`."""
+        that many instead; ``kv_type_k``/``kv_type_v``: in those types instead), from each layer's
+        row sizes; ``detail=True``: a :class:`KVBytes`."""
         n = self._n_cells if n_cells is None else int(n_cells)
+        tk = kvtypes.TYPES[kvtypes.BY_NAME[kv_type_k or self.kv_type_k]]
+        tv = kvtypes.TYPES[kvtypes.BY_NAME[kv_type_v or self.kv_type_v]]
         k = v = b = 0
         for il in self.compact_layers():
             li = self.layers[il]
             h = li["n_head_kv"]
-            k += kvtypes.TYPES[kvtypes.BY_NAME[self.kv_type_k]].row_bytes(h * li["head_dim_k"])
-            v += kvtypes.TYPES[kvtypes.BY_NAME[self.kv_type_v]].row_bytes(h * li["head_dim_v"])
+            k += tk.row_bytes(h * li["head_dim_k"])
+            v += tv.row_bytes(h * li["head_dim_v"])
             b += 4 * h  # the bias: F32 per cell and KV head, in every layer of the compactable cache
         out = KVBytes(k=n * k, v=n * v, bias=n * b)
         return out if detail else out.total
@@ -502,9 +508,14 @@ class Session:
         task: str | None = None,
         verify: bool = True,
         progress: Callable[[str, int, int], None] | None = None,
+        memory: float | None = None,
         **options: Any,
     ) -> Any:
         """Compact the KV cache in place; returns a :class:`~pyllamaam.report.CompactionReport`.
+
+        ``memory`` instead of ``ratio``: leave the cache that many times smaller in bytes than the
+        f16 full cache, choosing the cache types, cell count and method from the measured table
+        (:mod:`pyllamaam.memory`); the session moves to those types (:meth:`retype`).
 
         ``ratio`` = span cells before / after (or ``target_cells`` = all cells after); ``method``
         ``"am"`` (whole sentences kept in every layer and head, ``spans`` of the budget, chosen by
@@ -529,10 +540,58 @@ class Session:
         """
         from . import pipeline
 
+        if memory is not None:
+            from . import memory as memory_
+
+            if ratio is not None or target_cells is not None:
+                raise ConfigError("give one of ratio=, target_cells= and memory=")
+            return memory_.compact_to(
+                self, memory, method=method, queries=queries, keep_first=keep_first, keep_last=keep_last,
+                budgets=budgets, task=task, verify=verify, progress=progress, **options,
+            )
         return pipeline.compact(
             self, ratio, target_cells, method, queries, keep_first, keep_last, budgets, task, verify, progress,
             **options,
         )
+
+    def retype(self, kv_type_k: str, kv_type_v: str | None = None) -> None:
+        """Move the cache to other KV cache types (llama.cpp's ``-ctk``/``-ctv``; ``kv_type_v``
+        defaults to ``kv_type_k``), in place: a new context of those types receives the state,
+        moved into the basis they store (:mod:`pyllamaam.retype`), and the old context is freed
+        only once the new one predicts the next tokens as the old one did (mean KL <=
+        ``retype.MAX_KL`` on a probe of the session's last tokens). A quantized V turns flash attention on.
+        Raises ConfigError for a bad type or a layout other than a plain KV cache and StateError
+        when the move fails its check; the session is then unchanged."""
+        from . import retype as retype_
+        from .pipeline import mean_kl
+
+        v_name = kv_type_v or kv_type_k
+        quantized_v = v_name in kvtypes.BY_NAME and kvtypes.TYPES[kvtypes.BY_NAME[v_name]].quantized
+        flash = self.flash_attn or quantized_v
+        k, v = kvtypes.resolve(None, kv_type_k, v_name, flash)
+        if (k, v) == (self.kv_type_k, self.kv_type_v):
+            return
+        if self.memory_layout != "kv":
+            raise ConfigError(f"moving a {self.memory_layout} cache to other types is not supported")
+        state = retype_.convert(self.get_kv(), (self.kv_type_k, self.kv_type_v), (k, v)) if self._n_cells else None
+        probe = self._tokens[-4:]
+        before = self.eval_logits(probe) if state is not None and probe else None
+        old = (self._ctx, self.kv_type_k, self.kv_type_v, self.flash_attn)
+        self.kv_type_k, self.kv_type_v, self.flash_attn = k, v, flash
+        try:
+            self._ctx = self._new_context(flags=_native.FLAG_BIAS)
+            if state is not None:
+                self._write_kv(state)
+            if before is not None:
+                kl = mean_kl(before, self.eval_logits(probe))
+                if not kl <= retype_.MAX_KL:
+                    raise StateError(f"the cache moved to {k}/{v} predicts differently (KL {kl:.3g} nats)")
+        except (NativeError, StateError) as err:
+            if self._ctx != old[0]:
+                _native.context_free(self._ctx)
+            self._ctx, self.kv_type_k, self.kv_type_v, self.flash_attn = old
+            raise StateError(f"could not move the cache to {k}/{v}; it is unchanged: {err}") from err
+        _native.context_free(old[0])
 
     def reference_queries(
         self, queries: str = "repeat", keep_first: int = 4, keep_last: int = 32, task: str | None = None, **options: Any

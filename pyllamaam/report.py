@@ -42,6 +42,8 @@ class CompactionReport:
         in the session's cache types (:meth:`Session.kv_bytes <pyllamaam.engine.Session.kv_bytes>`).
     bytes_f16 : bytes of an f16 K and V cache, without bias, of the whole context (one cell per
         position), as plain llama.cpp would hold it; ``bytes_ratio_f16`` = bytes_f16 / bytes_after.
+    memory : for ``compact(memory=...)``: the target, the cache types moved to, the method and the
+        table entry (model, target measured) that chose them; None otherwise.
     """
 
     method: str
@@ -68,6 +70,7 @@ class CompactionReport:
     bytes_before: int = 0
     bytes_after: int = 0
     bytes_f16: int = 0
+    memory: dict | None = None
 
     @property
     def verbatim_cells(self) -> int:
@@ -95,6 +98,9 @@ class CompactionReport:
 
     def __str__(self) -> str:
         head = f"compaction {self.method} / queries {self.queries}"
+        if self.memory:
+            m = self.memory
+            head += f" / memory {m['target']:g}x: {m['kv_type_k']}/{m['kv_type_v']} cache"
         if self.on_policy > 1:
             head += f" / on-policy in {self.on_policy} layer groups"
         if self.budgets != "uniform":

@@ -58,6 +58,10 @@ def eval_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ratios", type=_floats, default=d.ratios)
     ap.add_argument("--methods", type=_strs, default=None,
                     help=f"comma list of {', '.join(grid.METHODS)} (grid) or {', '.join(qa_run.QA_METHODS)} (qa)")
+    ap.add_argument("--caches", type=_strs, default=["f16"],
+                    help="qa: KV cache types, comma list; K/V separately as K/V, e.g. f16,q8_0,q4_0,q8_0/q4_0")
+    ap.add_argument("--memories", type=_floats, default=[],
+                    help="qa: memory targets (x fewer KV bytes than the f16 full cache) instead of --ratios")
     ap.add_argument("--seeds", type=_ints, default=d.seeds)
     ap.add_argument("--kinds", type=_strs, default=d.kinds, help="task kinds, comma list")
     ap.add_argument("--continuation", type=int, default=d.continuation, help="continuation tokens for KL / ΔNLL")
@@ -100,7 +104,8 @@ def _qa_main(args: argparse.Namespace) -> int:
     d = qa_run.QASpec()
     spec = qa_run.QASpec(
         models=args.models, n_tokens=args.n_tokens, ratios=args.ratios, methods=args.methods or d.methods,
-        seeds=args.seeds, continuation=args.continuation, n_threads=args.threads,
+        seeds=args.seeds, continuation=args.continuation, n_threads=args.threads, caches=args.caches,
+        memories=args.memories,
     )
     if args.quick:
         spec.n_tokens, spec.ratios, spec.seeds = [600], [4.0], [0]

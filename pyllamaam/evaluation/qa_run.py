@@ -1,9 +1,10 @@
 """Run the QA suite (:mod:`.qa`): models x lengths x seeds x methods x ratios, resumable.
 
-One JSON line per (model, length, seed, method, ratio) goes to ``qa_cells.jsonl`` with every
-question's result, the continuation ΔNLL against the full cache and the compaction's seconds;
-a rerun skips the lines already there. :func:`summarize` turns the lines into accuracy with 95%
-intervals, relative to the full cache, as JSON, a markdown table and a plot.
+One JSON line per (model, length, seed, method, ratio, cache type) goes to ``qa_cells.jsonl``
+with every question's result, the continuation ΔNLL against the f16 full cache, the KV bytes
+and the compaction's seconds; a rerun skips the lines already there. :func:`summarize` turns the
+lines into accuracy with 95% intervals, relative to the full cache, as JSON, a markdown table and
+a plot.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from .. import memory
 from ..errors import ConfigError
 from . import fidelity, qa
 
@@ -46,15 +48,60 @@ class QASpec:
     continuation: int = 64
     n_threads: int | None = None
     options: dict[str, Any] = field(default_factory=dict)  # extra Session.compact options (tuning)
+    # KV cache types, "K/V" or one name for both (llama.cpp's -ctk/-ctv); all but f16 run with
+    # flash attention, which a quantized V needs
+    caches: list[str] = field(default_factory=lambda: [F16])
+    # memory targets (x fewer KV bytes than the f16 full cache) instead of cell ratios: each cache
+    # type's cell ratio is chosen to land on them
+    memories: list[float] = field(default_factory=list)
+
+    def cells(self) -> list[Cell]:
+        """Every (method, ratio, cache, memory) of a document, the full caches once per type."""
+        out = []
+        for cache in self.caches:
+            for method in self.methods:
+                if method == "full":
+                    out.append(Cell(method, 0.0, cache, 0.0))
+                elif self.memories:
+                    out += [Cell(method, 0.0, cache, m) for m in self.memories]
+                else:
+                    out += [Cell(method, r, cache, 0.0) for r in self.ratios]
+        return out
 
     def check(self) -> None:
         bad = [m for m in self.methods if m not in QA_METHODS]
         if bad:
             raise ConfigError(f"unknown QA method(s) {bad}; known: {', '.join(QA_METHODS)}")
+        for c in self.caches:
+            cache_types(c)
 
 
-def _key(model: str, n: int, seed: int, method: str, ratio: float) -> str:
-    return f"{model}|{n}|{seed}|{method}|{ratio:g}"
+F16 = "f16"
+
+
+def cache_types(cache: str) -> tuple[str, str]:
+    """``"q8_0/q4_0"`` -> ("q8_0", "q4_0"); ``"q8_0"`` -> ("q8_0", "q8_0")."""
+    from ..kvtypes import BY_NAME
+
+    k, _, v = cache.partition("/")
+    v = v or k
+    bad = [t for t in (k, v) if t not in BY_NAME]
+    if bad:
+        raise ConfigError(f"unknown KV cache type(s) {bad} in {cache!r}; known: {', '.join(BY_NAME)}")
+    return k, v
+
+
+class Cell(NamedTuple):
+    method: str
+    ratio: float  # cell ratio (0: the full cache, or set by ``memory``)
+    cache: str = F16
+    memory: float = 0.0  # x fewer bytes than the f16 full cache, when the cell is addressed by bytes
+
+
+def _key(model: str, n: int, seed: int, cell: Cell) -> str:
+    size = f"mem{cell.memory:g}" if cell.memory else f"{cell.ratio:g}"
+    key = f"{model}|{n}|{seed}|{cell.method}|{size}"
+    return key if cell.cache == F16 else f"{key}|{cell.cache}"
 
 
 def run_qa(spec: QASpec, out: Path, progress: bool = True) -> Path:
@@ -68,10 +115,10 @@ def run_qa(spec: QASpec, out: Path, progress: bool = True) -> Path:
     path = out / "qa_cells.jsonl"
     done = {json.loads(line)["key"] for line in path.read_text().splitlines()} if path.exists() else set()
     plan = [(m, n, s) for m in spec.models for n in spec.n_tokens for s in spec.seeds]
-    cells = [(me, r) for me in spec.methods for r in ([0.0] if me == "full" else spec.ratios)]
+    cells = spec.cells()
     bar = tqdm(total=len(plan) * len(cells), disable=not progress, unit="cell", desc="qa")
     for model_name, n, seed in plan:
-        todo = [c for c in cells if _key(model_name, n, seed, *c) not in done]
+        todo = [c for c in cells if _key(model_name, n, seed, c) not in done]
         bar.update(len(cells) - len(todo))
         if not todo:
             continue
@@ -129,69 +176,112 @@ def _mark_kept(results: list[dict[str, Any]], where: list[np.ndarray], verbatim:
             r["kept"] = bool(all(any(a <= p <= b for a, b in verbatim) for p in pos.tolist()))
 
 
+@dataclass
+class _Doc:
+    """One document's tokens and what every cell of it is measured against: the f16 full cache's
+    continuation logits and its K and V bytes (what llama.cpp's f16 cache holds: no bias)."""
+
+    doc: qa.Document
+    toks: list[int]
+    where: list[np.ndarray]
+    cont: list[int]
+    full: np.ndarray | None = None
+    f16_bytes: int = 0
+
+
 def _run_document(model, model_name, n, seed, cells, spec):
     doc = build_document(model, n, seed)
     toks = model.tokenize(doc.text, add_bos=model.info["add_bos"])
-    where = answer_positions(model, toks, [q.answer for q in doc.questions])
-    cont = model.tokenize(doc.continuation)[: spec.continuation + 1]
-    with model.session(n_ctx=2 * len(toks) + 512, n_threads=spec.n_threads) as s:
-        clock = time.perf_counter()
-        s.prefill(toks)
-        prefill_s = time.perf_counter() - clock
-        blob = s._snapshot()
-        full = fidelity.continuation_logits(s, cont)
-        shared: dict[str, Any] = {}
-        for method, ratio in cells:
-            base = {"key": _key(model_name, n, seed, method, ratio), "model": model_name, "n_tokens": len(toks),
-                    "seed": seed, "method": method, "ratio": ratio, "prefill_seconds": prefill_s}
-            kw = QA_METHODS[method]
-            if kw is None:
-                yield {**base, **_score(s, model, doc, full, cont), "cells": s.n_cells}
-                continue
-            kw = {**kw, **spec.options}
-            if kw.pop("task", False):  # one compaction per question, each from the full cache
-                results, secs, cells_after = [], [], []
-                for q, pos in zip(doc.questions, where, strict=True):
-                    s._write_blob(blob, len(toks))
-                    rep = s.compact(ratio=ratio, task=q.prompt(), **kw)
-                    results.append({**ask(s, model, q), "fell_back": rep.fell_back})
-                    _mark_kept(results[-1:], [pos], rep.verbatim)
-                    secs.append(rep.total_seconds)
-                    cells_after.append(s.n_cells)
-                s._write_blob(blob, len(toks))
-                yield {**base, "questions": results, "accuracy": _acc(results),
-                       "compaction_seconds": float(np.mean(secs)), "cells": int(np.mean(cells_after))}
-                continue
-            s._write_blob(blob, len(toks))
-            capture = 0.0
-            if kw.get("queries") == "repeat" and kw.get("on_policy", 1) == 1:
-                # one repeat pass serves every method and ratio of the document that names it; its
-                # cost is added to each compaction that uses it (the default runs its own passes)
-                ropts = {k: v for k, v in kw.items() if k.startswith("repeat_")}
-                key = json.dumps(ropts, sort_keys=True)
-                if key not in shared:
-                    shared[key] = s.reference_queries("repeat", **ropts)
-                kw["queries"] = shared[key]
-                capture = shared[key].seconds
-            rep = s.compact(ratio=ratio, **{k: v for k, v in kw.items() if not (capture and k.startswith("repeat_"))})
-            stages = dict(rep.seconds)
-            stages["queries"] = stages.get("queries", 0.0) + capture
-            scored = _score(s, model, doc, full, cont)
-            _mark_kept(scored["questions"], where, rep.verbatim)
-            rec = {**base, **scored, "cells": s.n_cells,
-                   "compaction_seconds": rep.total_seconds + capture, "stages": stages, "fell_back": rep.fell_back,
-                   "reason": rep.reason}
-            s._write_blob(blob, len(toks))
-            yield rec
+    d = _Doc(doc, toks, answer_positions(model, toks, [q.answer for q in doc.questions]),
+             model.tokenize(doc.continuation)[: spec.continuation + 1])
+    for cache in dict.fromkeys([F16, *(c.cache for c in cells)]):  # f16 first: the reference
+        k, v = cache_types(cache)
+        # quantized caches need flash attention for V; f16 keeps the session's default
+        fa = {} if cache == F16 else {"flash_attn": True}
+        with model.session(n_ctx=2 * len(toks) + 512, n_threads=spec.n_threads, kv_type_k=k, kv_type_v=v, **fa) as s:
+            clock = time.perf_counter()
+            s.prefill(toks)
+            prefill_s = time.perf_counter() - clock
+            if cache == F16:
+                d.full, d.f16_bytes = fidelity.continuation_logits(s, d.cont), s.kv_bytes_f16()
+            base = {"model": model_name, "n_tokens": len(toks), "seed": seed, "prefill_seconds": prefill_s}
+            if cache != F16:
+                base["cache"] = cache
+            shared: dict[str, Any] = {}  # repeat queries, one pass per session for the methods that name it
+            for cell in [c for c in cells if c.cache == cache]:
+                rec = {"key": _key(model_name, n, seed, cell), **base, "method": cell.method, "ratio": cell.ratio}
+                size: dict[str, Any] = {"ratio": cell.ratio}
+                if cell.memory:  # as many cells as fit in the f16 full cache's bytes / memory
+                    cap = memory.cells_for(d.f16_bytes / cell.memory, s.kv_bytes(n_cells=1))
+                    rec.update(memory=cell.memory, ratio=s.n_cells / cap)
+                    size = {"target_cells": cap}
+                    if cap >= s.n_cells:  # the type alone is already that small
+                        yield {**rec, **_run_cell(s, model, d, "full", {}, spec, shared)}
+                        continue
+                yield {**rec, **_run_cell(s, model, d, cell.method, size, spec, shared)}
+
+
+def _run_cell(s, model, d: _Doc, method: str, size: dict[str, Any], spec: QASpec,
+              shared: dict[str, Any]) -> dict[str, Any]:
+    """One method compacting to ``size`` (``ratio=`` or ``target_cells=``) on the document in
+    session ``s``, which is left as it was."""
+    blob, n = s._snapshot(), len(d.toks)
+    kw = QA_METHODS[method]
+    if kw is None:
+        return {**_score(s, model, d), "cells": s.n_cells, **_bytes(s, d, bias=False)}
+    kw = {**kw, **spec.options}
+    if kw.pop("task", False):  # one compaction per question, each from the full cache
+        results, secs, cells_after, sizes = [], [], [], []
+        for q, pos in zip(d.doc.questions, d.where, strict=True):
+            s._write_blob(blob, n)
+            rep = s.compact(task=q.prompt(), **size, **kw)
+            results.append({**ask(s, model, q), "fell_back": rep.fell_back})
+            _mark_kept(results[-1:], [pos], rep.verbatim)
+            secs.append(rep.total_seconds)
+            cells_after.append(s.n_cells)
+            sizes.append(s.kv_bytes())
+        s._write_blob(blob, n)
+        return {"questions": results, "accuracy": _acc(results), "compaction_seconds": float(np.mean(secs)),
+                "cells": int(np.mean(cells_after)), "kv_bytes": int(np.mean(sizes)),
+                "bytes_ratio": d.f16_bytes / float(np.mean(sizes))}
+    s._write_blob(blob, n)
+    capture = 0.0
+    if kw.get("queries") == "repeat" and kw.get("on_policy", 1) == 1:
+        # one repeat pass serves every method and ratio of the document that names it; its cost is
+        # added to each compaction that uses it (the default runs its own passes)
+        ropts = {k: v for k, v in kw.items() if k.startswith("repeat_")}
+        key = json.dumps(ropts, sort_keys=True)
+        if key not in shared:
+            shared[key] = s.reference_queries("repeat", **ropts)
+        kw["queries"] = shared[key]
+        capture = shared[key].seconds
+    kw = {k: v for k, v in kw.items() if not (capture and k.startswith("repeat_"))}
+    rep = s.compact(**size, **kw)
+    stages = dict(rep.seconds)
+    stages["queries"] = stages.get("queries", 0.0) + capture
+    scored = _score(s, model, d)
+    _mark_kept(scored["questions"], d.where, rep.verbatim)
+    rec = {**scored, "cells": s.n_cells, **_bytes(s, d), "compaction_seconds": rep.total_seconds + capture,
+           "stages": stages, "fell_back": rep.fell_back, "reason": rep.reason}
+    s._write_blob(blob, n)
+    return rec
+
+
+def _bytes(s, d: _Doc, bias: bool = True) -> dict[str, Any]:
+    """KV bytes, with the bias storage where compaction uses it; a full cache of any type counts
+    K and V only, as llama.cpp stores it."""
+    b = s.kv_bytes(detail=True)
+    size = b.total if bias else b.k + b.v
+    return {"kv_bytes": size, "bytes_ratio": d.f16_bytes / size}
 
 
 def _acc(results: list[dict[str, Any]]) -> float:
     return sum(r["correct"] for r in results) / max(1, len(results))
 
 
-def _score(s, model, doc, full, cont) -> dict[str, Any]:
-    results = [ask(s, model, q) for q in doc.questions]
-    fid = fidelity.fidelity(full, fidelity.continuation_logits(s, cont), cont[1:])
+def _score(s, model, d: _Doc) -> dict[str, Any]:
+    results = [ask(s, model, q) for q in d.doc.questions]
+    fid = fidelity.fidelity(d.full, fidelity.continuation_logits(s, d.cont), d.cont[1:])
     return {"questions": results, "accuracy": _acc(results), "delta_nll": fid["delta_nll"], "kl": fid["kl"]}
 
 
@@ -200,27 +290,32 @@ def load(path: Path) -> list[dict[str, Any]]:
 
 
 def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (model, document length, method, ratio): accuracy over every question with its 95%
-    interval, the same relative to the full cache on the same documents, mean ΔNLL, KL and
-    compaction/prefill."""
+    """Per (model, document length, method, ratio, cache type): accuracy over every question with
+    its 95% interval, the same relative to the f16 full cache on the same documents, the KV bytes
+    relative to that cache, mean ΔNLL, KL and compaction/prefill."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for c in cells:
-        groups.setdefault((c["model"], _length(c), c["method"], c["ratio"]), []).append(c)
-    full = {(c["model"], c["n_tokens"], c["seed"]): c for c in cells if c["method"] == "full"}
+        key = (c["model"], _length(c), c["method"], c["ratio"], c.get("cache", F16), c.get("memory", 0.0))
+        groups.setdefault(key, []).append(c)
+    full = {(c["model"], c["n_tokens"], c["seed"]): c for c in cells if c["method"] == "full" and "cache" not in c}
     rows = []
-    for (model, length, method, ratio), cs in sorted(groups.items(), key=lambda kv: (*kv[0][:2], kv[0][3], kv[0][2])):
+    order = sorted(groups.items(), key=lambda kv: (*kv[0][:2], kv[0][4] != F16, kv[0][4], kv[0][3], kv[0][2]))
+    for (model, length, method, ratio, cache, target), cs in order:
         qs = [q for c in cs for q in c["questions"]]
         k = sum(q["correct"] for q in qs)
         ref = [full.get((model, c["n_tokens"], c["seed"])) for c in cs]
         ref_k = sum(q["correct"] for r in ref if r for q in r["questions"])
         ref_n = sum(len(r["questions"]) for r in ref if r)
         lo, hi = qa.wilson(k, len(qs))
+        sizes = [c["bytes_ratio"] for c in cs if c.get("bytes_ratio")]
         row = {
-            "model": model, "tokens": length, "method": method, "ratio": ratio, "documents": len(cs),
-            "questions": len(qs),
+            "model": model, "tokens": length, "method": method, "ratio": ratio, "cache": cache, "memory": target,
+            "documents": len(cs), "questions": len(qs),
             "accuracy": k / max(1, len(qs)), "ci95": [lo, hi],
             "of_full": (k / ref_k) if ref_k and all(ref) else None,
             "full_accuracy": ref_k / ref_n if ref_n and all(ref) else None,  # on the same documents
+            # x fewer KV bytes than the f16 full cache (runs that recorded it)
+            "bytes_ratio": float(np.mean(sizes)) if sizes else None,
             "by_kind": {kind: float(np.mean([q["correct"] for q in qs if q["kind"] == kind]))
                         for kind in sorted({q["kind"] for q in qs})},
             "lengths": sorted({c["n_tokens"] for c in cs}),
@@ -238,6 +333,9 @@ def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["accuracy_kept"] = sum(q["correct"] for q in kept) / len(kept) if kept else None
             lost = [q for q in marked if not q["kept"]]
             row["accuracy_not_kept"] = sum(q["correct"] for q in lost) / len(lost) if lost else None
+        elif cache != F16:
+            d = [c["delta_nll"] for c in cs if c.get("delta_nll") is not None]
+            row["delta_nll"] = float(np.mean(d)) if d else None
         rows.append(row)
     return rows
 
@@ -251,13 +349,14 @@ def write_report(out: Path) -> dict[str, Any]:
     """qa_summary.json, qa_results.md and one accuracy-vs-ratio plot per model, from qa_cells.jsonl."""
     rows = summarize(load(out / "qa_cells.jsonl"))
     (out / "qa_summary.json").write_text(json.dumps(rows, indent=1) + "\n")
-    lines = ["| model | tokens | method | ratio | accuracy (95% CI) | of full | ΔNLL | compaction/prefill "
-             "| questions | answers kept verbatim | accuracy kept / not |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | tokens | method | ratio | cache | bytes vs f16 | accuracy (95% CI) | of full | ΔNLL "
+             "| compaction/prefill | questions | answers kept verbatim | accuracy kept / not |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = "–" if r["method"] == "full" else f"{r['ratio']:g}x"
+        size = "–" if r.get("bytes_ratio") is None else f"{r['bytes_ratio']:.1f}x fewer"
         lines.append(
-            f"| {r['model']} | {r['tokens']} | {r['method']} | {ratio} | "
+            f"| {r['model']} | {r['tokens']} | {r['method']} | {ratio} | {r.get('cache', F16)} | {size} | "
             f"{r['accuracy']:.2f} ({r['ci95'][0]:.2f}–{r['ci95'][1]:.2f}) | {_fmt(r['of_full'], 2)} | "
             f"{_fmt(r.get('delta_nll'), 3)} | {_fmt(r.get('compaction_over_prefill'), 2)} | {r['questions']} | "
             f"{_fmt(r.get('answers_kept'), 2)} | "
@@ -266,6 +365,11 @@ def write_report(out: Path) -> dict[str, Any]:
     (out / "qa_results.md").write_text("\n".join(lines) + "\n")
     (out / "qa_table.md").write_text(headline(rows))
     plots = _plot(rows, out)
+    if any(r["memory"] for r in rows):
+        from . import qa_memory
+
+        (out / "qa_memory.md").write_text(qa_memory.table(rows))
+        plots += qa_memory.plot(rows, out)
     return {"rows": rows, "plots": plots}
 
 
@@ -276,7 +380,9 @@ EVICTIONS = ("kvzip", "chunkkv", "snapkv", "window")
 def headline(rows: list[dict[str, Any]]) -> str:
     """One table per model and ratio: QA accuracy of the full cache (on the default's documents),
     the default, question-aware compaction and the best eviction baseline; ΔNLL and
-    compaction/prefill of the default and that baseline; the default's questions."""
+    compaction/prefill of the default and that baseline; the default's questions. f16 caches only
+    (the view by bytes is :mod:`.qa_memory`'s)."""
+    rows = [r for r in rows if r["cache"] == F16]
     by = {(r["model"], r["tokens"], r["method"], r["ratio"]): r for r in rows}
     out = ["| model | tokens | ratio | full | default | question-aware | best eviction | ΔNLL default / eviction "
            "| compaction/prefill default / eviction | questions |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -315,6 +421,7 @@ def _plot(rows: list[dict[str, Any]], out: Path) -> list[str]:
     except ImportError:
         return []
     names = []
+    rows = [r for r in rows if r["cache"] == F16]  # by cells; the view by bytes is qa_memory's
     for model in sorted({r["model"] for r in rows}):
         lengths = sorted({r["tokens"] for r in rows if r["model"] == model})
         methods = sorted({r["method"] for r in rows if r["model"] == model} - {"full"})

@@ -1,0 +1,167 @@
+"""Memory targets: the cache types, cell count and method that keep the most answers in a byte budget.
+
+A memory target ``M`` asks for a KV cache ``M`` times smaller in bytes than llama.cpp's f16 cache
+of the same positions (K and V, no bias). Bytes, not cells: a quantized cache type shrinks every
+cell, compaction shrinks the number of cells, and the two compose. Which mix keeps the most
+answers depends on the model, so the choice comes from a table measured by the QA suite and
+shipped with the package (``memory_table.json``, written by :func:`write_table`):
+
+    {"source": <the command>, "models": {<model>: {"agnostic": [entry, ...], "task": [...]}},
+     "fallback": {"agnostic": [...], "task": [...]}}
+
+each entry ``{"memory": M, "cache": "q8_0/q4_0", "method": "default", "of_full": 0.93, ...}`` the
+configuration that kept the most answers at that target. :func:`pick` reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+TABLE = Path(__file__).with_name("memory_table.json")
+
+#: the methods the table may pick: no compaction (the cache type alone) and the default
+#: compaction; with a question, question-aware compaction
+AGNOSTIC = ("full", "default")
+TASK = ("full", "question")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What ``compact(memory=M)`` does: the cache types to move to and the compaction method
+    (``"full"``: none, the cache types alone), as measured at ``measured_at``."""
+
+    kv_type_k: str
+    kv_type_v: str
+    method: str
+    measured_at: float
+    model: str  # the table's model whose measurement this is ("fallback": every model's)
+
+
+def cells_for(budget_bytes: float, bytes_per_cell: int) -> int:
+    """Cells of ``bytes_per_cell`` that fit in ``budget_bytes``."""
+    return int(budget_bytes // bytes_per_cell)
+
+
+def check_target(memory: Any) -> float:
+    if isinstance(memory, bool) or not isinstance(memory, (int, float)) or not math.isfinite(memory) or memory < 1:
+        raise ConfigError(f"memory must be a number >= 1 (x fewer bytes than the f16 cache), not {memory!r}")
+    return float(memory)
+
+
+def load_table(path: Path = TABLE) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"the memory table {path.name} is missing or unreadable ({err}); "
+                          "regenerate it with `make memory-table`") from err
+
+
+def pick(model: str, memory: float, task: bool, table: dict[str, Any] | None = None) -> Choice:
+    """The measured choice for ``model`` (a catalog name; others use the fallback) at the target
+    nearest ``memory`` on a log scale (the larger on a tie)."""
+    memory = check_target(memory)
+    table = load_table() if table is None else table
+    kind = "task" if task else "agnostic"
+    name = model if model in table.get("models", {}) else "fallback"
+    entries = (table["models"][name] if name != "fallback" else table.get("fallback", {})).get(kind, [])
+    if not entries:
+        raise ConfigError(f"the memory table has no {kind} entries for {model!r}")
+    best = min(entries, key=lambda e: (abs(math.log(e["memory"] / memory)), -e["memory"]))
+    k, _, v = best["cache"].partition("/")
+    return Choice(k, v or k, best["method"], float(best["memory"]), name)
+
+
+def build_table(rows: list[dict[str, Any]], source: str) -> dict[str, Any]:
+    """The table from QA summary rows addressed by memory (``pyllamaam eval --suite qa --memories``):
+    per model and target, the configuration with the most answers relative to the f16 full cache
+    (ties: fewer bytes), and a fallback that maximizes the mean over the models."""
+    out: dict[str, Any] = {"source": source, "models": {}, "fallback": {}}
+    for kind, methods in (("agnostic", AGNOSTIC), ("task", TASK)):
+        mine = [r for r in rows if r.get("memory") and r["method"] in methods and r.get("of_full") is not None]
+        pooled: dict[tuple, list[float]] = {}
+        for model in sorted({r["model"] for r in mine}):
+            entries = []
+            for m in sorted({r["memory"] for r in mine if r["model"] == model}):
+                cand = [r for r in mine if r["model"] == model and r["memory"] == m]
+                if kind == "task" and not any(r["method"] == "question" for r in cand):
+                    continue
+                best = max(cand, key=lambda r: (r["of_full"], r.get("bytes_ratio") or 0))
+                entries.append(_entry(best))
+                for r in cand:
+                    pooled.setdefault((m, r["cache"], r["method"]), []).append(r["of_full"])
+            if entries:
+                out["models"].setdefault(model, {})[kind] = entries
+        n_models = len({r["model"] for r in mine})
+        fallback = []
+        for m in sorted({k[0] for k in pooled}):
+            cand = [(sum(v) / len(v), k) for k, v in pooled.items() if k[0] == m and len(v) == n_models]
+            if cand:
+                score, (_, cache, method) = max(cand)
+                fallback.append({"memory": m, "cache": cache, "method": method, "of_full": round(score, 3)})
+        out["fallback"][kind] = fallback
+    return out
+
+
+def _entry(r: dict[str, Any]) -> dict[str, Any]:
+    return {"memory": r["memory"], "cache": r["cache"], "method": r["method"], "of_full": round(r["of_full"], 3),
+            "accuracy": round(r["accuracy"], 3), "bytes_ratio": round(r["bytes_ratio"], 2),
+            "questions": r["questions"], "tokens": r["tokens"]}
+
+
+def write_table(summary: Path, source: str, path: Path = TABLE) -> dict[str, Any]:
+    """Write the table built from a QA summary (qa_summary.json) to ``path``."""
+    table = build_table(json.loads(Path(summary).read_text()), source)
+    if not table["models"]:
+        raise ConfigError(f"{summary} holds no cells addressed by memory (run the QA suite with --memories)")
+    path.write_text(json.dumps(table, indent=1) + "\n")
+    return table
+
+
+def compact_to(session: Any, memory: float, *, task: str | None = None, keep_first: int = 4, keep_last: int = 32,
+               **options: Any) -> Any:
+    """``Session.compact(memory=...)``: the cache left ``memory`` times smaller in bytes than the
+    f16 full cache of the same positions, in the cache types and with the method the table picks
+    (question-aware when ``task`` is given). Compaction runs first, in the session's own types
+    (the fit on the less rounded cache); the move to the picked types follows. When either fails
+    the cache is restored as it was and the report says why. ConfigError (nothing changed) when
+    the budget cannot hold the sinks and the recent window."""
+    from . import catalog
+    from .errors import PyllamaamError
+    from .report import CompactionReport
+
+    target = check_target(memory)
+    choice = pick(catalog.name_of(session.model.path) or session.model.arch, target, task is not None)
+    k, v = choice.kv_type_k, choice.kv_type_v
+    if session.memory_layout != "kv":  # only a plain cache moves between types: keep the session's
+        k, v = session.kv_type_k, session.kv_type_v
+    budget = session.kv_bytes_f16() / target
+    cap = cells_for(budget, session.kv_bytes(n_cells=1, kv_type_k=k, kv_type_v=v))
+    floor = keep_first + keep_last + 1
+    if cap < floor:
+        raise ConfigError(
+            f"memory={target:g} leaves room for {cap} cells of {k}/{v}, fewer than the {floor} that the "
+            f"first {keep_first} and last {keep_last} cells and one compacted cell need"
+        )
+    before = session.kv_bytes()
+    blob, n_cells, types = session._snapshot(), session.n_cells, (session.kv_type_k, session.kv_type_v)
+    if cap < session.n_cells:
+        rep = session.compact(target_cells=cap, task=task, keep_first=keep_first, keep_last=keep_last, **options)
+    else:  # the types alone reach the target
+        rep = CompactionReport(method="none", queries="none", cells_before=n_cells, cells_after=n_cells)
+    rep.memory = {"target": target, "kv_type_k": k, "kv_type_v": v, "method": "none" if cap >= n_cells
+                  else rep.method, "table": choice.model, "measured_at": choice.measured_at}
+    if not rep.fell_back and (k, v) != types:
+        try:
+            session.retype(k, v)
+        except PyllamaamError as err:
+            session._write_blob(blob, n_cells)  # the cache as it was, in its own types
+            rep.fell_back, rep.reason, rep.verbatim = True, str(err), []
+            rep.cells_after = n_cells
+    rep.bytes_before, rep.bytes_after, rep.bytes_f16 = before, session.kv_bytes(), session.kv_bytes_f16()
+    return rep
