@@ -8,7 +8,7 @@ PIP    := $(VPY) -m pip
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test test-fast lint clean distclean build models
+.PHONY: setup demo test test-fast test-gpu device-bundle lint clean distclean build models
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,11 +31,38 @@ setup: build $(VENV)/.deps-stamp models
 demo: setup
 	$(VPY) -m pyllamaam demo
 
+# the GPU tests (tests/test_gpu.py) run in `make test-gpu`
 test: setup
-	$(VPY) -m pytest -q
+	$(VPY) -m pytest -q -m "not gpu"
 
 test-fast: setup
-	$(VPY) -m pytest -q -m "not slow"
+	$(VPY) -m pytest -q -m "not slow and not gpu"
+
+# The GPU tests on a CUDA build of the patched library, in a venv of its own (.venv keeps the CPU
+# build; the wheel cache is keyed by the flags, so the two builds live side by side). The GPU
+# architecture comes from CUDA_ARCHITECTURES or CMAKE_CUDA_ARCHITECTURES, else the local GPU's
+# (native). The stand-in model of `make device-bundle` is used when it is there.
+GPU_VENV  := .venv-cuda
+GPU_VPY   := $(GPU_VENV)/bin/python
+CUDA_ARCH := $(or $(CUDA_ARCHITECTURES),$(CMAKE_CUDA_ARCHITECTURES),native)
+
+$(GPU_VPY):
+	$(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VPY) -m pip install -q -U pip wheel
+
+test-gpu: export PYLLAMAAM_DEVICE_MODEL := $(or $(PYLLAMAAM_DEVICE_MODEL),$(abspath $(wildcard .device/model.gguf)))
+test-gpu: | $(GPU_VPY)
+	PYLLAMAAM_CUDA=1 PYLLAMAAM_CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=$(CUDA_ARCH) $(PYLLAMAAM_CMAKE_ARGS)" \
+		$(GPU_VPY) native/build.py
+	$(GPU_VPY) -m pip install -q -e '.[test]'
+	$(GPU_VPY) -m pytest -q -m gpu
+
+# .device/: what the offline CUDA machine needs (../shared/device/README.md), with the pure-Python
+# dependencies of pyllamaam that its Python may lack; there: bash .device/gpu.sh python3 -m pytest -q -m gpu
+SHARED ?= ../shared
+device-bundle: build
+	bash $(SHARED)/device/bundle.sh
+	$(PIP) download -q --no-deps --only-binary=:all: -d .device/whl tqdm threadpoolctl
 
 lint: setup
 	$(VPY) -m ruff check pyllamaam server tests native
@@ -44,4 +71,4 @@ clean:
 	rm -rf .pytest_cache .hypothesis results
 
 distclean: clean
-	rm -rf $(VENV) build
+	rm -rf $(VENV) $(GPU_VENV) build

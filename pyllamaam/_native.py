@@ -57,6 +57,21 @@ const char * ggml_get_name(const struct ggml_tensor * tensor);
 int64_t ggml_nelements(const struct ggml_tensor * tensor);
 size_t ggml_nbytes(const struct ggml_tensor * tensor);
 void ggml_backend_tensor_get(const struct ggml_tensor * tensor, void * data, size_t offset, size_t size);
+
+typedef struct ggml_backend_device * ggml_backend_dev_t;
+typedef struct ggml_backend_reg * ggml_backend_reg_t;
+enum ggml_backend_dev_type {
+    GGML_BACKEND_DEVICE_TYPE_CPU, GGML_BACKEND_DEVICE_TYPE_GPU, GGML_BACKEND_DEVICE_TYPE_IGPU,
+    GGML_BACKEND_DEVICE_TYPE_ACCEL, GGML_BACKEND_DEVICE_TYPE_META,
+};
+size_t ggml_backend_dev_count(void);
+ggml_backend_dev_t ggml_backend_dev_get(size_t index);
+const char * ggml_backend_dev_name(ggml_backend_dev_t device);
+const char * ggml_backend_dev_description(ggml_backend_dev_t device);
+void ggml_backend_dev_memory(ggml_backend_dev_t device, size_t * free, size_t * total);
+enum ggml_backend_dev_type ggml_backend_dev_type(ggml_backend_dev_t device);
+ggml_backend_reg_t ggml_backend_dev_backend_reg(ggml_backend_dev_t device);
+const char * ggml_backend_reg_name(ggml_backend_reg_t reg);
 """
 
 API_VERSION = 2
@@ -480,3 +495,44 @@ def library_path() -> Path:
 
 def system_info() -> str:
     return lib().C.llama_print_system_info().decode("utf-8", "replace")
+
+
+# --- devices ---------------------------------------------------------------------------------
+
+# enum ggml_backend_dev_type (ggml-backend.h)
+DEVICE_TYPES = {0: "CPU", 1: "GPU", 2: "IGPU", 3: "ACCEL", 4: "META"}
+
+
+def devices() -> list[dict[str, Any]]:
+    """The ggml backend devices of this build, in registry order (a CPU device is always there).
+
+    Each: ``name`` (e.g. ``CPU``, ``CUDA0``), ``description``, ``type`` (one of
+    :data:`DEVICE_TYPES`), ``backend`` (the registry's name, e.g. ``CUDA``), ``memory_free`` and
+    ``memory_total`` in bytes (for the CPU: the host's).
+    """
+    ext = lib().ext
+    out = []
+    mem = ffi.new("size_t[2]")
+    for i in range(int(ext.ggml_backend_dev_count())):
+        dev = ext.ggml_backend_dev_get(i)
+        ext.ggml_backend_dev_memory(dev, mem, mem + 1)
+        out.append({
+            "name": ffi.string(ext.ggml_backend_dev_name(dev)).decode("utf-8", "replace"),
+            "description": ffi.string(ext.ggml_backend_dev_description(dev)).decode("utf-8", "replace"),
+            "type": DEVICE_TYPES.get(int(ext.ggml_backend_dev_type(dev)), "?"),
+            "backend": ffi.string(ext.ggml_backend_reg_name(ext.ggml_backend_dev_backend_reg(dev))).decode(),
+            "memory_free": int(mem[0]),
+            "memory_total": int(mem[1]),
+        })
+    return out
+
+
+def gpu_layers(n_layer: int, n_gpu_layers: int) -> list[bool]:
+    """Which of ``n_layer`` layers llama.cpp puts on a GPU for ``n_gpu_layers`` (the last ones;
+    llama-model.cpp's ``i_gpu_start``), with their KV cache and attention (``offload_kqv``).
+    All False without a GPU device."""
+    if not any(d["type"] in ("GPU", "IGPU") for d in devices()):
+        return [False] * n_layer
+    n = n_layer + 1 if n_gpu_layers < 0 else n_gpu_layers
+    start = max(n_layer + 1 - n, 0)
+    return [il >= start for il in range(n_layer)]

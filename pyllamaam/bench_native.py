@@ -58,7 +58,7 @@ class _Probe:
         return True
 
 
-def _context(model: Model, name: str, n_ctx: int, n_threads: int, probe: _Probe) -> int:
+def _context(model: Model, name: str, n_ctx: int, n_threads: int, probe: _Probe, flash_attn: bool) -> int:
     flags = 0 if name == "unpatched_path" else _native.FLAG_BIAS
     if name == "probe_callback":
         flags |= _native.FLAG_QUERY_PROBE
@@ -67,7 +67,7 @@ def _context(model: Model, name: str, n_ctx: int, n_threads: int, probe: _Probe)
         n_ctx=n_ctx,
         n_batch=512,
         n_threads=n_threads,
-        flash_attn=False,
+        flash_attn=flash_attn,
         kv_type_k="f16",
         kv_type_v="f16",
         flags=flags,
@@ -85,17 +85,19 @@ def run(
     n_tokens: int = 4096,
     n_decode: int = 64,
     n_threads: int | None = None,
+    n_gpu_layers: int = 0,
+    flash_attn: bool = False,
 ) -> dict[str, Any]:
     """Prefill ``n_tokens`` and decode ``n_decode`` in every configuration, interleaved step by
     step (one 512-token chunk or one decoded token per configuration in turn), so that a busy
     machine slows all of them alike. Prefill: summed chunk times (the capture switch and the
     graph reserve it causes count in the first chunk); decode: median step times."""
     n_threads = n_threads or os.cpu_count() or 1
-    model = load_model(model_name)
+    model = load_model(model_name, n_gpu_layers=n_gpu_layers)
     toks = _filler(model, n_tokens)
     n_ctx = n_tokens + n_decode + 16
     probe = _Probe()
-    ctxs = {name: _context(model, name, n_ctx, n_threads, probe) for name in CONFIGS}
+    ctxs = {name: _context(model, name, n_ctx, n_threads, probe, flash_attn) for name in CONFIGS}
     pre: dict[str, list[float]] = {k: [] for k in CONFIGS}
     dec: dict[str, list[float]] = {k: [] for k in CONFIGS}
     last: dict[str, np.ndarray] = {}
@@ -136,6 +138,8 @@ def run(
         "n_tokens": n_tokens,
         "n_decode": n_decode,
         "n_threads": n_threads,
+        "n_gpu_layers": n_gpu_layers,
+        "flash_attn": flash_attn,
         "method": "interleaved step by step; prefill tokens/s from the summed chunk times, "
         "decode from the median step time; *_paired: median of per-step ratios",
         "queries_captured": {"capture": n_captured // n_layer, "probe_callback": probe.n_rows // n_layer},
@@ -161,9 +165,10 @@ def run(
     return out_
 
 
-def main(quick: bool = False, model: str | None = None, n_tokens: int | None = None) -> None:
+def main(quick: bool = False, model: str | None = None, n_tokens: int | None = None, **opts: Any) -> None:
+    """``opts``: ``n_gpu_layers``, ``flash_attn`` (see :func:`run`)."""
     if quick:
-        out = run(model, n_tokens=n_tokens or 512, n_decode=8)
+        out = run(model, n_tokens=n_tokens or 512, n_decode=8, **opts)
     else:
-        out = run(model, n_tokens=n_tokens or 4096)
+        out = run(model, n_tokens=n_tokens or 4096, **opts)
     print(json.dumps(out, indent=2))

@@ -46,12 +46,13 @@ def head_sensitivity(
     keep_last: int = 32,
     progress: bool = True,
     n_threads: int | None = None,
+    flash_attn: bool = False,
 ) -> dict[str, Any]:
     """ΔNLL of the continuation when one head at a time is compacted, ``[L, H, len(ratios)]``."""
     from tqdm import tqdm
 
     ctx, tail = _text(model, n_tokens, cont)
-    with model.session(n_ctx=2 * n_tokens + 256, n_threads=n_threads) as s:
+    with model.session(n_ctx=2 * n_tokens + 256, n_threads=n_threads, flash_attn=flash_attn) as s:
         s.prefill(ctx)
         nll0 = s.score(tail)
         blob, n_cells = s._snapshot(), s.n_cells
@@ -103,6 +104,7 @@ def fill_sensitivity(
     keep_last: int = 32,
     progress: bool = True,
     n_threads: int | None = None,
+    flash_attn: bool = False,
 ) -> dict[str, Any]:
     """How much the continuation changes when one head at a time is compacted the way
     ``budget_cells="fill"`` compacts it at ``target``: ``b`` fitted keys of its older span and an
@@ -116,7 +118,7 @@ def fill_sensitivity(
     from tqdm import tqdm
 
     ctx, tail = _text(model, n_tokens, cont)
-    with model.session(n_ctx=2 * n_tokens + 256, n_threads=n_threads) as s:
+    with model.session(n_ctx=2 * n_tokens + 256, n_threads=n_threads, flash_attn=flash_attn) as s:
         s.prefill(ctx)
         full = s.eval_logits(tail)
         nll0 = _nll(full, tail)
@@ -261,18 +263,20 @@ def compute_budgets(
     cap: float = 2.0,
     progress: bool = True,
     mode: str = "fill",
+    n_gpu_layers: int = 0,
     **kw: Any,
 ) -> dict[str, Any]:
     """Measure the curves, solve, write ``out`` (proportions) and ``out`` + ``.curves.json``.
 
     ``mode="fill"``: budgets for ``budget_cells="fill"`` (a head's fitted keys against its exact
     recent window, at equal cells); ``"keys"``: single-head curves over ratios for budgets that
-    move keys, and cells, between heads (``budget_cells="ratio"`` or ``"keys"``)."""
+    move keys, and cells, between heads (``budget_cells="ratio"`` or ``"keys"``). ``n_gpu_layers``:
+    layers offloaded to a GPU; ``kw``: options of the sensitivity function (``flash_attn``, ...)."""
     import pyllamaam
 
     if mode not in ("fill", "keys"):
         raise ConfigError(f"mode must be 'fill' or 'keys', not {mode!r}")
-    with pyllamaam.load_model(model_name) as model:
+    with pyllamaam.load_model(model_name, n_gpu_layers=n_gpu_layers) as model:
         if mode == "fill":
             kw.pop("ratios", None)
             sens = fill_sensitivity(model, target=target, progress=progress, **kw)

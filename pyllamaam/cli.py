@@ -16,12 +16,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """A planted fact asked from the full cache, after 4x and question-aware 10x compaction."""
     from .demo import run
 
-    return run(args.model, **_session_opts(args))
+    return run(args.model, n_gpu_layers=args.n_gpu_layers, **_session_opts(args))
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    """Report the library build, the patch API, the devices and the models found."""
-    from . import _native, catalog
+    """Report the library build, the patch API, the devices, where the bias path runs and the models."""
+    from . import _native, catalog, devices
 
     info: dict[str, Any] = {}
     try:
@@ -34,6 +34,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
         marker = Path(sys.prefix) / "pyllamaam-libllama.key"
         info["build_key"] = marker.read_text().strip() if marker.exists() else None
+        info["devices"] = _native.devices()
+        if devices.gpus():  # loads a tiny model with every layer offloaded
+            info["bias_path"] = devices.bias_offload(n_gpu_layers=99)
+        else:
+            info["bias_path"] = {"offloaded": False, "reason": "no GPU device: attention and its bias run on the CPU"}
     except PyllamaamError as err:
         info["library_error"] = str(err)
     info["models"] = [
@@ -47,9 +52,25 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             if k == "models":
                 for m in v:
                     print(f"model      {m['name']:14s} {'ok' if m['installed'] else 'missing'}  {m['path'] or ''}")
+            elif k == "devices":
+                for d in v:
+                    mem = f"{d['memory_free'] / 2**30:.1f}/{d['memory_total'] / 2**30:.1f} GiB free"
+                    print(f"device     {d['name']:8s} {d['type']:5s} {mem:22s} {d['description']}")
+            elif k == "bias_path":
+                print(f"bias_path  {_bias_path_line(v)}")
             else:
                 print(f"{k:10s} {v}")
     return 0 if "library_error" not in info else 1
+
+
+def _bias_path_line(b: dict[str, Any]) -> str:
+    if "reason" in b:
+        return b["reason"]
+    where = "offloaded to the GPU" if b["offloaded"] else "NOT offloaded"
+    splits = ", ".join(f"{p} {b[p]['splits_with_bias']} (without bias {b[p]['splits_without']})"
+                       for p in ("regular", "flash"))
+    return (f"{where}: biased layers {b['biased_layers']}, on a GPU {b['gpu_layers']} with n_gpu_layers "
+            f"{b['n_gpu_layers']} ({b['model']}); graph splits: {splits}")
 
 
 class _ProgressBar:
@@ -83,16 +104,14 @@ def cmd_compact(args: argparse.Namespace) -> int:
     """Prefill a text file, compact it (``--ratio 1``: keep the full cache), save the session."""
     from pathlib import Path
 
-    from . import catalog, load_model
+    from . import catalog
 
     text = Path(args.file).read_text(encoding="utf-8", errors="replace")
-    model = load_model(args.model)
+    model = _load_model(args)
     n_tok = len(model.tokenize(text, add_bos=True))
     n_ctx = args.n_ctx or max(512, n_tok + 256)
     rep = None
-    opts = _session_opts(args)
-    opts["flash_attn"] = opts.get("flash_attn", False) or args.flash_attn
-    with model.session(n_ctx=n_ctx, **opts) as s:
+    with model.session(n_ctx=n_ctx, **_session_opts(args)) as s:
         if args.queries and "context" in args.queries:
             s.capture_context_queries()
         t0 = time.perf_counter()
@@ -131,9 +150,9 @@ def _answer(session: Any, prompt: str, max_tokens: int) -> str:
 
 def cmd_ask(args: argparse.Namespace) -> int:
     """Answer questions from a saved (compacted) session; the file is never modified."""
-    from . import catalog, load_model
+    from . import catalog
 
-    model = load_model(args.model)
+    model = _load_model(args)
     template = catalog.qa_template(model.path)
     types = {k: v for k, v in _session_opts(args).items() if k != "flash_attn"}  # flash: the file's
     for q in args.question:
@@ -152,7 +171,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return cli_bench_kernel.main(["--quick"] if args.quick else [])
     from . import bench_native
 
-    bench_native.main(quick=args.quick, model=args.model, n_tokens=args.n_tokens)
+    bench_native.main(
+        quick=args.quick, model=args.model, n_tokens=args.n_tokens, n_gpu_layers=args.n_gpu_layers,
+        flash_attn=bool(args.flash_attn),
+    )
     return 0
 
 
@@ -169,12 +191,26 @@ def cmd_budgets(args: argparse.Namespace) -> int:
     ratios = tuple(float(x) for x in args.ratios.split(",") if x)
     info = compute_budgets(
         name, out, target=args.target, cap=args.cap, mode=args.mode, n_tokens=args.n_tokens, ratios=ratios,
-        cont=args.cont,
+        cont=args.cont, n_gpu_layers=args.n_gpu_layers, flash_attn=bool(args.flash_attn),
     )
     b = np.asarray(info["budgets"])
     print(json.dumps({"output": str(out), "curves": str(out) + ".curves.json", "heads": int(b.size),
                       "budget_min": float(b.min()), "budget_max": float(b.max()), "seconds": info["seconds"]}))
     return 0
+
+
+def _add_model_args(p: argparse.ArgumentParser, flash: bool = True) -> None:
+    """The flags of every subcommand that loads a model: where it runs (GPU layers, flash
+    attention), spelled as llama.cpp's. ``flash=False`` where a saved session decides it."""
+    p.add_argument(
+        "-ngl", "--n-gpu-layers", "--gpu-layers", type=int, default=0, metavar="N",
+        help="layers to offload to the GPU (default 0; 99: all) on a GPU build",
+    )
+    if flash:
+        p.add_argument(
+            "-fa", "--flash-attn", action=argparse.BooleanOptionalAction, default=None,
+            help="flash attention (default off; on with a quantized V cache)",
+        )
 
 
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
@@ -189,16 +225,25 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
         )
 
 
+def _load_model(args: argparse.Namespace) -> Any:
+    """The model of ``--model``, loaded with the flags of :func:`_add_model_args`."""
+    from . import load_model
+
+    return load_model(args.model, n_gpu_layers=args.n_gpu_layers)
+
+
 def _session_opts(args: argparse.Namespace) -> dict[str, Any]:
-    """Model.session options from the flags of :func:`_add_runtime_args`."""
+    """Model.session options from the flags of :func:`_add_model_args` and :func:`_add_runtime_args`."""
     from .kvtypes import BY_NAME, TYPES
 
     opts: dict[str, Any] = {}
+    if getattr(args, "flash_attn", None) is not None:
+        opts["flash_attn"] = args.flash_attn
     if args.cache_type_k:
         opts["kv_type_k"] = args.cache_type_k
     if args.cache_type_v:
         opts["kv_type_v"] = args.cache_type_v
-        if TYPES[BY_NAME[args.cache_type_v]].quantized:  # llama.cpp's -fa auto does the same
+        if TYPES[BY_NAME[args.cache_type_v]].quantized and "flash_attn" not in opts:  # as llama.cpp's -fa auto
             opts["flash_attn"] = True
     return opts
 
@@ -210,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the main job on the default model")
     p.add_argument("--model", default=None, help="model name or GGUF path (default: SmolLM2-135M)")
+    _add_model_args(p)
     _add_runtime_args(p)
     p.set_defaults(fn=cmd_demo)
 
@@ -228,12 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "questions may fail)")
     p.add_argument("--model", default=None)
     p.add_argument("--n-ctx", type=int, default=None)
-    p.add_argument("--flash-attn", action="store_true")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--pin", default=None, metavar="REGEX",
                    help="keep the sentences this regular expression matches verbatim, before any other")
     p.add_argument("--show-kept", action="store_true",
                    help="print the passages kept verbatim (a fact outside them was not kept as it was)")
+    _add_model_args(p)
     _add_runtime_args(p)
     p.set_defaults(fn=cmd_compact)
 
@@ -242,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("question", nargs="+")
     p.add_argument("--model", default=None)
     p.add_argument("--max-tokens", type=int, default=64)
+    _add_model_args(p, flash=False)  # flash attention: the saved session's
     _add_runtime_args(p)
     p.set_defaults(fn=cmd_ask)
 
@@ -260,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cont", type=int, default=64, help="continuation tokens scored per head and level")
     p.add_argument("--target", type=float, default=10.0, help="ratio the budgets are solved for")
     p.add_argument("--cap", type=float, default=2.0, help="largest head budget in multiples of the uniform one")
+    _add_model_args(p)
     p.set_defaults(fn=cmd_budgets)
 
     p = sub.add_parser("bench", help="cost harness (`pyllamaam bench --help`); `bench native|kernel` (JSON)")
@@ -267,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--model", default=None)
     p.add_argument("--n-tokens", type=int, default=None)
+    _add_model_args(p)
     p.set_defaults(fn=cmd_bench)
     return ap
 

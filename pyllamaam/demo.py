@@ -56,12 +56,12 @@ def _bar(n_layers: int) -> Any:
     return update
 
 
-def run(model_name: str | None = None, **session_opts: Any) -> int:
+def run(model_name: str | None = None, n_gpu_layers: int = 0, **session_opts: Any) -> int:
     """``session_opts``: more options of Model.session (e.g. ``kv_type_k``, ``kv_type_v``)."""
     from . import load_model
 
     t_start = time.perf_counter()
-    model = load_model(model_name)
+    model = load_model(model_name, n_gpu_layers=n_gpu_layers)
     text = document()
     toks = model.tokenize(text, add_bos=True)
     print(f"model     {model.path.name}")

@@ -31,6 +31,32 @@ def test_doctor_reports_the_patched_build():
     info = json.loads(out.stdout)
     assert info["kvc_api_version"] == _native.API_VERSION
     assert any(m["name"] == "smollm2-135m" and m["installed"] for m in info["models"])
+    assert any(d["type"] == "CPU" for d in info["devices"])
+    assert "offloaded" in info["bias_path"]
+
+
+LOADS_A_MODEL = ["demo", "compact f.txt -o f.pllam", "ask f.pllam q", "bench native", "budgets compute m"]
+
+
+@pytest.mark.parametrize("cmd", LOADS_A_MODEL)
+def test_every_subcommand_that_loads_a_model_takes_the_gpu_flags(cmd):
+    from pyllamaam.cli import _session_opts, build_parser
+
+    parser = build_parser()
+    args = parser.parse_args([*cmd.split(), "-ngl", "99"])
+    assert args.n_gpu_layers == 99
+    assert parser.parse_args(cmd.split()).n_gpu_layers == 0
+    if cmd.startswith("ask"):  # flash attention: the saved session's
+        with pytest.raises(SystemExit):
+            parser.parse_args([*cmd.split(), "-fa"])
+        return
+    assert parser.parse_args([*cmd.split(), "-fa"]).flash_attn is True
+    assert parser.parse_args([*cmd.split(), "--no-flash-attn"]).flash_attn is False
+    assert parser.parse_args(cmd.split()).flash_attn is None
+    if not cmd.startswith(("bench", "budgets")):
+        assert _session_opts(parser.parse_args([*cmd.split(), "--flash-attn"]))["flash_attn"] is True
+        assert "flash_attn" not in _session_opts(parser.parse_args(cmd.split()))
+        assert _session_opts(parser.parse_args([*cmd.split(), "-ctv", "q8_0"]))["flash_attn"] is True
 
 
 def test_native_logs_go_to_python_logging(tiny_models, caplog):
