@@ -35,8 +35,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         marker = Path(sys.prefix) / "pyllamaam-libllama.key"
         info["build_key"] = marker.read_text().strip() if marker.exists() else None
         info["devices"] = _native.devices()
-        if devices.gpus():  # loads a tiny model with every layer offloaded
-            info["bias_path"] = devices.bias_offload(n_gpu_layers=99)
+        if devices.gpus():  # a tiny model with every layer offloaded, in a fresh interpreter
+            info["bias_path"] = devices.bias_offload_isolated(n_gpu_layers=99)
         else:
             info["bias_path"] = {"offloaded": False, "reason": "no GPU device: attention and its bias run on the CPU"}
     except PyllamaamError as err:

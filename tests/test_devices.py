@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from pyllamaam import _native, devices
@@ -33,3 +35,10 @@ def test_bias_offload_on_the_cpu_reports_the_biased_layers():
     assert r["biased_layers"]
     for p in ("regular", "flash"):
         assert r[p]["splits_with_bias"] == r[p]["splits_without"] >= 1, r
+
+
+def test_a_failing_probe_is_reported_not_fatal(monkeypatch):
+    assert devices.bias_offload_isolated(0)["biased_layers"]
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # stands for an interpreter that crashes
+    r = devices.bias_offload_isolated(0)
+    assert r["offloaded"] is False and "exited with 1" in r["reason"]
