@@ -62,6 +62,9 @@ def eval_parser() -> argparse.ArgumentParser:
                     help="qa: KV cache types, comma list; K/V separately as K/V, e.g. f16,q8_0,q4_0,q8_0/q4_0")
     ap.add_argument("--memories", type=_floats, default=[],
                     help="qa: memory targets (x fewer KV bytes than the f16 full cache) instead of --ratios")
+    ap.add_argument("--write-memory-table", type=Path, default=None, metavar="PATH",
+                    help="qa: write the table compact(memory=) reads (pyllamaam/memory_table.json) from the "
+                         "cells addressed by --memories in --out")
     ap.add_argument("--seeds", type=_ints, default=d.seeds)
     ap.add_argument("--kinds", type=_strs, default=d.kinds, help="task kinds, comma list")
     ap.add_argument("--continuation", type=int, default=d.continuation, help="continuation tokens for KL / ΔNLL")
@@ -115,6 +118,12 @@ def _qa_main(args: argparse.Namespace) -> int:
         if not args.report_only:
             qa_run.run_qa(spec, args.out, progress=not args.no_progress)
         report = qa_run.write_report(args.out)
+        if args.write_memory_table:
+            from .. import memory
+
+            source = "make memory-table"
+            table = memory.write_table(args.out / "qa_summary.json", source, args.write_memory_table)
+            print(json.dumps({"memory_table": str(args.write_memory_table), "models": sorted(table["models"])}))
     except PyllamaamError as err:
         print(f"pyllamaam eval: error: {err}", file=sys.stderr)
         return 2
