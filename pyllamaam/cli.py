@@ -117,13 +117,13 @@ def cmd_compact(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         s.prefill(text)
         print(f"prefilled {s.n_cells} tokens in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        if args.ratio != 1:
+        if args.ratio != 1 or args.memory:
             with _ProgressBar(len(s.compact_layers())) as bar:
                 task = catalog.qa_template(model.path).format(question=args.question) if args.question else None
                 extra = {"pin": args.pin} if args.pin else {}
+                size = {"memory": args.memory} if args.memory else {"ratio": args.ratio}
                 rep = s.compact(
-                    ratio=args.ratio, method=args.method, queries=args.queries, task=task, progress=bar.update,
-                    **extra,
+                    **size, method=args.method, queries=args.queries, task=task, progress=bar.update, **extra,
                 )
             print(rep.to_json() if args.json else rep)
             if args.show_kept and not args.json:
@@ -267,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("-o", "--output", required=True, help="the saved session (.pllam)")
     p.add_argument("--ratio", type=float, default=10.0, help="span cells before / after; 1: save the full cache")
+    p.add_argument("--memory", type=float, default=None, metavar="M",
+                   help="instead of --ratio: leave the cache M times smaller in bytes than the f16 full cache, "
+                        "with the cache types, cells and method that kept the most answers in the measured table")
     p.add_argument("--method", default="am")
     p.add_argument("--queries", default=None, help="query source (default: repeat; tail for the eviction baselines)")
     p.add_argument("--question", default=None,
