@@ -8,7 +8,7 @@ PIP    := $(VPY) -m pip
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test test-fast test-gpu device-bundle lint clean distclean build models
+.PHONY: setup demo test test-fast test-gpu device-bundle memory-table lint clean distclean build models
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,20 @@ SHARED ?= ../shared
 device-bundle: build
 	bash $(SHARED)/device/bundle.sh
 	$(PIP) download -q --no-deps --only-binary=:all: -d .device/whl tqdm threadpoolctl
+
+# The table compact(memory=M) reads (pyllamaam/memory_table.json): the QA suite on tuning documents
+# (seeds 1-3, apart from the reported ones), every memory target in each cache type, then the
+# configuration that kept the most answers per target. Resumable: finished cells are kept in
+# results/memory-table.
+MEMORY_MODELS ?= smollm2-135m
+MEMORY_SEEDS  ?= 1,2,3
+memory-table: setup
+	$(VPY) -m pyllamaam eval --suite qa --models $(MEMORY_MODELS) --n-tokens 1024 --seeds $(MEMORY_SEEDS) \
+		--methods full,default --caches f16,q8_0,q4_0,q8_0/q4_0 --memories 2,4,8,16,32 --threads 1 \
+		--out results/memory-table
+	$(VPY) -m pyllamaam eval --suite qa --models $(MEMORY_MODELS) --n-tokens 1024 --seeds $(MEMORY_SEEDS) \
+		--methods question --caches f16,q8_0/q4_0 --memories 8,32 --threads 1 --out results/memory-table \
+		--write-memory-table pyllamaam/memory_table.json
 
 lint: setup
 	$(VPY) -m ruff check pyllamaam server tests native
