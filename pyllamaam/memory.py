@@ -48,6 +48,11 @@ def cells_for(budget_bytes: float, bytes_per_cell: int) -> int:
     return int(budget_bytes // bytes_per_cell)
 
 
+def min_cells(keep_first: int = 4, keep_last: int = 32) -> int:
+    """The fewest cells a compaction can leave: the verbatim first and last cells and one more."""
+    return keep_first + keep_last + 1
+
+
 def check_target(memory: Any) -> float:
     if isinstance(memory, bool) or not isinstance(memory, (int, float)) or not math.isfinite(memory) or memory < 1:
         raise ConfigError(f"memory must be a number >= 1 (x fewer bytes than the f16 cache), not {memory!r}")
@@ -142,7 +147,7 @@ def compact_to(session: Any, memory: float, *, task: str | None = None, keep_fir
         k, v = session.kv_type_k, session.kv_type_v
     budget = session.kv_bytes_f16() / target
     cap = cells_for(budget, session.kv_bytes(n_cells=1, kv_type_k=k, kv_type_v=v))
-    floor = keep_first + keep_last + 1
+    floor = min_cells(keep_first, keep_last)
     if cap < floor:
         raise ConfigError(
             f"memory={target:g} leaves room for {cap} cells of {k}/{v}, fewer than the {floor} that the "

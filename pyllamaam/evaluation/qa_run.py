@@ -213,8 +213,11 @@ def _run_document(model, model_name, n, seed, cells, spec):
                 size: dict[str, Any] = {"ratio": cell.ratio}
                 if cell.memory:  # as many cells as fit in the f16 full cache's bytes / memory
                     cap = memory.cells_for(d.f16_bytes / cell.memory, s.kv_bytes(n_cells=1))
-                    rec.update(memory=cell.memory, ratio=s.n_cells / cap)
+                    rec.update(memory=cell.memory, ratio=s.n_cells / max(cap, 1))
                     size = {"target_cells": cap}
+                    if cap < memory.min_cells():  # the first and last cells alone take more
+                        yield {**rec, "questions": [], "skipped": f"{cap} cells fit in the budget"}
+                        continue
                     if cap >= s.n_cells:  # the type alone is already that small
                         yield {**rec, **_run_cell(s, model, d, "full", {}, spec, shared)}
                         continue
@@ -295,6 +298,8 @@ def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     relative to that cache, mean ΔNLL, KL and compaction/prefill."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for c in cells:
+        if c.get("skipped"):  # a budget the method cannot reach
+            continue
         key = (c["model"], _length(c), c["method"], c["ratio"], c.get("cache", F16), c.get("memory", 0.0))
         groups.setdefault(key, []).append(c)
     full = {(c["model"], c["n_tokens"], c["seed"]): c for c in cells if c["method"] == "full" and "cache" not in c}
