@@ -612,7 +612,9 @@ class Session:
     def auto_compact(self, threshold: float | None = 0.9, ratio: float = 4.0, **compact_options: Any) -> None:
         """Compact automatically whenever prefill()/generate() would pass ``threshold * n_ctx``
         cells, so the session runs past n_ctx; ``threshold=None`` turns it off. Reports of the
-        automatic compactions accumulate in ``self.auto_reports``."""
+        automatic compactions accumulate in ``self.auto_reports``. ``memory=M`` in
+        ``compact_options`` instead of ``ratio``: each compaction leaves the cells it found in
+        M times fewer bytes than an f16 cache of them (:meth:`compact`'s ``memory``)."""
         from . import pipeline
 
         pipeline.set_auto(self, threshold, ratio, compact_options)

@@ -128,24 +128,44 @@ def write_table(summary: Path, source: str, path: Path = TABLE) -> dict[str, Any
     return table
 
 
+def check_auto(session: Any, memory: float, task: bool) -> None:
+    """Refuse a target that automatic compaction cannot shrink a cache by: the picked types alone
+    would already hold every cell in the budget, so the cells would never drop below the limit."""
+    choice = _choice(session, check_target(memory), task)
+    shrink = session.kv_bytes_f16(n_cells=1) / (memory * session.kv_bytes(n_cells=1, kv_type_k=choice.kv_type_k,
+                                                                            kv_type_v=choice.kv_type_v))
+    if shrink >= 1:
+        raise ConfigError(f"memory={memory:g} is reached by the {choice.kv_type_k}/{choice.kv_type_v} cache types "
+                          "alone: automatic compaction needs a larger target to drop cells")
+
+
+def _choice(session: Any, target: float, task: bool) -> Choice:
+    """The table's pick for the session's model, kept to the session's types where the layout
+    cannot move to others (only a plain KV cache does)."""
+    from . import catalog
+
+    choice = pick(catalog.name_of(session.model.path) or session.model.arch, target, task)
+    if session.memory_layout != "kv":
+        choice = Choice(session.kv_type_k, session.kv_type_v, choice.method, choice.measured_at, choice.model)
+    return choice
+
+
 def compact_to(session: Any, memory: float, *, task: str | None = None, keep_first: int = 4, keep_last: int = 32,
-               **options: Any) -> Any:
+               of_cells: bool = False, **options: Any) -> Any:
     """``Session.compact(memory=...)``: the cache left ``memory`` times smaller in bytes than the
     f16 full cache of the same positions, in the cache types and with the method the table picks
     (question-aware when ``task`` is given). Compaction runs first, in the session's own types
     (the fit on the less rounded cache); the move to the picked types follows. When either fails
     the cache is restored as it was and the report says why. ConfigError (nothing changed) when
-    the budget cannot hold the sinks and the recent window."""
-    from . import catalog
+    the budget cannot hold the sinks and the recent window. ``of_cells``: relative to an f16
+    cache of the cells in use instead of every position (automatic compaction)."""
     from .errors import PyllamaamError
     from .report import CompactionReport
 
     target = check_target(memory)
-    choice = pick(catalog.name_of(session.model.path) or session.model.arch, target, task is not None)
+    choice = _choice(session, target, task is not None)
     k, v = choice.kv_type_k, choice.kv_type_v
-    if session.memory_layout != "kv":  # only a plain cache moves between types: keep the session's
-        k, v = session.kv_type_k, session.kv_type_v
-    budget = session.kv_bytes_f16() / target
+    budget = session.kv_bytes_f16(n_cells=session.n_cells if of_cells else None) / target
     cap = cells_for(budget, session.kv_bytes(n_cells=1, kv_type_k=k, kv_type_v=v))
     floor = min_cells(keep_first, keep_last)
     if cap < floor:

@@ -880,6 +880,10 @@ def set_auto(session: Session, threshold: float | None, ratio: float, options: d
         raise ConfigError(f"threshold must be in (0, 1], not {threshold!r}")
     _check_gate(session)
     _check_args(ratio, None, options.get("keep_first", 4), options.get("keep_last", 32))
+    if options.get("memory") is not None:
+        from . import memory
+
+        memory.check_auto(session, options["memory"], "task" in options)
     session._auto = {"limit": int(threshold * session.n_ctx), "ratio": ratio, "options": dict(options)}
     session.auto_reports = []
 
@@ -893,7 +897,13 @@ def auto_prefill(session: Session, toks: list[int]) -> int:
         done = 0
         while done < len(toks):
             if session.n_cells >= limit:
-                rep = compact(session, ratio=auto["ratio"], **auto["options"])
+                if auto["options"].get("memory") is not None:  # bytes relative to the cells found
+                    from . import memory
+
+                    opts = {k: v for k, v in auto["options"].items() if k != "memory"}
+                    rep = memory.compact_to(session, auto["options"]["memory"], of_cells=True, **opts)
+                else:
+                    rep = compact(session, ratio=auto["ratio"], **auto["options"])
                 session.auto_reports.append(rep)
                 if rep.fell_back:
                     raise CompactionError(f"automatic compaction fell back: {rep.reason}")
