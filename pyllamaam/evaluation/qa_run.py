@@ -329,7 +329,7 @@ def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
             d = [c["delta_nll"] for c in cs if c.get("delta_nll") is not None]
             row["delta_nll"] = float(np.mean(d)) if d else None
             row["kl"] = float(np.mean([c["kl"] for c in cs if c.get("kl") is not None])) if d else None
-            ratios = [c["compaction_seconds"] / c["prefill_seconds"] for c in cs]
+            ratios = [c.get("compaction_seconds", 0.0) / c["prefill_seconds"] for c in cs]  # 0: types alone
             row["compaction_over_prefill"] = float(np.mean(ratios))
             row["fell_back"] = sum(bool(c.get("fell_back")) for c in cs)
             marked = [q for q in qs if "kept" in q]  # runs that recorded it
