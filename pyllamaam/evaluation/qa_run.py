@@ -300,7 +300,9 @@ def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for c in cells:
         if c.get("skipped"):  # a budget the method cannot reach
             continue
-        key = (c["model"], _length(c), c["method"], c["ratio"], c.get("cache", F16), c.get("memory", 0.0))
+        # cells addressed by memory reach it with a cell ratio of their own per document
+        ratio = 0.0 if c.get("memory") else c["ratio"]
+        key = (c["model"], _length(c), c["method"], ratio, c.get("cache", F16), c.get("memory", 0.0))
         groups.setdefault(key, []).append(c)
     full = {(c["model"], c["n_tokens"], c["seed"]): c for c in cells if c["method"] == "full" and "cache" not in c}
     rows = []
@@ -314,7 +316,8 @@ def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         lo, hi = qa.wilson(k, len(qs))
         sizes = [c["bytes_ratio"] for c in cs if c.get("bytes_ratio")]
         row = {
-            "model": model, "tokens": length, "method": method, "ratio": ratio, "cache": cache, "memory": target,
+            "model": model, "tokens": length, "method": method, "cache": cache, "memory": target,
+            "ratio": ratio or float(np.mean([c["ratio"] for c in cs])),
             "documents": len(cs), "questions": len(qs),
             "accuracy": k / max(1, len(qs)), "ci95": [lo, hi],
             "of_full": (k / ref_k) if ref_k and all(ref) else None,
