@@ -1,7 +1,9 @@
 """The FastAPI app: OpenAI-compatible completions over pyllamaam sessions.
 
 ``create_app(settings)`` builds the app; the model is loaded in its lifespan. Tests pass
-``load_model`` to use a fake model.
+``load_model`` to use a fake model. With API keys (``--api-key``) every endpoint but
+``/health`` needs one, and each key has its own sessions and saved states (server.auth).
+Errors become HTTP answers in one place, :func:`server.errors.http_error`.
 """
 
 from __future__ import annotations
@@ -24,48 +26,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import pyllamaam
 from pyllamaam import catalog
-from pyllamaam.errors import (
-    CompactionError,
-    ConfigError,
-    ModelError,
-    NativeError,
-    PyllamaamError,
-    StateError,
-    UnsupportedLayout,
-)
+from pyllamaam.errors import PyllamaamError
 
+from .auth import Keys, RequireKey, read_key_file
 from .engine import ApiError, Params, Result, SessionManager, Worker, resolve_name
+from .errors import ERROR_STATUS, ClientGone, Redactor, error_body, http_error, status_of
 from .metrics import Metrics
 from .schemas import SESSION_ID_PATTERN, ChatRequest, CompactRequest, CompletionRequest, NameRequest
 from .settings import Settings
 from .template import ChatTemplate
 
 log = logging.getLogger("pyllamaam.server")
-
-# pyllamaam errors -> (HTTP status, OpenAI error type); the most specific class first
-ERROR_STATUS: list[tuple[type[Exception], int, str]] = [
-    (ApiError, 400, "invalid_request_error"),  # carries its own status
-    (UnsupportedLayout, 400, "unsupported_layout"),
-    (ConfigError, 400, "invalid_request_error"),
-    (ModelError, 400, "model_error"),
-    (StateError, 409, "state_error"),
-    (CompactionError, 409, "compaction_error"),
-    (NativeError, 503, "native_error"),
-    (PyllamaamError, 400, "invalid_request_error"),
-]
-
-
-def error_body(message: str, kind: str, code: int | str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "code": code}}
-
-
-def status_of(err: Exception) -> tuple[int, str]:
-    if isinstance(err, ApiError):
-        return err.status, err.kind
-    for cls, status, kind in ERROR_STATUS:
-        if isinstance(err, cls):
-            return status, kind
-    return 500, "server_error"
+__all__ = ["ERROR_STATUS", "create_app", "error_body", "status_of"]
 
 
 class ServerState:
@@ -91,7 +63,12 @@ class ServerState:
 
 
 def _default_loader(settings: Settings) -> Any:
-    return pyllamaam.load_model(settings.model)
+    return pyllamaam.load_model(settings.model, n_gpu_layers=settings.n_gpu_layers)
+
+
+def api_keys(settings: Settings) -> list[str]:
+    """--api-key and the lines of --api-key-file; a ConfigError when the file cannot be read."""
+    return [*settings.api_key, *(read_key_file(settings.api_key_file) if settings.api_key_file else [])]
 
 
 def _probe_layout(model: Any, settings: Settings) -> dict[str, Any]:
@@ -111,12 +88,16 @@ def create_app(settings: Settings | None = None, load_model: Callable[[Settings]
     """The app; ``load_model(settings)`` returns the model (default: :func:`pyllamaam.load_model`)."""
     settings = settings or Settings()
     loader = load_model or _default_loader
+    keys = Keys(api_keys(settings))
+    redact = Redactor(settings.state_dir, settings.swap_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         worker = Worker()
         model = await worker.run(loader, settings)
         state = ServerState(settings, model, worker, Metrics())
+        redact.add(getattr(model, "path", None), getattr(model, "path", None) and Path(model.path).parent)
+        redact.add(state.sessions.swap_dir)
         state.layout = await worker.run(_probe_layout, model, settings)
         app.state.server = state
         log.info("serving %s (%s)", state.model_id, state.layout)
@@ -128,9 +109,11 @@ def create_app(settings: Settings | None = None, load_model: Callable[[Settings]
             worker.close()
 
     app = FastAPI(title="pyllamaam", version=pyllamaam.__version__, lifespan=lifespan)
+    app.state.redact = redact
     _add_error_handlers(app)
     _add_routes(app)
-    app.add_middleware(CountRequests)
+    app.add_middleware(RequireKey, keys=keys)
+    app.add_middleware(CountRequests)  # outermost: it counts the 401s too
     return app
 
 
@@ -178,17 +161,18 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(PyllamaamError)
     async def on_pyllamaam_error(request: Request, exc: PyllamaamError) -> JSONResponse:
-        status, kind = status_of(exc)
-        if status >= 500:
-            log.error("request failed: %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse(error_body(str(exc), kind, status), status_code=status)
+        return _error_response(request, exc)
 
     @app.exception_handler(Exception)
     async def on_error(request: Request, exc: Exception) -> JSONResponse:  # a bug: logged, 500
-        status, kind = status_of(exc)
-        if status >= 500:
-            log.error("request failed: %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse(error_body(str(exc), kind, status), status_code=status)
+        return _error_response(request, exc)
+
+
+def _error_response(request: Request, exc: Exception) -> JSONResponse:
+    status, body = http_error(exc, request.app.state.redact)
+    if status >= 500:
+        log.error("request failed: %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(body, status_code=status)
 
 
 def _short(e: dict[str, Any]) -> str:
@@ -200,6 +184,11 @@ def _state(request: Request) -> ServerState:
     return request.app.state.server
 
 
+def _owner(request: Request) -> str:
+    """The caller's namespace, set by RequireKey (no default: a route it missed fails closed)."""
+    return request.state.owner
+
+
 def _session_id(body_id: str | None, header_id: str | None) -> str | None:
     if header_id is not None and not re.match(SESSION_ID_PATTERN, header_id):
         raise ApiError(400, "X-Session-Id: use 1 to 128 letters, digits, '.', '_', ':' or '-'")
@@ -209,9 +198,8 @@ def _session_id(body_id: str | None, header_id: str | None) -> str | None:
 
 
 def _params(st: ServerState, req: Any, max_tokens: int | None, feed_eog: bool) -> Params:
-    n = max_tokens or st.settings.max_tokens
-    if st.settings.max_tokens_cap:
-        n = min(n, st.settings.max_tokens_cap)
+    # clamped, not refused: the answer ends with finish_reason "length", as at any limit
+    n = min(max_tokens or st.settings.max_tokens, st.settings.token_cap())
     return Params(
         max_tokens=n,
         temperature=req.temperature,
@@ -260,13 +248,15 @@ def _add_routes(app: FastAPI) -> None:  # noqa: C901 - one place lists every end
                 "method": s.compact_method,
                 "queries": s.compact_queries,
             },
-            "sessions": {"live": st.sessions.n_live, "max_live": s.max_sessions, "ids": st.sessions.list_ids()},
+            "sessions": {
+                "live": st.sessions.n_live, "max_live": s.max_sessions, "ids": st.sessions.list_ids(_owner(request))
+            },
         }
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics(request: Request) -> PlainTextResponse:
         st = _state(request)
-        st.sessions.publish_progress()
+        st.sessions.publish_progress(_owner(request))
         return PlainTextResponse(st.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/completions")
@@ -302,15 +292,16 @@ def _add_routes(app: FastAPI) -> None:  # noqa: C901 - one place lists every end
     @app.get("/v1/sessions")
     async def list_sessions(request: Request) -> dict[str, Any]:
         st = _state(request)
-        return {"object": "list", "data": [st.sessions.describe(i) for i in st.sessions.list_ids()]}
+        owner = _owner(request)
+        return {"object": "list", "data": [st.sessions.describe(i, owner) for i in st.sessions.list_ids(owner)]}
 
     @app.get("/v1/sessions/{sid}")
     async def get_session(sid: str, request: Request) -> dict[str, Any]:
-        return _state(request).sessions.describe(sid)
+        return _state(request).sessions.describe(sid, _owner(request))
 
     @app.delete("/v1/sessions/{sid}")
     async def delete_session(sid: str, request: Request) -> dict[str, Any]:
-        await _state(request).sessions.delete(sid)
+        await _state(request).sessions.delete(sid, _owner(request))
         return {"id": sid, "deleted": True}
 
     @app.post("/v1/sessions/{sid}/compact")
@@ -318,20 +309,22 @@ def _add_routes(app: FastAPI) -> None:  # noqa: C901 - one place lists every end
         st = _state(request)
         path = getattr(st.model, "path", None)
         template = catalog.qa_template(path) if path else catalog.QA_TEMPLATE
-        report = await st.sessions.compact(sid, (body or CompactRequest()).kwargs(template))
+        report = await st.sessions.compact(sid, (body or CompactRequest()).kwargs(template), _owner(request))
         return {"id": sid, "report": report}
 
     @app.post("/v1/sessions/{sid}/save")
     async def save_session(sid: str, body: NameRequest, request: Request) -> dict[str, Any]:
         st = _state(request)
-        return await st.sessions.save(sid, resolve_name(st.settings.state_dir, body.name))
+        owner = _owner(request)
+        return await st.sessions.save(sid, resolve_name(st.settings.state_dir, body.name, owner), owner)
 
     @app.post("/v1/sessions/{sid}/restore")
     async def restore_session(sid: str, body: NameRequest, request: Request) -> dict[str, Any]:
         st = _state(request)
         if not _valid_id(sid):
             raise ApiError(400, "session ids use 1 to 128 letters, digits, '.', '_', ':' or '-'")
-        return await st.sessions.restore(sid, resolve_name(st.settings.state_dir, body.name))
+        owner = _owner(request)
+        return await st.sessions.restore(sid, resolve_name(st.settings.state_dir, body.name, owner), owner)
 
 
 def _valid_id(sid: str) -> bool:
@@ -342,7 +335,7 @@ async def _respond(
     request: Request, st: ServerState, sid: str | None, tokens: list[int], params: Params, req: Any, chat: bool
 ) -> Any:
     """Run the generation and answer as one JSON body or as server-sent events."""
-    gen = st.sessions.generate(sid, tokens, params, cancelled=request.is_disconnected)
+    gen = st.sessions.generate(sid, tokens, params, cancelled=request.is_disconnected, owner=_owner(request))
     await gen.__anext__()  # queueing and prompt errors surface here, before any byte is sent
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     kind = "chat.completion" if chat else "text_completion"
@@ -369,7 +362,7 @@ async def _respond(
             else:
                 parts.append(item)
         if result is None or result.finish_reason == "cancelled":
-            return JSONResponse(error_body("the client went away", "cancelled", 499), status_code=499)
+            raise ClientGone()
         return {
             **base,
             "object": kind,
@@ -399,8 +392,7 @@ async def _respond(
                     yield _sse({**base, "object": obj, "choices": [choice(item, None, True)]})
             yield _sse("[DONE]")
         except PyllamaamError as err:  # after the headers: report in the stream
-            status, kind = status_of(err)
-            yield _sse(error_body(str(err), kind, status))
+            yield _sse(http_error(err, request.app.state.redact)[1])
             yield _sse("[DONE]")
         finally:
             await gen.aclose()

@@ -10,6 +10,11 @@ progress in ``describe()`` and in the metrics. At most
 ``max_sessions`` named sessions hold a native context; the least recently used idle one is
 saved to ``swap_dir`` and loaded back on its next request. Anonymous requests share a few
 unnamed sessions that are never saved.
+
+Every session belongs to an owner (a hash of the caller's API key, ``""`` without keys): a
+session is found by (owner, id), its swap file and saved states live in the owner's folder, and
+an anonymous session's cache is reused only by its last owner. A generation whose client went
+away stops at the next token; the tokens made so far stay in the cache, as after any stop.
 """
 
 from __future__ import annotations
@@ -21,15 +26,17 @@ import re
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pyllamaam.errors import CompactionError, ConfigError, PyllamaamError
+from pyllamaam.errors import CompactionError, ConfigError, StateError
 
+from .errors import ApiError, ClientGone, NotFound
 from .metrics import Metrics
 from .sampling import Sampler, StopScanner, is_eog
 from .settings import Settings
@@ -38,15 +45,7 @@ log = logging.getLogger("pyllamaam.server")
 T = TypeVar("T")
 N_ANONYMOUS = 2
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
-
-
-class ApiError(PyllamaamError):
-    """An error with its HTTP status, raised by the server itself (not by the library)."""
-
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
-        self.status = status
-        self.kind = kind
-        super().__init__(message)
+__all__ = ["ApiError", "Params", "Result", "SessionManager", "Worker", "resolve_name"]
 
 
 class Worker:
@@ -82,12 +81,13 @@ class Worker:
 class Slot:
     """A session id and what holds its state: a live Session, a swap file, or nothing yet."""
 
-    id: str
+    id: str  # as the client names it
     session: Any = None
     swap: Path | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     users: int = 0  # requests holding or waiting for the lock
     anonymous: bool = False
+    owner: str = ""  # whose it is (see server.auth); an anonymous slot: who used it last
     compactable: bool = False  # the library has compact() and the layout gate allows it
     auto: bool = False  # auto-compaction is on for this session
     # the running compaction: trigger, stage, done, total, started (time.monotonic()); replaced
@@ -148,7 +148,7 @@ class SessionManager:
         self.worker = worker
         # compactions, each with its session locked (a slot's lock is held by at most one request)
         self.compactor = Worker(settings.max_sessions + N_ANONYMOUS, "pyllamaam-compact")
-        self._named: OrderedDict[str, Slot] = OrderedDict()  # least recently used first
+        self._named: OrderedDict[tuple[str, str], Slot] = OrderedDict()  # (owner, id); least recently used first
         self._anonymous: list[Slot] = []
         self._pending = 0
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -169,10 +169,10 @@ class SessionManager:
         if self._tmp is not None:
             self._tmp.cleanup()
 
-    def describe(self, sid: str) -> dict[str, Any]:
-        slot = self._named.get(sid)
+    def describe(self, sid: str, owner: str = "") -> dict[str, Any]:
+        slot = self._named.get((owner, sid))
         if slot is None:
-            raise ApiError(404, f"unknown session {sid!r}", "not_found_error")
+            raise NotFound(f"unknown session {sid!r}")
         s = slot.session
         d: dict[str, Any] = {
             "id": sid, "live": s is not None, "busy": slot.lock.locked(), "compactable": slot.compactable
@@ -184,23 +184,28 @@ class SessionManager:
             d["compaction"] = _progress_view(p)
         return d
 
-    def running_compactions(self) -> list[tuple[str, dict[str, Any]]]:
-        """(session id, progress) of every compaction running now."""
+    def running_compactions(self, owner: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """(session id, progress) of every compaction running now (of ``owner``'s sessions only)."""
         slots = [*self._named.values(), *self._anonymous]
-        return [(slot.id, _progress_view(p)) for slot in slots if (p := slot.progress) is not None]
+        return [
+            (slot.id, _progress_view(p))
+            for slot in slots
+            if (p := slot.progress) is not None and owner in (None, slot.owner)
+        ]
 
-    def publish_progress(self) -> None:
-        """Set the metrics' gauges of running compactions (before they are rendered)."""
-        running = self.running_compactions()
+    def publish_progress(self, owner: str = "") -> None:
+        """Set the metrics' gauges of running compactions (before they are rendered): the count
+        of all, the per-session series of ``owner``'s sessions alone (their ids are names)."""
         m = self.metrics
-        m.set("pyllamaam_compactions_running", len(running))
+        m.set("pyllamaam_compactions_running", len(self.running_compactions()))
+        running = self.running_compactions(owner)
         m.replace("pyllamaam_compaction_progress", [
             ({"session": sid, "stage": p["stage"]}, p["done"] / p["total"] if p["total"] else 0.0) for sid, p in running
         ])
         m.replace("pyllamaam_compaction_running_seconds", [({"session": sid}, p["seconds"]) for sid, p in running])
 
-    def list_ids(self) -> list[str]:
-        return list(self._named)
+    def list_ids(self, owner: str = "") -> list[str]:
+        return [sid for o, sid in self._named if o == owner]
 
     @property
     def n_live(self) -> int:
@@ -236,11 +241,16 @@ class SessionManager:
     def _load_session(self, path: Path, slot: Slot) -> Any:
         return self._setup(self.model.load_session(path, **self._session_opts()), slot)
 
+    def _swap_path(self, slot: Slot) -> Path:
+        folder = self.swap_dir / slot.owner if slot.owner else self.swap_dir  # ids repeat across owners
+        folder.mkdir(exist_ok=True)
+        return folder / f"{slot.id}.session"
+
     def _save_and_close(self, slot: Slot) -> None:
         s, slot.session = slot.session, None
         try:
             if s.tokens:
-                slot.swap = s.save(self.swap_dir / f"{slot.id}.session")
+                slot.swap = s.save(self._swap_path(slot))
         finally:
             s.close()
 
@@ -251,11 +261,12 @@ class SessionManager:
             await self._evict_for_room(slot)
         if slot.swap is not None:
             path, slot.swap = slot.swap, None
-            slot.session = await self.worker.run(self._load_session, path, slot)
+            with _naming(path, f"session {slot.id!r} (swapped out)"):
+                slot.session = await self.worker.run_to_end(self._load_session, path, slot)
             path.unlink(missing_ok=True)
             self.metrics.inc("pyllamaam_sessions_reloaded_total")
         else:
-            slot.session = await self.worker.run(self._new_session, slot)
+            slot.session = await self.worker.run_to_end(self._new_session, slot)
         self.metrics.set("pyllamaam_sessions_live", self.n_live)
 
     async def _evict_for_room(self, keep: Slot) -> None:
@@ -266,29 +277,34 @@ class SessionManager:
                     503, f"all {self.settings.max_sessions} live sessions are busy; retry later", "server_busy"
                 )
             victim = idle[0]  # least recently used
-            await self.worker.run(self._save_and_close, victim)
+            await self.worker.run_to_end(self._save_and_close, victim)
             self.metrics.inc("pyllamaam_sessions_evicted_total")
             log.info("session %s saved to disk to make room", victim.id)
 
     # --- queueing ---
-    def _slot_for(self, sid: str | None, prompt: list[int] | None, create: bool) -> Slot:
+    def _slot_for(self, sid: str | None, prompt: list[int] | None, create: bool, owner: str = "") -> Slot:
         if sid is None:
-            return self._anonymous_slot(prompt or [])
-        slot = self._named.get(sid)
+            return self._anonymous_slot(prompt or [], owner)
+        slot = self._named.get((owner, sid))
         if slot is None:
             if not create:
-                raise ApiError(404, f"unknown session {sid!r}", "not_found_error")
-            slot = self._named[sid] = Slot(sid)
-        self._named.move_to_end(sid)
+                raise NotFound(f"unknown session {sid!r}")
+            slot = self._named[owner, sid] = Slot(sid, owner=owner)
+        self._named.move_to_end((owner, sid))
         return slot
 
-    def _anonymous_slot(self, prompt: list[int]) -> Slot:
+    def _anonymous_slot(self, prompt: list[int], owner: str) -> Slot:
         free = [s for s in self._anonymous if not s.lock.locked()]
-        if free:
-            return max(free, key=lambda s: _common_prefix(s.session.tokens if s.session else [], prompt))
+        # another owner's cache is never reused (cached_tokens would tell its prompt): a free
+        # slot of this owner, else a new slot, else another owner's free slot, started over
+        mine = [s for s in free if s.owner == owner]
+        if mine:
+            return max(mine, key=lambda s: _common_prefix(s.session.tokens if s.session else [], prompt))
         if len(self._anonymous) < N_ANONYMOUS:
-            self._anonymous.append(Slot(f"~anonymous-{len(self._anonymous)}", anonymous=True))
+            self._anonymous.append(Slot(f"~anonymous-{len(self._anonymous)}", anonymous=True, owner=owner))
             return self._anonymous[-1]
+        if free:
+            return free[0]
         return min(self._anonymous, key=lambda s: s.users)
 
     async def _enter(self, slot: Slot) -> None:
@@ -317,32 +333,34 @@ class SessionManager:
         self._pending -= 1
         self.metrics.set("pyllamaam_requests_in_flight", self._pending)
 
-    async def _locked(self, sid: str | None, fn: Callable[[Slot], Awaitable[T]], create: bool = False) -> T:
-        slot = self._slot_for(sid, None, create)
+    async def _locked(
+        self, sid: str, owner: str, fn: Callable[[Slot], Awaitable[T]], create: bool = False
+    ) -> T:
+        slot = self._slot_for(sid, None, create, owner)
         await self._enter(slot)
         try:
-            if self._named.get(sid) is not slot:  # deleted while we waited
+            if self._named.get((owner, sid)) is not slot:  # deleted while we waited
                 if not create:
-                    raise ApiError(404, f"unknown session {sid!r}", "not_found_error")
-                self._named[sid] = slot
+                    raise NotFound(f"unknown session {sid!r}")
+                self._named[owner, sid] = slot
             return await fn(slot)
         finally:
             self._leave(slot)
 
     # --- session endpoints ---
-    async def delete(self, sid: str) -> None:
+    async def delete(self, sid: str, owner: str = "") -> None:
         async def drop(slot: Slot) -> None:
             if slot.session is not None:
-                await self.worker.run(slot.session.close)
+                await self.worker.run_to_end(slot.session.close)
                 slot.session = None
             if slot.swap is not None:
                 slot.swap.unlink(missing_ok=True)
-            self._named.pop(sid, None)
+            self._named.pop((owner, sid), None)
             self.metrics.set("pyllamaam_sessions_live", self.n_live)
 
-        await self._locked(sid, drop)
+        await self._locked(sid, owner, drop)
 
-    async def compact(self, sid: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    async def compact(self, sid: str, kwargs: dict[str, Any], owner: str = "") -> dict[str, Any]:
         async def run(slot: Slot) -> dict[str, Any]:
             await self._make_live(slot)
             if not hasattr(slot.session, "compact"):
@@ -359,27 +377,32 @@ class SessionManager:
             self.metrics.observe_compaction(report, "manual", time.perf_counter() - t0)
             return report_dict(report)
 
-        return await self._locked(sid, run)
+        return await self._locked(sid, owner, run)
 
-    async def save(self, sid: str, path: Path) -> dict[str, Any]:
+    async def save(self, sid: str, path: Path, owner: str = "") -> dict[str, Any]:
+        """Save session ``sid`` to ``path`` (from :func:`resolve_name`, so inside the owner's folder)."""
+
         async def run(slot: Slot) -> dict[str, Any]:
             await self._make_live(slot)
             s = slot.session
             if not s.tokens:
                 raise ApiError(409, f"session {sid!r} is empty: nothing to save", "conflict_error")
-            await self.worker.run(s.save, path)
+            with _naming(path, f"saved session {path.name!r}"):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                await self.worker.run_to_end(s.save, path)
             return {"id": sid, "name": path.name, "n_tokens": len(s.tokens), "n_cells": s.n_cells}
 
-        return await self._locked(sid, run)
+        return await self._locked(sid, owner, run)
 
-    async def restore(self, sid: str, path: Path) -> dict[str, Any]:
+    async def restore(self, sid: str, path: Path, owner: str = "") -> dict[str, Any]:
         if not path.is_file():
-            raise ApiError(404, f"no saved session named {path.name!r}", "not_found_error")
+            raise NotFound(f"no saved session named {path.name!r}")
 
         async def run(slot: Slot) -> dict[str, Any]:
-            new = await self.worker.run(self._load_session, path, slot)
+            with _naming(path, f"saved session {path.name!r}"):
+                new = await self.worker.run_to_end(self._load_session, path, slot)
             if slot.session is not None:
-                await self.worker.run(slot.session.close)
+                await self.worker.run_to_end(slot.session.close)
                 slot.session = None
             if slot.swap is not None:
                 slot.swap.unlink(missing_ok=True)
@@ -389,7 +412,7 @@ class SessionManager:
             self.metrics.set("pyllamaam_sessions_live", self.n_live)
             return {"id": sid, "name": path.name, "n_tokens": len(new.tokens), "n_cells": new.n_cells}
 
-        return await self._locked(sid, run, create=True)
+        return await self._locked(sid, owner, run, create=True)
 
     # --- generation ---
     async def generate(
@@ -398,32 +421,37 @@ class SessionManager:
         prompt: list[int],
         params: Params,
         cancelled: Callable[[], Awaitable[bool]] | None = None,
+        owner: str = "",
     ) -> AsyncIterator[str | Result]:
         """Yield ``""`` once the prompt is in the cache, then text pieces, then one Result.
 
-        Errors before the first yield (queue full, prompt too long) are raised to the caller;
-        the session lock is held from the first step until the generator ends or is closed.
+        Errors before the first yield (queue full, prompt too long, :class:`ClientGone`) are
+        raised to the caller; the session lock is held from the first step until the generator
+        ends or is closed. ``cancelled()`` is asked between prompt batches and between tokens:
+        once it is true the Result's finish_reason is ``"cancelled"``. Closing the generator or
+        cancelling its task stops it too, after the native call under way has returned, so the
+        next request finds the session whole (with the tokens made so far in its cache).
         """
         if not prompt:
             raise ConfigError("the prompt is empty")
-        slot = self._slot_for(sid, prompt, create=True)
+        slot = self._slot_for(sid, prompt, create=True, owner=owner)
         await self._enter(slot)
+        out: list[int] = []
+        finish, gone = "", False
         try:
-            if sid is not None and self._named.get(sid) is not slot:  # deleted while we waited
-                self._named[sid] = slot
+            if sid is not None and self._named.get((owner, sid)) is not slot:  # deleted while we waited
+                self._named[owner, sid] = slot
             await self._make_live(slot)
-            cached, n_auto0 = await self._feed_prompt(slot, prompt, cancelled)
+            cached, n_auto0 = await self._feed_prompt(slot, prompt, cancelled, owner)
             self.metrics.inc("pyllamaam_prompt_tokens_total", len(prompt))
             self.metrics.inc("pyllamaam_prompt_tokens_reused_total", cached)
             yield ""
             s = slot.session
             sampler = Sampler(params.temperature, params.top_p, params.seed)
             scanner = StopScanner(params.stop)
-            out: list[int] = []
             finish, by_string = "length", False
             for _ in range(params.max_tokens):
                 if cancelled is not None and await cancelled():
-                    self.metrics.inc("pyllamaam_requests_cancelled_total")
                     finish = "cancelled"
                     break
                 tok, text = await self._native(slot, 1, self._step, slot, sampler, out, params.feed_eog)
@@ -440,29 +468,33 @@ class SessionManager:
                 tail = scanner.flush()
                 if tail:
                     yield tail
-            self.metrics.inc("pyllamaam_completion_tokens_total", len(out))
             reports = (getattr(s, "auto_reports", None) or [])[n_auto0:]
             for r in reports:
                 self.metrics.observe_compaction(r, "auto", getattr(r, "total_seconds", 0.0))
             yield Result(finish, len(prompt), len(out), cached, [report_dict(r) for r in reports])
-        except asyncio.CancelledError:
-            self.metrics.inc("pyllamaam_requests_cancelled_total")
+        except (ClientGone, asyncio.CancelledError, GeneratorExit):  # the client went away
+            gone = True
             raise
         finally:
+            if gone or finish == "cancelled":
+                self.metrics.inc("pyllamaam_requests_cancelled_total")
+            self.metrics.inc("pyllamaam_completion_tokens_total", len(out))
             self._leave(slot)
 
     async def _feed_prompt(
-        self, slot: Slot, prompt: list[int], cancelled: Callable[[], Awaitable[bool]] | None
+        self, slot: Slot, prompt: list[int], cancelled: Callable[[], Awaitable[bool]] | None, owner: str
     ) -> tuple[int, int]:
-        """Reuse the cache when it holds a prefix of ``prompt``, start over otherwise, and prefill
-        the rest in batches. Returns (tokens reused, auto-compaction reports so far)."""
+        """Reuse the cache when it holds a prefix of ``prompt`` and ``owner`` made it, start over
+        otherwise, and prefill the rest in batches. Returns (tokens reused, auto-compaction
+        reports so far)."""
         s = slot.session
         have = s.tokens
-        n = _common_prefix(have, prompt)
+        n = _common_prefix(have, prompt) if slot.owner == owner else 0
+        slot.owner = owner
         if n < len(have) or n == 0:  # the cache holds tokens the prompt does not: start over
             slot.session = None
-            await self.worker.run(s.close)
-            slot.session = s = await self.worker.run(self._new_session, slot)
+            await self.worker.run_to_end(s.close)
+            slot.session = s = await self.worker.run_to_end(self._new_session, slot)
             n = 0
         n_auto0 = len(getattr(s, "auto_reports", None) or [])
         if n == len(prompt):
@@ -471,7 +503,7 @@ class SessionManager:
         step = max(1, self.settings.n_batch)
         for i in range(n, len(prompt), step):
             if cancelled is not None and await cancelled():
-                raise asyncio.CancelledError()
+                raise ClientGone()
             chunk = prompt[i : i + step]
             await self._native(slot, len(chunk), self._prefill, slot, chunk)
         return n, n_auto0
@@ -482,7 +514,8 @@ class SessionManager:
         will = getattr(slot.session, "compacts_before", None)
         if slot.auto and (will is None or will(n_new)):  # None: it cannot tell, so it may
             return await self._compacting(slot, fn, *args)
-        return await self.worker.run(fn, *args)
+        # to the end even when cancelled: the caller releases the session's lock right after
+        return await self.worker.run_to_end(fn, *args)
 
     async def _compacting(self, slot: Slot, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a call that compacts ``slot``'s session (the caller holds its lock) off the worker."""
@@ -560,14 +593,30 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def resolve_name(state_dir: Path | None, name: str) -> Path:
-    """The file for ``name`` inside ``state_dir``; anything that could escape it is refused."""
+def resolve_name(state_dir: Path | None, name: str, owner: str = "") -> Path:
+    """The file for ``name`` inside ``owner``'s folder of ``state_dir`` (``state_dir`` itself
+    without API keys); anything that could escape it is refused."""
     if state_dir is None:
         raise ApiError(400, "no state folder is configured (start the server with --state-dir)")
     if not NAME_PATTERN.match(name) or name in (".", ".."):
         raise ApiError(400, f"bad name {name!r}: use letters, digits, '.', '_' and '-' (no folders)")
     root = Path(state_dir).resolve()
+    if owner:
+        root = root / owner
     path = (root / name).resolve()
     if path.parent != root or os.path.islink(root / name):
         raise ApiError(400, f"the name {name!r} escapes the state folder")
     return path
+
+
+@contextmanager
+def _naming(path: Path, what: str) -> Iterator[None]:
+    """Re-raise the library's errors about ``path`` naming ``what`` instead: its messages embed
+    the file, which is the server's business (the status still comes from the error's type)."""
+    try:
+        yield
+    except StateError as err:
+        raise ApiError(409, str(err).replace(str(path), what), "state_error") from err
+    except OSError as err:
+        log.error("%s: %s", what, err)
+        raise ApiError(500, f"{what}: the server could not write or read it", "server_error") from err

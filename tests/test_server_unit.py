@@ -429,7 +429,7 @@ def test_cancel_stops_generation():
 
         items = [x async for x in mgr.generate("s", [97, 98], Params(max_tokens=20, temperature=0), cancelled)]
         assert items[-1].finish_reason == "cancelled" and items[-1].completion_tokens == 2
-        assert mgr._named["s"].users == 0 and not mgr._named["s"].lock.locked()
+        assert mgr._named["", "s"].users == 0 and not mgr._named["", "s"].lock.locked()
         await mgr.close()
         mgr.worker.close()
 
