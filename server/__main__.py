@@ -12,6 +12,8 @@ def main(argv: list[str] | None = None) -> int:
     """Parse flags (over ``PYLLAMAAM_*`` variables), then serve until interrupted. Returns the exit code."""
     import uvicorn
 
+    from pyllamaam.errors import ConfigError
+
     from .app import create_app
     from .settings import parse_args
 
@@ -23,7 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger("pyllamaam.native").setLevel(logging.WARNING)  # llama.cpp's loader chatter
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ConfigError as err:  # e.g. an unreadable --api-key-file
+        print(f"pyllamaam serve: {err}", file=sys.stderr)
+        return 2
     uvicorn.run(
         app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), timeout_graceful_shutdown=5
     )

@@ -58,6 +58,9 @@ def test_key_file(tmp_path):
         api_keys(Settings(api_key_file=f))
     with pytest.raises(ConfigError, match="cannot read"):
         api_keys(Settings(api_key_file=tmp_path / "missing"))
+    from server.__main__ import main
+
+    assert main(["--api-key-file", str(tmp_path / "missing")]) == 2  # a message, not a traceback
 
 
 def test_keys_compare():
