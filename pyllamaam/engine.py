@@ -554,12 +554,13 @@ class Session:
             **options,
         )
 
-    def retype(self, kv_type_k: str, kv_type_v: str | None = None) -> None:
+    def retype(self, kv_type_k: str, kv_type_v: str | None = None, flash_attn: bool | None = None) -> None:
         """Move the cache to other KV cache types (llama.cpp's ``-ctk``/``-ctv``; ``kv_type_v``
         defaults to ``kv_type_k``), in place: a new context of those types receives the state,
         moved into the basis they store (:mod:`pyllamaam.retype`), and the old context is freed
         only once the new one predicts the next tokens as the old one did (mean KL <=
-        ``retype.MAX_KL`` on a probe of the session's last tokens). A quantized V turns flash attention on.
+        ``retype.MAX_KL`` on a probe of the session's last tokens). A quantized V turns flash
+        attention on; ``flash_attn`` sets it otherwise (None: as it is).
         Raises ConfigError for a bad type or a layout other than a plain KV cache and StateError
         when the move fails its check; the session is then unchanged."""
         from . import retype as retype_
@@ -567,9 +568,9 @@ class Session:
 
         v_name = kv_type_v or kv_type_k
         quantized_v = v_name in kvtypes.BY_NAME and kvtypes.TYPES[kvtypes.BY_NAME[v_name]].quantized
-        flash = self.flash_attn or quantized_v
+        flash = (self.flash_attn if flash_attn is None else bool(flash_attn)) or quantized_v
         k, v = kvtypes.resolve(None, kv_type_k, v_name, flash)
-        if (k, v) == (self.kv_type_k, self.kv_type_v):
+        if (k, v, flash) == (self.kv_type_k, self.kv_type_v, self.flash_attn):
             return
         if self.memory_layout != "kv":
             raise ConfigError(f"moving a {self.memory_layout} cache to other types is not supported")

@@ -27,6 +27,10 @@ QA_METHODS: dict[str, dict[str, Any] | None] = {
     "full": None,
     "default": {},  # Session.compact's defaults, whatever they are
     "question": {"task": True},  # question-aware: the question's own queries choose the cells
+    # compact(memory=M) from the session's cache (f16 by default): types, cells and method from the
+    # shipped table; only with --memories
+    "memory": {"memory": True},
+    "memory-question": {"memory": True, "task": True},
     "am-perhead": {"method": "am", "spans": 0.0, "recent": 0.5, "queries": "repeat"},  # per-head keys + fit
     # whole sentences ranked by the whole text repeated, 0.9 of the budget, and the fit of the rest
     "am-repeat-spans": {"method": "am", "spans": 0.9, "span_score": "repeat", "queries": "repeat"},
@@ -211,6 +215,10 @@ def _run_document(model, model_name, n, seed, cells, spec):
             for cell in [c for c in cells if c.cache == cache]:
                 rec = {"key": _key(model_name, n, seed, cell), **base, "method": cell.method, "ratio": cell.ratio}
                 size: dict[str, Any] = {"ratio": cell.ratio}
+                if (QA_METHODS[cell.method] or {}).get("memory"):  # the knob decides types and cells
+                    out = _run_cell(s, model, d, cell.method, {"memory": cell.memory}, spec, shared)
+                    yield {**rec, "memory": cell.memory, "ratio": s.n_cells / out["cells"], **out}
+                    continue
                 if cell.memory:  # as many cells as fit in the f16 full cache's bytes / memory
                     cap = memory.cells_for(d.f16_bytes / cell.memory, s.kv_bytes(n_cells=1))
                     rec.update(memory=cell.memory, ratio=s.n_cells / max(cap, 1))
@@ -226,28 +234,33 @@ def _run_document(model, model_name, n, seed, cells, spec):
 
 def _run_cell(s, model, d: _Doc, method: str, size: dict[str, Any], spec: QASpec,
               shared: dict[str, Any]) -> dict[str, Any]:
-    """One method compacting to ``size`` (``ratio=`` or ``target_cells=``) on the document in
-    session ``s``, which is left as it was."""
-    blob, n = s._snapshot(), len(d.toks)
+    """One method compacting to ``size`` (``ratio=``, ``target_cells=`` or ``memory=``) on the
+    document in session ``s``, which is left as it was."""
+    blob, n, setup = s._snapshot(), len(d.toks), (s.kv_type_k, s.kv_type_v, s.flash_attn)
     kw = QA_METHODS[method]
     if kw is None:
         return {**_score(s, model, d), "cells": s.n_cells, **_bytes(s, d, bias=False)}
-    kw = {**kw, **spec.options}
+    kw = {k: v for k, v in {**kw, **spec.options}.items() if k != "memory"}  # memory= comes in size
+
+    def reset() -> None:  # the cache as it was (compact(memory=) moves it to other types)
+        s.retype(*setup)
+        s._write_blob(blob, n)
+
     if kw.pop("task", False):  # one compaction per question, each from the full cache
         results, secs, cells_after, sizes = [], [], [], []
         for q, pos in zip(d.doc.questions, d.where, strict=True):
-            s._write_blob(blob, n)
+            reset()
             rep = s.compact(task=q.prompt(), **size, **kw)
             results.append({**ask(s, model, q), "fell_back": rep.fell_back})
             _mark_kept(results[-1:], [pos], rep.verbatim)
             secs.append(rep.total_seconds)
             cells_after.append(s.n_cells)
             sizes.append(s.kv_bytes())
-        s._write_blob(blob, n)
+        reset()
         return {"questions": results, "accuracy": _acc(results), "compaction_seconds": float(np.mean(secs)),
                 "cells": int(np.mean(cells_after)), "kv_bytes": int(np.mean(sizes)),
                 "bytes_ratio": d.f16_bytes / float(np.mean(sizes))}
-    s._write_blob(blob, n)
+    reset()
     capture = 0.0
     if kw.get("queries") == "repeat" and kw.get("on_policy", 1) == 1:
         # one repeat pass serves every method and ratio of the document that names it; its cost is
@@ -266,7 +279,9 @@ def _run_cell(s, model, d: _Doc, method: str, size: dict[str, Any], spec: QASpec
     _mark_kept(scored["questions"], d.where, rep.verbatim)
     rec = {**scored, "cells": s.n_cells, **_bytes(s, d), "compaction_seconds": rep.total_seconds + capture,
            "stages": stages, "fell_back": rep.fell_back, "reason": rep.reason}
-    s._write_blob(blob, n)
+    if rep.memory:
+        rec["picked"] = f"{rep.memory['kv_type_k']}/{rep.memory['kv_type_v']} {rep.memory['method']}"
+    reset()
     return rec
 
 
