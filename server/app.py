@@ -245,6 +245,7 @@ def _add_routes(app: FastAPI) -> None:  # noqa: C901 - one place lists every end
                 and st.layout.get("compaction_available", False),
                 "threshold": s.compact_threshold,
                 "ratio": s.compact_ratio,
+                "memory": s.compact_memory,
                 "method": s.compact_method,
                 "queries": s.compact_queries,
             },

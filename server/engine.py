@@ -231,6 +231,8 @@ class SessionManager:
             given = (("method", st.compact_method), ("queries", st.compact_queries))
             opts: dict[str, Any] = {k: v for k, v in given if v}
             opts["progress"] = _reporter(slot, "auto")
+            if st.compact_memory:
+                opts["memory"] = st.compact_memory
             session.auto_compact(st.compact_threshold, st.compact_ratio, **opts)
             slot.auto = True
         return session
@@ -239,7 +241,11 @@ class SessionManager:
         return self._setup(self.model.session(**self._session_opts()), slot)
 
     def _load_session(self, path: Path, slot: Slot) -> Any:
-        return self._setup(self.model.load_session(path, **self._session_opts()), slot)
+        # the cache types and attention path come from the file: compact(memory=) may have moved
+        # the session to other types than the settings'
+        given = {"flash_attn", "kv_type", "kv_type_k", "kv_type_v"}
+        opts = {k: v for k, v in self._session_opts().items() if k not in given}
+        return self._setup(self.model.load_session(path, **opts), slot)
 
     def _swap_path(self, slot: Slot) -> Path:
         folder = self.swap_dir / slot.owner if slot.owner else self.swap_dir  # ids repeat across owners
@@ -365,8 +371,11 @@ class SessionManager:
             await self._make_live(slot)
             if not hasattr(slot.session, "compact"):
                 raise ApiError(400, "compaction is not available in this build of pyllamaam")
-            if "ratio" not in kwargs and "target_cells" not in kwargs:
-                kwargs["ratio"] = self.settings.compact_ratio
+            if not {"ratio", "target_cells", "memory"} & set(kwargs):
+                if self.settings.compact_memory:
+                    kwargs["memory"] = self.settings.compact_memory
+                else:
+                    kwargs["ratio"] = self.settings.compact_ratio
             t0 = time.perf_counter()
             compact, progress = slot.session.compact, _reporter(slot, "manual")
             progress("starting", 0, 0)

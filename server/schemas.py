@@ -84,10 +84,16 @@ class ChatRequest(_Sampling):
 
 
 class CompactRequest(_Body):
-    """The parameters of ``Session.compact``; neither ratio nor target_cells: the server's ratio."""
+    """The parameters of ``Session.compact``; none of ratio, target_cells and memory: the server's
+    auto-compaction target."""
 
     ratio: float | None = Field(None, gt=1.0, description="the compacted span shrinks by this factor")
     target_cells: int | None = Field(None, ge=1, description="cells after compaction (instead of ratio)")
+    memory: float | None = Field(
+        None, ge=1.0, allow_inf_nan=False,
+        description="instead of ratio: KV bytes this many times fewer than the f16 full cache (cache types, "
+                    "cells and method from the measured table; the session moves to those types)",
+    )
     method: str | None = Field(None, max_length=64, description="'am' or a selection method")
     queries: str | None = Field(None, max_length=128, description="reference queries, e.g. 'repeat'")
     keep_first: int | None = Field(None, ge=0)

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
         0.9, ge=0.0, le=1.0, description="auto-compact when cells would pass this fraction of n_ctx (0: never)"
     )
     compact_ratio: float = Field(4.0, gt=1.0, description="auto-compaction shrinks the span by this factor")
+    compact_memory: float | None = Field(
+        None, ge=1.0, description="instead of compact_ratio: auto-compaction leaves the cells it finds this many "
+        "times smaller in bytes than an f16 cache of them (cache types and method from the measured table)"
+    )
     compact_method: str | None = Field(None, description="compaction method (default: the library's)")
     compact_queries: str | None = Field(None, description="reference queries (default: the library's)")
 

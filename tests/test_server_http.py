@@ -298,3 +298,27 @@ def test_other_sessions_chat_while_one_compacts(state_dir):
         assert "pyllamaam_compactions_running 0" in httpx.get(f"{srv.url}/metrics").text
     finally:
         srv.stop()
+
+
+def test_compact_by_memory_then_save_restore_and_talk(server):
+    # the session moves to the table's cache types; a bad or impossible target changes nothing
+    c = server.client()
+    doc = " ".join(f"Note {i}: the lamp in room {i} was checked at {i % 12 + 1} o'clock." for i in range(40))
+    ask(c, [{"role": "user", "content": doc + "\nSay ok."}], session="mem", max_tokens=4)
+    url = f"{server.url}/v1/sessions/mem"
+    cells = httpx.get(url).json()["n_cells"]
+    r = httpx.post(f"{url}/compact", json={"memory": 10000}, timeout=300)
+    assert r.status_code == 400 and "leaves room for" in r.text, r.text
+    assert httpx.post(f"{url}/compact", json={"memory": 0.5}).status_code == 422
+    assert httpx.get(url).json()["n_cells"] == cells
+    r = httpx.post(f"{url}/compact", json={"memory": 8}, timeout=300)
+    assert r.status_code == 200, r.text
+    rep = r.json()["report"]
+    assert not rep["fell_back"] and rep["memory"]["target"] == 8 and rep["bytes_ratio_f16"] >= 8
+    assert httpx.post(f"{url}/save", json={"name": "mem.session"}).status_code == 200
+    r = httpx.post(f"{server.url}/v1/sessions/mem2/restore", json={"name": "mem.session"}, timeout=300)
+    assert r.status_code == 200, r.text  # the file's cache types, not the settings'
+    assert httpx.get(f"{server.url}/v1/sessions/mem2").json()["n_cells"] == rep["cells_after"]
+    r = ask(c, [{"role": "user", "content": doc + "\nSay ok."}, {"role": "assistant", "content": "ok"},
+                {"role": "user", "content": "When was room 3 checked?"}], session="mem2", max_tokens=8)
+    assert r.choices[0].message.content is not None
