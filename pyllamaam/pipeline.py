@@ -73,7 +73,9 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # ON_POLICY_GROUPS groups for fitted methods whose queries come from a forward pass run by
     # this call, else 1 (queries captured in advance or during prefill cannot be re-captured)
     "on_policy": None,
-    "fit_threads": None,  # layers fitted at once (None: the usable cores; BLAS single-threaded)
+    # layers worked on at once by the array stages (select scores, fit, guards, verify errors),
+    # each with a single-threaded BLAS; None: the session's n_threads
+    "fit_threads": None,
     "budget_cap": 2.0,  # with budgets: largest head budget, in multiples of the uniform t
     # with budgets, what a head's budget is and how the cells stay shared by every head:
     # "fill" (fitted methods): budgets share uniform's total of fitted keys, and each head fills
@@ -546,7 +548,7 @@ def _span_scores(session, kv, split, Q, layers, pipe) -> dict[int, np.ndarray]:
         A = chunks.attention_max(K, np.ascontiguousarray(q.transpose(1, 0, 2)), session.kq_scale(il), prior)
         return A[:, a:b]
 
-    return dict(zip(layers, map_layers(one, layers, pipe["fit_threads"]), strict=True))
+    return dict(zip(layers, map_layers(one, layers, _workers(session, pipe)), strict=True))
 
 
 def _kept(kv: KVState, split: kvsplit.Split, idx: dict[int, np.ndarray]) -> dict[int, CompactedLayer]:
@@ -617,9 +619,9 @@ def _fit(session, kv, plan, cut, span, Q, rep, tell) -> tuple[dict[int, Compacte
             return _fit_one(session, kv, plan, cut, il, fit_q[il], per_head[il], window[il])
 
         counted = tell.counting("fit", fit, len(layers))
-        fitted.update(zip(group, map_layers(counted, group, pipe["fit_threads"]), strict=True))
+        fitted.update(zip(group, map_layers(counted, group, _workers(session, pipe)), strict=True))
     if pipe["guard"] and plan.fits:
-        held_q = _apply_guards(kv, split, fitted, held_q, session, rep)
+        held_q = _apply_guards(kv, split, fitted, held_q, session, rep, _workers(session, pipe))
     rep.seconds["fit"] = time.perf_counter() - clock - recapture
     rep.seconds["queries"] += recapture
     return fitted, held_q
@@ -765,6 +767,13 @@ def _tail_tokens(n, name: str) -> int:
 
 
 # --- fit ---
+def _workers(session: Session, pipe: dict[str, Any]) -> int:
+    """Threads of the array stages: option ``fit_threads``, else the session's n_threads (the
+    threads its forward passes use, so ``n_threads`` sets the cost of the whole compaction)."""
+    n = pipe["fit_threads"]
+    return max(1, int(session.n_threads if n is None else n))
+
+
 def _uniform(budgets) -> bool:
     return budgets is None or (isinstance(budgets, str) and budgets == "uniform")
 
@@ -802,20 +811,25 @@ def _briefing_mask(session, kv, split, fit_q, layers, t) -> np.ndarray:
     return keep_mask_topk(task_position_scores(per_layer), t)
 
 
-def _apply_guards(kv, split, fitted, held_q, session, rep) -> dict[int, np.ndarray]:
+def _apply_guards(kv, split, fitted, held_q, session, rep, workers=None) -> dict[int, np.ndarray]:
     """Guard every fitted head on half of the held-out tokens; returns the other half (verify)."""
     counts = dict.fromkeys(VARIANTS, 0)
-    verify_q = {}
-    for il, res in fitted.items():
-        q = held_q[il]
+    choose = {}
+    for il in fitted:
         r = session.layers[il]["n_head"] // session.layers[il]["n_head_kv"]
-        choose = (np.arange(q.shape[1]) // r) % 2 == 0  # rows are token-major, r per token
-        verify_q[il] = q[:, ~choose]
+        choose[il] = (np.arange(held_q[il].shape[1]) // r) % 2 == 0  # rows are token-major, r per token
+
+    def one(il: int):
         K, V = kvsplit.span_arrays(kv, il, split)
-        g = guard_layer(K, V, q[:, choose], session.kq_scale(il), res, kvsplit.span_prior(kv, il, split))
+        q = held_q[il][:, choose[il]]
+        return guard_layer(K, V, q, session.kq_scale(il), fitted[il], kvsplit.span_prior(kv, il, split))
+
+    layers = list(fitted)
+    for il, g in zip(layers, map_layers(one, layers, workers), strict=True):  # heads are independent
         fitted[il] = g.layer
         for c in g.choice:
             counts[VARIANTS[c]] += 1
+    verify_q = {il: held_q[il][:, ~choose[il]] for il in fitted}
     rep.guards = {
         **counts,
         "zero_weight_keys": int(sum(int(np.sum(r.zero_weights)) for r in fitted.values())),
@@ -827,15 +841,15 @@ def _apply_guards(kv, split, fitted, held_q, session, rep) -> dict[int, np.ndarr
 # --- write back ---
 # --- verify ---
 def _verify(session, kv, split, fitted, held_q, probe, before, pipe, rep, verify, tail=(None, 0)) -> None:
-    errs = []
-    for il, res in fitted.items():
-        if il not in held_q or held_q[il].shape[1] == 0:
-            continue
+    def one(il: int) -> float:
         K, V = kvsplit.span_arrays(kv, il, split)
         e = attention_errors(
-            K, V, held_q[il], session.kq_scale(il), res, kvsplit.span_prior(kv, il, split), np.float32
+            K, V, held_q[il], session.kq_scale(il), fitted[il], kvsplit.span_prior(kv, il, split), np.float32
         )
-        errs.append(float(np.mean(e.output)))
+        return float(np.mean(e.output))
+
+    layers = [il for il in fitted if il in held_q and held_q[il].shape[1] > 0]
+    errs = map_layers(one, layers, _workers(session, pipe))
     if errs:
         rep.attention_error, rep.attention_error_worst = float(np.mean(errs)), float(np.max(errs))
     if not verify:
