@@ -218,3 +218,29 @@ def test_report_summarizes_synthetic_cells(tmp_path):
     assert h[5.0]["kl"] == {"am": pytest.approx(0.05), "best_eviction": pytest.approx(0.1), "baseline": "snapkv"}
     assert h[2.0]["am_compaction_over_prefill"] == pytest.approx(0.5)
     assert (tmp_path / "quality_m_100.png").exists()
+
+
+def test_bench_thread_counts_resolve_all_and_drop_repeats(monkeypatch):
+    from pyllamaam.evaluation import cost
+    from pyllamaam.evaluation.cli import bench_parser
+
+    monkeypatch.setattr(cost, "usable_cores", lambda: 2)
+    assert cost.thread_counts([1, 2, "all"]) == [1, 2]
+    assert cost.thread_counts(["all", 1]) == [2, 1]
+    with pytest.raises(ConfigError):
+        cost.thread_counts([0])
+    assert bench_parser().parse_args(["--threads", "1,all"]).threads == [1, "all"]
+    with pytest.raises(SystemExit):
+        bench_parser().parse_args(["--threads", "two"])
+
+
+def test_bench_on_gpu_without_a_gpu_is_a_config_error(monkeypatch, tmp_path):
+    from pyllamaam import devices
+    from pyllamaam.evaluation import cost
+    from pyllamaam.evaluation.cli import bench_main
+
+    monkeypatch.setattr(devices, "gpus", lambda: [])
+    assert cost.gpu_layers("cpu") == 0
+    assert bench_main(["--device", "gpu", "--out", str(tmp_path), "--no-progress"]) == 2
+    monkeypatch.setattr(devices, "gpus", lambda: [{"name": "CUDA0", "type": "GPU"}])
+    assert cost.gpu_layers("gpu") == 99

@@ -31,6 +31,20 @@ def _strs(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
 
+def _threads(s: str) -> list[int | str]:
+    out: list[int | str] = []
+    for x in _strs(s):
+        if x == "all":
+            out.append(x)
+        elif x.isdigit() and int(x) >= 1:
+            out.append(int(x))
+        else:
+            raise argparse.ArgumentTypeError(f"thread counts are integers >= 1 or 'all', not {x!r}")
+    if not out:
+        raise argparse.ArgumentTypeError("give at least one thread count")
+    return out
+
+
 def _option(s: str) -> tuple[str, Any]:
     key, sep, value = s.partition("=")
     if not sep or not key.strip():
@@ -134,7 +148,7 @@ def _qa_main(args: argparse.Namespace) -> int:
 
 
 def bench_parser() -> argparse.ArgumentParser:
-    from .cost import BenchSpec
+    from .cost import DEVICES, BenchSpec
 
     d = BenchSpec()
     ap = argparse.ArgumentParser(prog="pyllamaam bench", description="cost: prefill, compaction per stage, "
@@ -149,7 +163,12 @@ def bench_parser() -> argparse.ArgumentParser:
     ap.add_argument("--repeat-max-tokens", type=float, default=None,
                     help="repeat only evenly spread pieces: this many tokens, or this fraction of N if < 1")
     ap.add_argument("--decode-tokens", type=int, default=d.decode_tokens)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=_threads, default=None,
+                    help="thread counts, one run each, comma list of integers or 'all' (the usable cores, "
+                         f"the default of a session); default {','.join(map(str, d.threads))} (repeats "
+                         "dropped; --quick: all)")
+    ap.add_argument("--device", choices=DEVICES, default=d.device,
+                    help="cpu (default) or gpu: every layer offloaded (n_gpu_layers=99); an error without a GPU")
     ap.add_argument("--no-verify", action="store_true", help="compact without the verification probes")
     ap.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", type=_option,
                     help="another Session.compact option, e.g. span_score=cache (VALUE read as JSON, else text)")
@@ -161,14 +180,16 @@ def bench_main(argv: list[str] | None = None) -> int:
     """Run the cost bench and write bench.json, bench.md and scaling.png to --out."""
     from .cost import BenchSpec, run_bench
 
+    d = BenchSpec()
     args = bench_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("pyllamaam.native").setLevel(logging.ERROR)
     spec = BenchSpec(models=args.models, n_tokens=args.n_tokens, ratio=args.ratio, method=args.method,
-                     queries=args.queries, decode_tokens=args.decode_tokens, n_threads=args.threads,
+                     queries=args.queries, decode_tokens=args.decode_tokens, threads=args.threads or d.threads,
+                     device=args.device,
                      repeat_max_tokens=args.repeat_max_tokens, verify=not args.no_verify, options=dict(args.opt))
     if args.quick:
-        spec = BenchSpec(**{**spec.__dict__, **QUICK_BENCH})
+        spec = BenchSpec(**{**spec.__dict__, **QUICK_BENCH, "threads": args.threads or ["all"]})
     try:
         result = run_bench(spec, args.out, progress=not args.no_progress)
     except PyllamaamError as err:

@@ -1,13 +1,16 @@
 """The cost of compaction (DESIGN.md section 7), always as ratios from one run.
 
-For each context length N: prefill tokens/s; compaction seconds per stage and over prefill
-seconds; decode tokens/s after r-fold compaction of N tokens vs a fresh context holding the
-same number of cells (the physical limit); peak RSS of the process against the KV cache size.
+For each context length N and thread count: prefill tokens/s; compaction seconds per stage
+and over prefill seconds; decode tokens/s after r-fold compaction of N tokens vs a fresh context
+holding the same number of cells (the physical limit); peak RSS of the process against the KV
+cache size. The session's ``n_threads`` sets the threads of its forward passes and of the
+compaction's array stages alike, so each row is one setting of the whole cost.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -17,7 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError
 from . import tasks
+
+#: ``BenchSpec.device`` values: "gpu" offloads every layer (n_gpu_layers=99) to a GPU device.
+DEVICES = ("cpu", "gpu")
 
 
 @dataclass
@@ -28,7 +35,9 @@ class BenchSpec:
     method: str | None = None  # None: Session.compact's default
     queries: str | None = None  # None: the method's default source
     decode_tokens: int = 32
-    n_threads: int | None = None
+    # thread counts, one row each: an int, or "all" (the usable cores, the sessions' default)
+    threads: list[int | str] = field(default_factory=lambda: [1, 2, "all"])
+    device: str = "cpu"
     repeat_max_tokens: float | None = None  # tokens, or a fraction of N if < 1 (None: the default)
     verify: bool = True  # the default compaction verifies: its probes count in its seconds
     options: dict[str, Any] = field(default_factory=dict)  # more Session.compact options
@@ -80,13 +89,48 @@ def kv_bytes(session: Any) -> int:
     return 2 * per_cell * session.n_cells
 
 
-def bench_one(model: Any, n: int, spec: BenchSpec) -> dict[str, Any]:
-    """Every cost number for one context length."""
+def usable_cores() -> int:
+    """Cores this process may use (what ``"all"`` threads means)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def thread_counts(threads: list[int | str]) -> list[int]:
+    """``threads`` as distinct counts, in order ("all": the usable cores; 1,2,all on 2 cores: 1, 2)."""
+    out: list[int] = []
+    for t in threads:
+        n = usable_cores() if t == "all" else t
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"threads must be integers >= 1 or 'all', not {t!r}")
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def gpu_layers(device: str) -> int:
+    """``n_gpu_layers`` for ``device``; a GPU device must exist for "gpu"."""
+    if device not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
+    if device == "cpu":
+        return 0
+    from ..devices import gpus
+
+    if not gpus():
+        raise ConfigError("--device gpu: this build sees no GPU device (pyllamaam doctor lists them; "
+                          "build for CUDA with make test-gpu)")
+    return 99
+
+
+def bench_one(model: Any, n: int, spec: BenchSpec, n_threads: int | None = None) -> dict[str, Any]:
+    """Every cost number for one context length, sessions on ``n_threads`` threads."""
     toks = _text_tokens(model, n)
     row: dict[str, Any] = {"n_tokens": n, "ratio": spec.ratio, "method": spec.method or "default",
-                           "queries": spec.queries or "default"}
+                           "queries": spec.queries or "default", "device": spec.device}
     n_ctx = 2 * n + 512 + spec.decode_tokens
-    with model.session(n_ctx=n_ctx, n_threads=spec.n_threads) as s:
+    with model.session(n_ctx=n_ctx, n_threads=n_threads) as s:
+        row["threads"] = s.n_threads
         if spec.queries and "context" in spec.queries:
             s.capture_context_queries(cap=max(4096, n))
         clock = time.perf_counter()
@@ -104,7 +148,11 @@ def bench_one(model: Any, n: int, spec: BenchSpec) -> dict[str, Any]:
             m = spec.repeat_max_tokens
             opts["repeat_max_tokens"] = max(1, round(m * n if m < 1 else m))
             row["repeat_max_tokens"] = opts["repeat_max_tokens"]
+        cpu = time.process_time()
         rep = s.compact(ratio=spec.ratio, **opts)
+        # CPU seconds of this process over the compaction's wall seconds: near the threads when
+        # they all ran, near 1 when the work was serial or another process held the other cores
+        row["compaction_cpu_over_wall"] = (time.process_time() - cpu) / max(rep.total_seconds, 1e-9)
         row["peak_rss_mb"] = peak_rss_mb()
         row["peak_rss_growth_mb"] = row["peak_rss_mb"] - rss0
         row["compaction_seconds"] = rep.seconds
@@ -112,7 +160,7 @@ def bench_one(model: Any, n: int, spec: BenchSpec) -> dict[str, Any]:
         row["compaction_over_prefill"] = rep.total_seconds / row["prefill_seconds"]
         row["cells_after"] = s.n_cells
         row["fell_back"] = rep.fell_back
-        with model.session(n_ctx=row["cells_after"] + spec.decode_tokens + 8, n_threads=spec.n_threads) as f:
+        with model.session(n_ctx=row["cells_after"] + spec.decode_tokens + 8, n_threads=n_threads) as f:
             f.prefill(toks[: row["cells_after"]])
             rates = _paired_decode_rates(s, f, spec.decode_tokens)
         row["decode_tok_s_compacted"], row["decode_tok_s_fresh"] = rates
@@ -121,21 +169,28 @@ def bench_one(model: Any, n: int, spec: BenchSpec) -> dict[str, Any]:
 
 
 def run_bench(spec: BenchSpec, out: Path, progress: bool = True) -> dict[str, Any]:
-    """Bench every length of ``spec``; writes ``out/bench.json``, ``bench.md``, ``scaling.png``."""
+    """Bench every length and thread count of ``spec``; writes ``out/bench.json``, ``bench.md``,
+    ``scaling.png``."""
     from tqdm import tqdm
 
     import pyllamaam
 
+    threads = thread_counts(spec.threads)
+    n_gpu_layers = gpu_layers(spec.device)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    bar = tqdm(total=len(spec.models) * len(spec.n_tokens), disable=not progress, unit="length", desc="bench")
+    bar = tqdm(total=len(spec.models) * len(spec.n_tokens) * len(threads), disable=not progress, unit="run",
+               desc="bench")
     for name in spec.models:
-        with pyllamaam.load_model(None if name in ("smollm2-135m", "default") else name) as model:
+        with pyllamaam.load_model(None if name in ("smollm2-135m", "default") else name,
+                                  n_gpu_layers=n_gpu_layers) as model:
             for n in spec.n_tokens:
-                rows.append({"model": name, **bench_one(model, n, spec)})
-                bar.update(1)
+                for th in threads:
+                    rows.append({"model": name, **bench_one(model, n, spec, th)})
+                    bar.update(1)
     bar.close()
-    result = {"spec": asdict(spec), "rows": rows, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    result = {"spec": asdict(spec), "threads": threads, "usable_cores": usable_cores(),
+              "load_avg": list(os.getloadavg()), "rows": rows, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (out / "bench.json").write_text(json.dumps(result, indent=1))
     (out / "bench.md").write_text(bench_markdown(rows))
     plot_scaling(rows, out / "scaling.png")
@@ -144,11 +199,11 @@ def run_bench(spec: BenchSpec, out: Path, progress: bool = True) -> dict[str, An
 
 def bench_markdown(rows: list[dict[str, Any]]) -> str:
     stages = list(rows[0]["compaction_seconds"]) if rows else []
-    head = ["model", "N", "prefill tok/s", *[f"{s} s" for s in stages], "compaction s", "compaction/prefill",
+    head = ["model", "N", "threads", "prefill tok/s", *[f"{s} s" for s in stages], "compaction s", "compaction/prefill",
             "decode tok/s compacted", "decode tok/s fresh", "compacted/fresh", "KV MiB", "peak RSS MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        vals = [r.get("model", ""), str(r["n_tokens"]), f"{r['prefill_tok_s']:.1f}",
+        vals = [r.get("model", ""), str(r["n_tokens"]), str(r.get("threads", "")), f"{r['prefill_tok_s']:.1f}",
                 *[f"{r['compaction_seconds'].get(s, 0.0):.2f}" for s in stages],
                 f"{r['compaction_total_seconds']:.2f}", f"{r['compaction_over_prefill']:.2f}",
                 f"{r['decode_tok_s_compacted']:.1f}", f"{r['decode_tok_s_fresh']:.1f}",
@@ -158,16 +213,18 @@ def bench_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def plot_scaling(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Compaction seconds over prefill seconds against N, one line per model (1.0: a prefill)."""
+    """Compaction seconds over prefill seconds against N, one line per model and thread count
+    (1.0: a prefill)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for name in dict.fromkeys(r.get("model", "") for r in rows):
-        mine = [r for r in rows if r.get("model", "") == name]
-        ax.plot([r["n_tokens"] for r in mine], [r["compaction_over_prefill"] for r in mine], "-o", label=name)
+    for name, th in dict.fromkeys((r.get("model", ""), r.get("threads")) for r in rows):
+        mine = [r for r in rows if (r.get("model", ""), r.get("threads")) == (name, th)]
+        label = name if th is None else f"{name}, {th} thread{'s' if th != 1 else ''}"
+        ax.plot([r["n_tokens"] for r in mine], [r["compaction_over_prefill"] for r in mine], "-o", label=label)
     ax.axhline(1.0, color="k", lw=0.8, ls="--", label="one prefill")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("context tokens N")
