@@ -142,7 +142,10 @@ def attention_stats(
         if sm is not None:
             sm += np.matmul(rz, E)[:, 0]
         if mx is not None:
-            np.maximum(mx, (E * rz.transpose(0, 2, 1)).max(axis=1), out=mx)
+            # in place where nothing reads E after (the same products, no block-sized temporary)
+            A = np.multiply(E, rz.transpose(0, 2, 1), out=E if sq is None else None)
+            np.maximum(mx, A.max(axis=1), out=mx)
+            del A
         if sq is not None:
             np.square(E, out=E)
             sq += np.matmul(rz * rz, E)[:, 0]
