@@ -33,6 +33,20 @@ def tiny_models(tiny_dir):
         m.close()
 
 
+@pytest.fixture(scope="module")  # per module: a test may close the model it was given
+def tiny64(tiny_dir):
+    """A tiny llama whose heads (64) hold whole blocks of every KV cache type, and get llama.cpp's
+    Hadamard rotation when quantized."""
+    m = pyllamaam.load_model(str(tiny.tiny_model_path("llama", tiny_dir, head_dim=64)))
+    yield m
+    m.close()
+
+
+def ids(n: int, seed: int = 0) -> list[int]:
+    """``n`` token ids, the same for the same seed."""
+    return [int(t) for t in np.random.default_rng(seed).integers(10, 500, n)]
+
+
 @pytest.fixture(scope="session")
 def smollm2():
     m = pyllamaam.load_model(None)

@@ -7,8 +7,9 @@ import typing
 import numpy as np
 import pytest
 from conftest import TEXT
+from conftest import ids as _ids
 
-from pyllamaam import ConfigError, StateError, kvtypes, pipeline, statefile, tiny
+from pyllamaam import ConfigError, StateError, kvtypes, pipeline, statefile
 from pyllamaam.pipeline import mean_kl
 
 pytestmark = pytest.mark.native
@@ -18,20 +19,6 @@ QUANTIZED = [n for n in TYPES if kvtypes.TYPES[kvtypes.BY_NAME[n]].quantized]
 # bytes per value, from ggml's block sizes (32 values: q8_0 34 bytes, q4_0 18, ...)
 PER_VALUE = {"f32": 4, "f16": 2, "bf16": 2, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32,
              "q4_1": 20 / 32, "q4_0": 18 / 32, "iq4_nl": 18 / 32}
-
-
-@pytest.fixture(scope="module")
-def tiny64(tiny_dir):
-    """A tiny llama whose heads (64) hold whole blocks of every type, and get the Hadamard rotation."""
-    import pyllamaam
-
-    m = pyllamaam.load_model(str(tiny.tiny_model_path("llama", tiny_dir, head_dim=64)))
-    yield m
-    m.close()
-
-
-def _ids(n: int, seed: int = 0) -> list[int]:
-    return [int(t) for t in np.random.default_rng(seed).integers(10, 500, n)]
 
 
 def _expected_bytes(s, k: str, v: str, n: int) -> tuple[int, int, int]:

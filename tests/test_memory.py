@@ -9,25 +9,13 @@ import sys
 import numpy as np
 import pytest
 from conftest import TEXT
+from conftest import ids as _ids
 
-import pyllamaam
-from pyllamaam import ConfigError, demo, memory, retype, tiny
+from pyllamaam import ConfigError, demo, memory, retype
 from pyllamaam.kv import KVState
 from pyllamaam.pipeline import mean_kl
 
 pytestmark = pytest.mark.native
-
-
-@pytest.fixture(scope="module")
-def tiny64(tiny_dir):
-    """A tiny llama with 64-wide heads: quantized caches rotate them."""
-    m = pyllamaam.load_model(str(tiny.tiny_model_path("llama", tiny_dir, head_dim=64)))
-    yield m
-    m.close()
-
-
-def _ids(n: int, seed: int = 0) -> list[int]:
-    return [int(t) for t in np.random.default_rng(seed).integers(10, 500, n)]
 
 
 def test_hadamard_is_symmetric_orthonormal_and_undoes_itself():
