@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .qa_run import EVICTIONS, F16
+from .qa_run import EVICTIONS, F16, panel, pyplot, save
 
 
 def label(r: dict[str, Any]) -> str:
@@ -76,12 +76,8 @@ def _cell(r: dict[str, Any] | None) -> str:
 
 def plot(rows: list[dict[str, Any]], out: Path) -> list[str]:
     """qa_memory_<model>.png: accuracy against x fewer bytes than f16, one panel per length."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return []
     names = []
     for model in sorted({r["model"] for r in rows if r.get("memory")}):
@@ -101,18 +97,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[str]:
             if front:
                 fx, fy = zip(*front, strict=True)  # at x, the best point at x or smaller
                 ax.step(fx, fy, where="pre", color="k", lw=2, alpha=0.35, label="frontier without the question")
-            ax.set_xscale("log")
             ticks = [t for t in (1, 2, 4, 8, 16, 32, 64) if t <= max(r["bytes_ratio"] for r in mine) * 1.2]
-            ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
-            ax.minorticks_off()
-            ax.set_xlabel("x fewer KV bytes than the f16 full cache")
-            ax.set_ylabel("QA accuracy")
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_title(f"{model}, {n}-token documents")
-            ax.legend(fontsize=7, ncol=2)
-        name = f"qa_memory_{model}.png"
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        names.append(name)
+            panel(ax, ticks, "x fewer KV bytes than the f16 full cache", f"{model}, {n}-token documents", ncol=2)
+        names.append(save(plt, fig, out / f"qa_memory_{model}.png"))
     return names

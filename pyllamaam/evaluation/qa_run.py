@@ -435,13 +435,40 @@ def _fmt(x: float | None, digits: int) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
-def _plot(rows: list[dict[str, Any]], out: Path) -> list[str]:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend, or None without matplotlib (the plots are skipped)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def panel(ax: Any, ticks: list[float], xlabel: str, title: str, ncol: int = 1) -> None:
+    """A QA-accuracy panel over a log x axis labelled ``ticks`` as "<t>x"."""
+    ax.set_xscale("log")
+    ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("QA accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=ncol)
+
+
+def save(plt: Any, fig: Any, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def _plot(rows: list[dict[str, Any]], out: Path) -> list[str]:
+    plt = pyplot()
+    if plt is None:
         return []
     names = []
     rows = [r for r in rows if r["cache"] == F16]  # by cells; the view by bytes is qa_memory's
@@ -459,18 +486,7 @@ def _plot(rows: list[dict[str, Any]], out: Path) -> list[str]:
                 pts = sorted((r["ratio"], r["accuracy"], *r["ci95"]) for r in mine if r["method"] == method)
                 x, y, lo, hi = (np.array(v) for v in zip(*pts, strict=True))
                 ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", capsize=3, label=method, color=color[method])
-            ax.set_xscale("log")
             ticks = sorted({r["ratio"] for r in mine if r["method"] != "full"})
-            ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
-            ax.minorticks_off()
-            ax.set_xlabel("compaction ratio")
-            ax.set_ylabel("QA accuracy")
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_title(f"{model}, {n}-token documents")
-            ax.legend(fontsize=7)
-        name = f"qa_{model}.png"
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        names.append(name)
+            panel(ax, ticks, "compaction ratio", f"{model}, {n}-token documents")
+        names.append(save(plt, fig, out / f"qa_{model}.png"))
     return names
