@@ -23,6 +23,7 @@ import time
 
 # one step of the sequence, as the Python that performs it; {path} and {ngl} are filled in
 STEPS = {
+    "preload_stdcxx": "import ctypes; ctypes.CDLL('libstdc++.so.6', mode=ctypes.RTLD_GLOBAL)",
     "numpy": "import numpy",
     "llama_cpp": "from llama_cpp import llama_cpp as C",
     "cffi_dlopen": (
@@ -46,6 +47,19 @@ STEPS = {
 WHOLE = {
     "llama_cpp.Llama": "import llama_cpp; llama_cpp.Llama({path!r}, n_gpu_layers={ngl}, verbose=False)",
     "pyllamaam.load_model": "import pyllamaam; pyllamaam.load_model({path!r}, n_gpu_layers={ngl}).close()",
+    # pyllamaam imported (nothing native yet), then llama-cpp-python's front door
+    "import pyllamaam+llama_cpp.Llama": (
+        "import pyllamaam, llama_cpp; llama_cpp.Llama({path!r}, n_gpu_layers={ngl}, verbose=False)"
+    ),
+    # pyllamaam's front door with each diagnostic switch of pyllamaam._native
+    "pyllamaam.load_model[PRELOAD_STDCXX=1]": (
+        "import os; os.environ['PYLLAMAAM_PRELOAD_STDCXX'] = '1'; import pyllamaam;"
+        " pyllamaam.load_model({path!r}, n_gpu_layers={ngl}).close()"
+    ),
+    "pyllamaam.load_model[NATIVE_LOG=0]": (
+        "import os; os.environ['PYLLAMAAM_NATIVE_LOG'] = '0'; import pyllamaam;"
+        " pyllamaam.load_model({path!r}, n_gpu_layers={ngl}).close()"
+    ),
 }
 
 
@@ -59,6 +73,8 @@ def variants() -> dict[str, list[str]]:
         steps += (["cffi_dlopen"] if dlopen else []) + (["cffi_log"] if log else [])
         steps += (["backend_init"] if init else []) + ["load"]
         out["+".join(steps)] = steps
+    every = ["numpy", "llama_cpp", "cffi_dlopen", "cffi_log", "backend_init", "load"]
+    out["+".join(["preload_stdcxx", *every])] = ["preload_stdcxx", *every]
     return out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import logging
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -96,6 +97,11 @@ class _Lib:
     """The loaded library: ``C`` is llama-cpp-python's ctypes module, ``ext`` our cffi handle."""
 
     def __init__(self) -> None:
+        # Diagnostic switches for the CUDA load crash (native/gpu_check.sh tries each on a CUDA
+        # machine): PYLLAMAAM_PRELOAD_STDCXX=1 puts libstdc++ in the global symbol scope before
+        # libllama loads; PYLLAMAAM_NATIVE_LOG=0 leaves llama-cpp-python's log callback in place.
+        if os.environ.get("PYLLAMAAM_PRELOAD_STDCXX", "") == "1":
+            ctypes.CDLL("libstdc++.so.6", mode=ctypes.RTLD_GLOBAL)
         from llama_cpp import llama_cpp as C
 
         self.C = C
@@ -116,7 +122,8 @@ class _Lib:
         self._level = logging.INFO
         self._log_lock = threading.Lock()
         self._log_cb = ffi.callback("void(int, const char *, void *)", self._on_log)
-        self.ext.llama_log_set(self._log_cb, ffi.NULL)
+        if os.environ.get("PYLLAMAAM_NATIVE_LOG", "1") != "0":
+            self.ext.llama_log_set(self._log_cb, ffi.NULL)
         C.llama_backend_init()
 
     def _on_log(self, level: int, text: Any, _ud: Any) -> None:

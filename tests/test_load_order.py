@@ -23,7 +23,7 @@ def test_the_matrix_covers_what_pyllamaam_does_before_loading():
     names = set(load_matrix.variants())
     assert "llama_cpp+load" in names
     assert "numpy+llama_cpp+cffi_dlopen+cffi_log+backend_init+load" in names  # pyllamaam's order
-    assert len(names) == 12
+    assert len(names) == 13
 
 
 def test_every_load_order_loads_the_model(tiny_dir):
