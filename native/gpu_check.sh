@@ -6,10 +6,11 @@
 # Results go to $OUT (or /tmp/gpu_check), at most eight files:
 #   env.txt         GPU, compilers, Python; each library's DT_NEEDED; C++ locale symbols exported
 #                   by libggml-cuda.so
-#   doors.txt       llama_cpp.Llama and pyllamaam.load_model on the stand-in model, with each
-#                   diagnostic switch of pyllamaam._native; the first that loads is used below
-#   bindings.txt    LD_DEBUG=bindings of the std::locale / std::regex symbols for both front doors
-#   load_matrix.txt native/load_matrix.py -ngl 99 (only when a front door crashed)
+#   doors.txt       llama_cpp.Llama and pyllamaam.load_model (with and without its libstdc++
+#                   preload) on the stand-in model; pyllamaam doctor
+#   bindings.txt    LD_DEBUG=bindings of the std:: symbols bound across libraries, both front doors
+#                   (pyllamaam without its preload)
+#   load_matrix.txt native/load_matrix.py -ngl 99 (when a door without the preload crashed)
 #   pytest_gpu.txt  python -m pytest -m gpu tests/test_gpu.py
 #   bench_native.json  decode with the bias path vs the unpatched path, all layers on the GPU
 #   bench_4k.json, bench_16k.json  pyllamaam bench --device gpu (compaction/prefill, decode ratios)
@@ -38,7 +39,6 @@ phase env
 cat "$O/env.txt" | head -20
 
 phase "front doors"
-FIX=none
 door() {  # door NAME ENV... -- CODE
   local name=$1; shift; local envs=(); while [ "$1" != "--" ]; do envs+=("$1"); shift; done; shift
   local t0=$SECONDS; env "${envs[@]}" timeout 120 $PY -c "$1" > /tmp/door.log 2>&1; local rc=$?
@@ -48,18 +48,12 @@ door() {  # door NAME ENV... -- CODE
 LOAD="import pyllamaam; m = pyllamaam.load_model('$M', n_gpu_layers=99); s = m.session(n_ctx=512);"
 LOAD+=" s.prefill('The quick brown fox jumps over the lazy dog. ' * 8); print('ok', m.info['desc']); s.close(); m.close()"
 {
-  door llama_cpp.Llama -- "import llama_cpp; l = llama_cpp.Llama('$M', n_gpu_layers=99, verbose=False); print(l.tokenize(b'hello world'))"
-  if door "pyllamaam (as is)" X=1 -- "$LOAD"; then FIX=none
-  elif door "pyllamaam PYLLAMAAM_PRELOAD_STDCXX=1" PYLLAMAAM_PRELOAD_STDCXX=1 -- "$LOAD"; then FIX=PYLLAMAAM_PRELOAD_STDCXX=1
-  elif door "pyllamaam PYLLAMAAM_NATIVE_LOG=0" PYLLAMAAM_NATIVE_LOG=0 -- "$LOAD"; then FIX=PYLLAMAAM_NATIVE_LOG=0
-  elif door "pyllamaam both" PYLLAMAAM_PRELOAD_STDCXX=1 PYLLAMAAM_NATIVE_LOG=0 -- "$LOAD"; then
-    FIX="PYLLAMAAM_PRELOAD_STDCXX=1 PYLLAMAAM_NATIVE_LOG=0"
-  else FIX=failed; fi
-  echo "chosen: $FIX"
-  [ "$FIX" != failed ] && env $([ "$FIX" != none ] && echo $FIX) timeout 120 $PY -m pyllamaam doctor 2>&1 | tail -25
+  door llama_cpp.Llama X=1 -- "import llama_cpp; l = llama_cpp.Llama('$M', n_gpu_layers=99, verbose=False); print(l.tokenize(b'hello world'))"
+  door "pyllamaam without its libstdc++ preload" PYLLAMAAM_PRELOAD_STDCXX=0 -- "$LOAD"
+  door pyllamaam X=1 -- "$LOAD"; LOADS=$?
+  [ $LOADS = 0 ] && timeout 120 $PY -m pyllamaam doctor 2>&1 | tail -25
 } > "$O/doors.txt" 2>&1
 cat "$O/doors.txt"
-[ "$FIX" != none ] && [ "$FIX" != failed ] && export $FIX
 
 phase bindings
 {
@@ -67,7 +61,7 @@ phase bindings
     if [ $d = llama_cpp ]; then code="import llama_cpp; llama_cpp.Llama('$M', n_gpu_layers=0, verbose=False)"
     else code="import pyllamaam; pyllamaam.load_model('$M', n_gpu_layers=0).close()"; fi
     rm -f /tmp/ldb.*
-    env -u PYLLAMAAM_PRELOAD_STDCXX -u PYLLAMAAM_NATIVE_LOG LD_DEBUG=bindings LD_DEBUG_OUTPUT=/tmp/ldb \
+    PYLLAMAAM_PRELOAD_STDCXX=0 LD_DEBUG=bindings LD_DEBUG_OUTPUT=/tmp/ldb \
       timeout 90 $PY -c "$code" > /dev/null 2>&1
     echo "== $d rc=$?"
     # std:: symbols bound to a copy outside libstdc++, and libllama's locale/regex bindings
@@ -83,13 +77,13 @@ phase bindings
 rm -f /tmp/ldb.*
 head -c 3000 "$O/bindings.txt"
 
-if grep -q "pyllamaam (as is) rc=0" "$O/doors.txt"; then :; elif [ "$(left)" -gt 200 ]; then
+if grep -q "preload rc=0" "$O/doors.txt"; then :; elif [ "$(left)" -gt 200 ]; then
   phase "load matrix"
   timeout 120 $PY native/load_matrix.py "$M" -ngl 99 > "$O/load_matrix.txt" 2>&1
   cat "$O/load_matrix.txt"
 fi
 
-if [ "$FIX" = failed ]; then phase "pyllamaam does not load on this build: stopping"; exit 1; fi
+if [ $LOADS != 0 ]; then phase "pyllamaam does not load on this build: stopping"; exit 1; fi
 
 phase "pytest -m gpu"
 timeout $(( $(left) > 180 ? 180 : $(left) )) $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -W default \

@@ -51,13 +51,9 @@ WHOLE = {
     "import pyllamaam+llama_cpp.Llama": (
         "import pyllamaam, llama_cpp; llama_cpp.Llama({path!r}, n_gpu_layers={ngl}, verbose=False)"
     ),
-    # pyllamaam's front door with each diagnostic switch of pyllamaam._native
-    "pyllamaam.load_model[PRELOAD_STDCXX=1]": (
-        "import os; os.environ['PYLLAMAAM_PRELOAD_STDCXX'] = '1'; import pyllamaam;"
-        " pyllamaam.load_model({path!r}, n_gpu_layers={ngl}).close()"
-    ),
-    "pyllamaam.load_model[NATIVE_LOG=0]": (
-        "import os; os.environ['PYLLAMAAM_NATIVE_LOG'] = '0'; import pyllamaam;"
+    # pyllamaam's front door without its libstdc++ preload (pyllamaam._native.preload_libstdcxx)
+    "pyllamaam.load_model[PRELOAD_STDCXX=0]": (
+        "import os; os.environ['PYLLAMAAM_PRELOAD_STDCXX'] = '0'; import pyllamaam;"
         " pyllamaam.load_model({path!r}, n_gpu_layers={ngl}).close()"
     ),
 }

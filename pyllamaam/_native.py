@@ -93,15 +93,35 @@ ffi = FFI()
 ffi.cdef(CDEF)
 
 
+def preload_libstdcxx() -> bool:
+    """Put the system's libstdc++ in the process's global symbol scope, before libllama loads.
+
+    A build whose libraries carry a static copy of libstdc++ and export it (libllama.so and
+    libggml-cuda.so without a DT_NEEDED on libstdc++.so.6, as on a CUDA machine's build) crashed
+    while loading a model's vocabulary whenever numpy had been imported first: numpy's C++ code
+    loads the system libstdc++, whose facet ids (GNU unique symbols, one per process) then served
+    libllama while std::locale itself came from the static copy in libggml-cuda.so. The two
+    copies number facets differently, so std::regex's ``use_facet<collate<char>>`` got a codecvt
+    facet and called into it (``LD_DEBUG=bindings`` in docs/results/gpu shows the split). With
+    the system copy global, every std:: symbol of a library loaded later binds to that one copy.
+    A build that links libstdc++ dynamically binds to it anyway, so this changes nothing there.
+    ``PYLLAMAAM_PRELOAD_STDCXX=0`` turns it off. False when no libstdc++.so.6 can be opened.
+    """
+    if os.environ.get("PYLLAMAAM_PRELOAD_STDCXX", "") == "0":
+        return False
+    try:
+        ctypes.CDLL("libstdc++.so.6", mode=ctypes.RTLD_GLOBAL)
+    except OSError as err:  # a system without it: nothing to put first
+        log.debug("libstdc++.so.6 not preloaded: %s", err)
+        return False
+    return True
+
+
 class _Lib:
     """The loaded library: ``C`` is llama-cpp-python's ctypes module, ``ext`` our cffi handle."""
 
     def __init__(self) -> None:
-        # Diagnostic switches for the CUDA load crash (native/gpu_check.sh tries each on a CUDA
-        # machine): PYLLAMAAM_PRELOAD_STDCXX=1 puts libstdc++ in the global symbol scope before
-        # libllama loads; PYLLAMAAM_NATIVE_LOG=0 leaves llama-cpp-python's log callback in place.
-        if os.environ.get("PYLLAMAAM_PRELOAD_STDCXX", "") == "1":
-            ctypes.CDLL("libstdc++.so.6", mode=ctypes.RTLD_GLOBAL)
+        preload_libstdcxx()
         from llama_cpp import llama_cpp as C
 
         self.C = C
@@ -122,8 +142,7 @@ class _Lib:
         self._level = logging.INFO
         self._log_lock = threading.Lock()
         self._log_cb = ffi.callback("void(int, const char *, void *)", self._on_log)
-        if os.environ.get("PYLLAMAAM_NATIVE_LOG", "1") != "0":
-            self.ext.llama_log_set(self._log_cb, ffi.NULL)
+        self.ext.llama_log_set(self._log_cb, ffi.NULL)
         C.llama_backend_init()
 
     def _on_log(self, level: int, text: Any, _ud: Any) -> None:

@@ -40,6 +40,9 @@ QUANTIZED = {"device"}
 LENIENT = {"max_kl": float("inf"), "max_attention_error": float("inf")}
 # a state moved between CPU and GPU gives the same next-token distributions within this (nats)
 MAX_MOVE_KL = 1e-3
+# the F32 regular path on CUDA: the K*Q product rounds its inputs to 11 significant bits (seen on
+# an H200: relative logit differences of 3-4e-4 between duplicate and log 2 bias, 2^-11 = 4.9e-4)
+GPU_REL_TOL = 1e-4 if ON_CPU else 4 * 2.0**-11
 
 
 @pytest.fixture(scope="module")
@@ -116,12 +119,16 @@ def test_the_bias_path_is_offloaded(n_gpu_layers):
 @pytest.mark.parametrize("path", PATHS, ids=["regular-f32", "regular-f16", "flash-f16"])
 @pytest.mark.parametrize("name", [*TINY, "device"])
 def test_duplicate_cell_equals_bias_log2(gpu, name, path):
+    if name in QUANTIZED and path == (False, "f32") and not ON_CPU:
+        # seen on an H200: KL 0.017 between duplicate and bias, against 0.025 for leaving the bias
+        # out; the identity cannot be told from this path's noise there (the tiny models check it)
+        pytest.skip("the F32 regular path of a Q4_1 model on CUDA: noise of the size of the effect")
     m = gpu(name)
     cont = m.tokenize(CONT)
     with _session(m, path) as s:
         doubled, biased, plain = _with_duplicate(s.get_kv(), dup=SINK)
         want, got, without = (_logits(s, x, cont) for x in (doubled, biased, plain))
-    assert_same(got, want, without, path, exact=name not in QUANTIZED)
+    assert_same(got, want, without, path, exact=name not in QUANTIZED, rel_tol=GPU_REL_TOL)
 
 
 @pytest.mark.parametrize("path", PATHS, ids=["regular-f32", "regular-f16", "flash-f16"])
@@ -136,7 +143,7 @@ def test_minus_inf_bias_equals_deleting_the_cell(gpu, name, path):
             masked.bias[il][SINK, :] = -math.inf
         deleted = st.subset(np.array([i for i in range(st.n_cells) if i != SINK]))
         want, got, full = (_logits(s, x, cont) for x in (deleted, masked, st))
-    assert_same(got, want, full, path, exact=name not in QUANTIZED)
+    assert_same(got, want, full, path, exact=name not in QUANTIZED, rel_tol=GPU_REL_TOL)
 
 
 # --- states move between CPU and GPU ---
@@ -156,9 +163,27 @@ def test_a_compacted_state_moves_between_cpu_and_gpu(cpu, gpu, name, flash, dire
     with dst.load_session(saved) as t:
         got = t.eval_logits(cont)
         moved = t.get_kv()
-    for il in kv.layers:  # the bias is stored in F32 on either side: it moves exactly
+    for il in kv.layers:  # the cache moves bit for bit, bias included
+        np.testing.assert_array_equal(moved.keys[il], kv.keys[il])
+        np.testing.assert_array_equal(moved.values[il], kv.values[il])
         np.testing.assert_array_equal(moved.bias[il], kv.bias[il])
-    assert kl(want, got) <= MAX_MOVE_KL
+    bound = MAX_MOVE_KL
+    if name in QUANTIZED:
+        # Q4_1 weights: the two backends quantize activations and sum in other orders, so the
+        # same uncompacted cache already predicts differently on each (0.008-0.019 nats seen
+        # for compacted states on an H200). The move must add nothing beyond that floor.
+        bound = max(bound, 2 * _backend_floor(src, dst, _document(name, src), cont, flash))
+    assert kl(want, got) <= bound
+
+
+def _backend_floor(a: pyllamaam.Model, b: pyllamaam.Model, doc: list[int], cont: list[int], flash: bool) -> float:
+    """KL between two models' next-token distributions after the same uncompacted prefill."""
+    logits = []
+    for m in (a, b):
+        with m.session(n_ctx=1024, flash_attn=flash) as s:
+            s.prefill(doc)
+            logits.append(s.eval_logits(cont))
+    return kl(*logits)
 
 
 @pytest.mark.parametrize("direction", ["cpu-to-gpu", "gpu-to-cpu"])
