@@ -22,7 +22,7 @@ class CompactionReport:
     budgets : the head budgets used: ``"uniform"`` or the budgets file (or ``"given"`` for a mapping).
     on_policy : layer groups fitted in order (queries re-captured before each group after the first).
     ratio : the achieved cell ratio over the span.
-    seconds : per stage (queries, extract, fit, write, verify).
+    seconds : per stage (queries, extract, fit, write, verify; retype after a move to other cache types).
     attention_error : mean relative attention-output error on held-out queries (None if unknown).
     kl : mean KL(before || after) of next-token distributions on the probe (nats; None if unknown).
     tail_kl : the same on the continuation probe: the context's last tokens (after the span, kept

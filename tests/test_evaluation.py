@@ -195,6 +195,21 @@ def test_bench_quick_end_to_end(tmp_path):
     assert (out / "scaling.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.native
+@pytest.mark.slow
+def test_bench_memory_counts_the_move_and_decodes_in_the_new_types(tmp_path):
+    from pyllamaam.evaluation.cli import bench_main
+
+    out = tmp_path / "results"
+    assert bench_main(["--quick", "--memory", "8", "--out", str(out), "--no-progress"]) == 0
+    for r in json.loads((out / "bench.json").read_text())["rows"]:
+        assert not r["fell_back"] and r["memory"] == 8 and r["ratio"] is None
+        assert r["kv_types"] != "f16/f16"  # the table's types (SmolLM2: quantized)
+        assert r["compaction_seconds"]["retype"] > 0  # the move counts in the compaction's cost
+        assert r["kv_mb_after"] * 8 <= r["kv_mb_before"] * 1.01  # 8x fewer bytes than f16, bias included
+        assert r["decode_compacted_over_fresh"] > 0
+
+
 def test_report_summarizes_synthetic_cells(tmp_path):
     def rec(method, ratio, kl, seed):
         r = {"key": f"{method}{ratio}{seed}", "model": "m", "n_tokens_target": 100, "n_tokens": 101, "seed": seed,

@@ -158,6 +158,8 @@ def bench_parser() -> argparse.ArgumentParser:
     ap.add_argument("--models", "--model", type=_strs, default=d.models, help="catalog names or GGUF paths, comma list")
     ap.add_argument("--n-tokens", type=_ints, default=d.n_tokens, help="context lengths N, comma list")
     ap.add_argument("--ratio", type=float, default=d.ratio)
+    ap.add_argument("--memory", type=float, default=None,
+                    help="compact(memory=M) instead of --ratio: M times fewer bytes than the f16 full cache")
     ap.add_argument("--method", default=d.method, help="default: Session.compact's")
     ap.add_argument("--queries", default=d.queries)
     ap.add_argument("--repeat-max-tokens", type=float, default=None,
@@ -184,7 +186,8 @@ def bench_main(argv: list[str] | None = None) -> int:
     args = bench_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("pyllamaam.native").setLevel(logging.ERROR)
-    spec = BenchSpec(models=args.models, n_tokens=args.n_tokens, ratio=args.ratio, method=args.method,
+    spec = BenchSpec(models=args.models, n_tokens=args.n_tokens, ratio=args.ratio, memory=args.memory,
+                     method=args.method,
                      queries=args.queries, decode_tokens=args.decode_tokens, threads=args.threads or d.threads,
                      device=args.device,
                      repeat_max_tokens=args.repeat_max_tokens, verify=not args.no_verify, options=dict(args.opt))

@@ -32,6 +32,9 @@ class BenchSpec:
     models: list[str] = field(default_factory=lambda: ["smollm2-135m"])
     n_tokens: list[int] = field(default_factory=lambda: [2048, 4096, 8192])
     ratio: float = 10.0
+    # compact(memory=M) instead of the ratio: M times fewer bytes than the f16 full cache, in the
+    # cache types the measured table picks (the move to them counts in the compaction's seconds)
+    memory: float | None = None
     method: str | None = None  # None: Session.compact's default
     queries: str | None = None  # None: the method's default source
     decode_tokens: int = 32
@@ -126,7 +129,8 @@ def gpu_layers(device: str) -> int:
 def bench_one(model: Any, n: int, spec: BenchSpec, n_threads: int | None = None) -> dict[str, Any]:
     """Every cost number for one context length, sessions on ``n_threads`` threads."""
     toks = _text_tokens(model, n)
-    row: dict[str, Any] = {"n_tokens": n, "ratio": spec.ratio, "method": spec.method or "default",
+    row: dict[str, Any] = {"n_tokens": n, "ratio": None if spec.memory else spec.ratio, "memory": spec.memory,
+                           "method": spec.method or "default",
                            "queries": spec.queries or "default", "device": spec.device}
     n_ctx = 2 * n + 512 + spec.decode_tokens
     with model.session(n_ctx=n_ctx, n_threads=n_threads) as s:
@@ -149,7 +153,7 @@ def bench_one(model: Any, n: int, spec: BenchSpec, n_threads: int | None = None)
             opts["repeat_max_tokens"] = max(1, round(m * n if m < 1 else m))
             row["repeat_max_tokens"] = opts["repeat_max_tokens"]
         cpu = time.process_time()
-        rep = s.compact(ratio=spec.ratio, **opts)
+        rep = s.compact(memory=spec.memory, **opts) if spec.memory else s.compact(ratio=spec.ratio, **opts)
         # CPU seconds of this process over the compaction's wall seconds: near the threads when
         # they all ran, near 1 when the work was serial or another process held the other cores
         row["compaction_cpu_over_wall"] = (time.process_time() - cpu) / max(rep.total_seconds, 1e-9)
@@ -160,7 +164,11 @@ def bench_one(model: Any, n: int, spec: BenchSpec, n_threads: int | None = None)
         row["compaction_over_prefill"] = rep.total_seconds / row["prefill_seconds"]
         row["cells_after"] = s.n_cells
         row["fell_back"] = rep.fell_back
-        with model.session(n_ctx=row["cells_after"] + spec.decode_tokens + 8, n_threads=n_threads) as f:
+        row["kv_types"] = f"{s.kv_type_k}/{s.kv_type_v}"
+        row["kv_mb_after"] = s.kv_bytes() / 2**20  # the cells in use, K, V and bias
+        # the fresh session decodes in the same cache types and attention path as the compacted one
+        with model.session(n_ctx=row["cells_after"] + spec.decode_tokens + 8, n_threads=n_threads,
+                           kv_type_k=s.kv_type_k, kv_type_v=s.kv_type_v, flash_attn=s.flash_attn) as f:
             f.prefill(toks[: row["cells_after"]])
             rates = _paired_decode_rates(s, f, spec.decode_tokens)
         row["decode_tok_s_compacted"], row["decode_tok_s_fresh"] = rates
@@ -200,14 +208,17 @@ def run_bench(spec: BenchSpec, out: Path, progress: bool = True) -> dict[str, An
 def bench_markdown(rows: list[dict[str, Any]]) -> str:
     stages = list(rows[0]["compaction_seconds"]) if rows else []
     head = ["model", "N", "threads", "prefill tok/s", *[f"{s} s" for s in stages], "compaction s", "compaction/prefill",
-            "decode tok/s compacted", "decode tok/s fresh", "compacted/fresh", "KV MiB", "peak RSS MiB"]
+            "decode tok/s compacted", "decode tok/s fresh", "compacted/fresh", "KV MiB", "KV MiB after",
+            "peak RSS MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         vals = [r.get("model", ""), str(r["n_tokens"]), str(r.get("threads", "")), f"{r['prefill_tok_s']:.1f}",
                 *[f"{r['compaction_seconds'].get(s, 0.0):.2f}" for s in stages],
                 f"{r['compaction_total_seconds']:.2f}", f"{r['compaction_over_prefill']:.2f}",
                 f"{r['decode_tok_s_compacted']:.1f}", f"{r['decode_tok_s_fresh']:.1f}",
-                f"{r['decode_compacted_over_fresh']:.2f}", f"{r['kv_mb_before']:.1f}", f"{r['peak_rss_mb']:.0f}"]
+                f"{r['decode_compacted_over_fresh']:.2f}", f"{r['kv_mb_before']:.1f}",
+                f"{r['kv_mb_after']:.1f}" + (f" ({r['kv_types']})" if r.get("memory") else ""),
+                f"{r['peak_rss_mb']:.0f}"]
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
 
