@@ -630,11 +630,15 @@ class Session:
 
     def get_kv(self) -> KVState:
         """The compactable cells of the sequence as float32 arrays (see :class:`KVState`)."""
+        return self._kv_of(self._snapshot())
+
+    def _kv_of(self, blob: bytes) -> KVState:
+        """:meth:`get_kv` of a snapshot of this session (one read of the state serves both)."""
         layers = self.compact_layers()
         if not layers:
             raise UnsupportedLayout(self.gate_reason)
         heads = {il: self.layers[il]["n_head_kv"] for il in layers}
-        return parse_seq_state(self._snapshot(), layers, heads)
+        return parse_seq_state(blob, layers, heads)
 
     def set_kv(self, state: KVState) -> None:
         """Write ``state`` back (any subset of the cells, new values and biases).
@@ -642,6 +646,11 @@ class Session:
         The cell at position ``n_past - 1`` must be kept: llama.cpp continues after it. On any
         failure the previous state is restored and :class:`StateError` is raised.
         """
+        self._check_kv(state)
+        self._write_kv(state)
+
+    def _check_kv(self, state: KVState) -> None:
+        """:meth:`set_kv`'s checks of ``state`` (StateError)."""
         last = self.n_past - 1
         pos = np.asarray(state.positions)
         if last >= 0 and last not in set(pos.tolist()):
@@ -663,14 +672,17 @@ class Session:
                 raise StateError(f"set_kv: layer {il} bias has shape {b.shape}, expected {k.shape[:2]}")
             if not (np.isfinite(k).all() and np.isfinite(v).all()):
                 raise StateError(f"set_kv: layer {il} keys or values are not finite")
-        self._write_kv(state)
 
-    def _write_kv(self, state: KVState) -> None:
+    def _write_kv(self, state: KVState, old: bytes | None = None) -> None:
         """Write ``state`` unchecked, in this context's V layout (KVState holds V untransposed)."""
-        self._write_blob(build_seq_state(dataclasses.replace(state, v_trans=not self.flash_attn)), state.n_cells)
+        blob = build_seq_state(dataclasses.replace(state, v_trans=not self.flash_attn))
+        self._write_blob(blob, state.n_cells, old)
 
-    def _write_blob(self, blob: bytes, n_cells: int) -> None:
-        old = self._snapshot()
+    def _write_blob(self, blob: bytes, n_cells: int, old: bytes | None = None) -> None:
+        """Write a state blob; on failure restore ``old`` (a snapshot of the current state the
+        caller holds; None: one taken here, a full copy of the cache) and raise StateError."""
+        if old is None:
+            old = self._snapshot()
         try:
             _native.state_set(self.ctx, blob)
         except NativeError as err:

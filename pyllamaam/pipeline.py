@@ -254,18 +254,20 @@ def compact(
     rep.budgets = "uniform" if _uniform(plan.budgets) else (
         str(plan.budgets) if isinstance(plan.budgets, (str, Path)) else "given"
     )
-    blob, n_cells0 = session._snapshot(), session.n_cells
     rep.bytes_before, rep.bytes_f16 = session.kv_bytes(), session.kv_bytes_f16()
 
     clock = time.perf_counter()
     tell("extract", 0, 1)
-    kv = session.get_kv()
+    # one read of the state: the rollback copy, parsed into the arrays, and the scratch passes'
+    # and the flash-attention copy's starting state (each read copies the whole cache)
+    blob, n_cells0 = session._snapshot(), session.n_cells
+    kv = session._kv_of(blob)
     cut = _cut(kv, plan, (keep_first, keep_last, ratio, target_cells))
     rep.seconds["extract"] = time.perf_counter() - clock
     tell("extract", 1, 1)
     tell("queries", 0, 1)
     span_pos = kv.positions[cut.split.span]
-    probes, probe_seconds = _read_probes(session, kv, cut, plan, verify)
+    probes, probe_seconds = _read_probes(session, kv, cut, plan, verify, blob)
     try:
         clock = time.perf_counter()
         span = (int(span_pos[0]), int(span_pos[-1]))
@@ -273,7 +275,7 @@ def compact(
         if not _needs_queries(plan):
             Q = {}
         elif plan.given is None:
-            Q = qsources.collect(session, plan.qspec, span, task=plan.task, **qopts)
+            Q = qsources.collect(session, plan.qspec, span, task=plan.task, snapshot=blob, kv=kv, **qopts)
         else:
             _check_given(plan.given, span, kvsplit.span_of(kv, cut.user), n_cells0)
             Q = plan.given.queries
@@ -292,14 +294,14 @@ def compact(
 
         clock = time.perf_counter()
         tell("write", 0, 1)
-        _write(session, kv, plan, cut, fitted, rep)
+        written = _write(session, kv, plan, cut, fitted, rep, blob)
         rep.seconds["write"] = time.perf_counter() - clock
         tell("write", 1, 1)
 
         clock = time.perf_counter()
         tell("verify", 0, 1)
         probe, before, tail = probes
-        _verify(session, kv, cut.split, fitted, held_q, probe, before, plan.pipe, rep, verify, tail)
+        _verify(session, kv, cut.split, fitted, held_q, probe, before, plan.pipe, rep, verify, (*tail, written))
         rep.seconds["verify"] = time.perf_counter() - clock + probe_seconds
         tell("verify", 1, 1)
     except ConfigError:
@@ -467,8 +469,8 @@ def _shared_cut(session: Session, kv: KVState, plan: _Plan, cut: _Cut, Q, rep: C
             log.warning("pin: the matching sentences hold %d cells, more than the %d kept verbatim; "
                         "the best of them are kept", int(pinned.sum()), n_exact)
         total = np.where(pinned, total + 2.0 * (1.0 + np.abs(total).max()), total)  # pinned units first
-    rep.seconds["select"] = time.perf_counter() - clock
     exact = chunks.chunk_select(total, n_exact, units)
+    rep.seconds["select"] = time.perf_counter() - clock
     if plan.shared or n_exact >= t:  # nothing left to fit: the chunks as they are
         H = {il: kv.keys[il].shape[1] for il in plan.layers}
         idx = {il: np.broadcast_to(exact, (H[il], len(exact))) for il in plan.layers}
@@ -570,17 +572,19 @@ def _kept(kv: KVState, split: kvsplit.Split, idx: dict[int, np.ndarray]) -> dict
     return out
 
 
-def _read_probes(session: Session, kv: KVState, cut: _Cut, plan: _Plan, verify: bool) -> tuple[tuple, float]:
-    """The full cache's logits on the recall probe and on the continuation probe (for verify)."""
+def _read_probes(session: Session, kv: KVState, cut: _Cut, plan: _Plan, verify: bool,
+                 snapshot: bytes) -> tuple[tuple, float]:
+    """The full cache's logits on the recall probe and on the continuation probe (for verify);
+    ``snapshot``: the session's current state."""
     pipe = plan.pipe
+    clock, tail_before = time.perf_counter(), None
     first = int(kv.positions[cut.split.span][0])
     probe = _probe_tokens(session, first, pipe["probe_tokens"], plan.qopts) if verify else []
     before = session.eval_logits(probe) if probe else None
     tail_end = int(kv.positions[cut.user.span][-1]) if len(cut.user.span) else session.n_past - 1
-    clock, tail_before = time.perf_counter(), None
     if verify and pipe["tail_probe"]:
-        tail_before = tail_logits(session, _tail_tokens(pipe["tail_probe"], "tail_probe"), tail_end)
-    # counted with verify, as is reading it again after
+        tail_before = tail_logits(session, _tail_tokens(pipe["tail_probe"], "tail_probe"), tail_end, snapshot)
+    # counted with verify, as is reading them again after
     return (probe, before, (tail_before, tail_end)), time.perf_counter() - clock
 
 
@@ -640,11 +644,14 @@ def _fit_one(session, kv, plan, cut, il, q, budget, window) -> CompactedLayer:
     return spanfit.fit_layer_windows(K, V, q, budget, window, scale, prior, chunks, **kw)
 
 
-def _write(session, kv, plan, cut, fitted, rep) -> None:
-    """Write the compacted cells back and report what they hold."""
+def _write(session, kv, plan, cut, fitted, rep, snapshot: bytes) -> bytes | None:
+    """Write the compacted cells back and report what they hold; returns the state written where
+    it was read back (else None). ``snapshot``: the state to restore if the write is refused (the
+    cache before compaction: :func:`compact` restores it on any failure anyway)."""
     new = kvsplit.assemble(kv, cut.split, fitted)
-    session.set_kv(new)
-    _as_written(session, new, fitted, len(cut.split.sinks))
+    session._check_kv(new)
+    session._write_kv(new, old=snapshot)
+    written = _as_written(session, new, fitted, len(cut.split.sinks))
     T = len(cut.user.span)
     rep.span_before, rep.span_after = T, new.n_cells - len(cut.user.sinks) - len(cut.user.recent)
     rep.ratio = T / max(1, rep.span_after)
@@ -654,19 +661,23 @@ def _write(session, kv, plan, cut, fitted, rep) -> None:
     )
     rep.keys_kept = int(sum(int(r.keys_kept.sum()) for r in fitted.values())) + moved
     rep.cells_after = session.n_cells
+    return written
 
 
-def _as_written(session: Session, new: KVState, fitted: dict[int, CompactedLayer], n_sinks: int) -> None:
+def _as_written(session: Session, new: KVState, fitted: dict[int, CompactedLayer], n_sinks: int) -> bytes | None:
     """Each fit's values replaced by what the cache holds, so that verify measures the cache as
     written: f16, bf16 and the quantized types round the fitted float32 values (kept keys are
-    copies of cached ones and the bias is stored as F32: both are written exactly)."""
+    copies of cached ones and the bias is stored as F32: both are written exactly). Returns the
+    state read back (None where nothing was read)."""
     if session.kv_type_v == "f32":
-        return
-    got = session.get_kv()
+        return None
+    blob = session._snapshot()
+    got = session._kv_of(blob)
     at = {int(p): i for i, p in enumerate(got.positions)}
     for il, res in fitted.items():
         rows = [at[int(p)] for p in new.positions[n_sinks : n_sinks + res.indices.shape[1]]]
         fitted[il] = replace(res, values=got.values[il][rows].transpose(1, 0, 2).astype(res.values.dtype))
+    return blob
 
 
 def reference_queries(
@@ -840,7 +851,9 @@ def _apply_guards(kv, split, fitted, held_q, session, rep, workers=None) -> dict
 
 # --- write back ---
 # --- verify ---
-def _verify(session, kv, split, fitted, held_q, probe, before, pipe, rep, verify, tail=(None, 0)) -> None:
+def _verify(session, kv, split, fitted, held_q, probe, before, pipe, rep, verify, tail=(None, 0, None)) -> None:
+    """The gates on the written cache; ``tail``: the continuation probe's logits before, the span's
+    last position, and the session's current state where it was read (else None)."""
     def one(il: int) -> float:
         K, V = kvsplit.span_arrays(kv, il, split)
         e = attention_errors(
@@ -865,9 +878,9 @@ def _verify(session, kv, split, fitted, held_q, probe, before, pipe, rep, verify
         rep.kl = mean_kl(before, after)
         if not rep.kl <= pipe["max_kl"]:
             raise _GateFailed(f"probe KL {rep.kl:.4f} nats > gate {pipe['max_kl']}")
-    tail_before, tail_end = tail
+    tail_before, tail_end, snapshot = tail
     if tail_before is not None:
-        tail_after = tail_logits(session, len(tail_before), tail_end)
+        tail_after = tail_logits(session, len(tail_before), tail_end, snapshot)
         if tail_after is None or not np.isfinite(tail_after).all():
             raise _GateFailed("the continuation probe could not be read again after write-back")
         rep.tail_kl = mean_kl(tail_before, tail_after)

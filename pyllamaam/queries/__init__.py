@@ -70,7 +70,9 @@ def collect(session: Session, spec: str, span: tuple[int, int], **kw: Any) -> Qu
     session : the session (unchanged afterwards).
     spec : source names joined by ``+``.
     span : (first, last) position of the compactable span (inclusive).
-    **kw : options of the sources (``task``, ``repeat_prompt``, ``max_room`` ...).
+    **kw : options of the sources (``task``, ``repeat_prompt``, ``max_room`` ...); ``snapshot``
+        and ``kv``: the session's current state and its ``get_kv()``, where the caller holds them
+        (the sources' scratch passes and flash-attention copies then do not read them again).
 
     Returns
     -------
@@ -83,4 +85,4 @@ def collect(session: Session, spec: str, span: tuple[int, int], **kw: Any) -> Qu
         for il, q in got.items():
             out.setdefault(il, []).append(q)
         parts.append(len(next(iter(got.values()))) if got else 0)
-    return Queries({il: np.concatenate(qs) for il, qs in out.items()}, parts)
+    return Queries({il: qs[0] if len(qs) == 1 else np.concatenate(qs) for il, qs in out.items()}, parts)

@@ -47,13 +47,17 @@ def repeat_queries(
     repeat_piece: int = 256,
     repeat_positions: Any = None,
     repeat_flash: bool = True,
+    snapshot: bytes | None = None,
+    kv: Any = None,
     **_: Any,
 ) -> dict[int, np.ndarray]:
     """Queries of the repeated span tokens, ``{layer: [n, n_head, head_dim]}``; with
     ``repeat_positions`` (context positions, in order), the tokens at those positions only.
 
     With ``repeat_flash`` (the default) a session without flash attention runs the pass on a
-    flash-attention copy of itself (:func:`flash_twin`), in one piece whatever its free cells."""
+    flash-attention copy of itself (:func:`flash_twin`), in one piece whatever its free cells.
+    ``snapshot`` and ``kv``: the session's current state and its ``get_kv()``, where the caller
+    holds them (they are not read again)."""
     if repeat_positions is None:
         toks = session._tokens[span[0] : span[1] + 1]
     else:
@@ -63,7 +67,7 @@ def repeat_queries(
     if repeat_max_tokens is not None and len(toks) > repeat_max_tokens:
         toks = spread_pieces(toks, repeat_max_tokens, repeat_piece)
     prompt = session.model.tokenize(repeat_prompt) if repeat_prompt else []
-    with flash_twin(session, len(prompt) + len(toks)) if repeat_flash else nullcontext() as twin:
+    with flash_twin(session, len(prompt) + len(toks), kv) if repeat_flash else nullcontext() as twin:
         if twin is not None:
             if prompt:
                 twin.prefill(prompt)
@@ -76,7 +80,7 @@ def repeat_queries(
         )
     out: dict[int, list[np.ndarray]] = {}
     for i in range(0, len(toks), chunk):
-        with scratch(session):
+        with scratch(session, snapshot):  # each scratch restores the same state
             if prompt:
                 session.prefill(prompt)
             for il, q in session.capture_queries(toks[i : i + chunk]).items():

@@ -29,15 +29,17 @@ def selfstudy_queries(
     *,
     selfstudy_prompts: tuple[str, ...] = SELFSTUDY_PROMPTS,
     selfstudy_tokens: int = 48,
+    snapshot: bytes | None = None,
     **_: Any,
 ) -> dict[int, np.ndarray]:
-    """Queries of prompts and greedy answers, ``{layer: [n, n_head, head_dim]}``."""
+    """Queries of prompts and greedy answers, ``{layer: [n, n_head, head_dim]}``; ``snapshot``:
+    the session's current state, where the caller holds it."""
     out: dict[int, list[np.ndarray]] = {}
     for prompt in selfstudy_prompts:
         ptoks = session.model.tokenize(prompt)
         if len(ptoks) + selfstudy_tokens > room(session):
             raise ConfigError(f"self-study needs {len(ptoks) + selfstudy_tokens} free cells, {room(session)} free")
-        with scratch(session):
+        with scratch(session, snapshot):  # each scratch restores the same state
             session._capture = {}
             try:
                 session.generate(ptoks, max_tokens=selfstudy_tokens)

@@ -21,11 +21,14 @@ if TYPE_CHECKING:
     from ..engine import Session
 
 
-def tail_queries(session: Session, span: tuple[int, int], *, tail_tokens: int = 32, **_: Any) -> dict[int, np.ndarray]:
+def tail_queries(
+    session: Session, span: tuple[int, int], *, tail_tokens: int = 32, snapshot: bytes | None = None, **_: Any
+) -> dict[int, np.ndarray]:
     """Queries of the last ``tail_tokens`` tokens of the context, ``{layer: [n, n_head, head_dim]}``.
 
     Only tokens after the compactable span are read again (they sit one per cell at their own
-    positions), so at most ``n_past - 1 - span[1]`` of them.
+    positions), so at most ``n_past - 1 - span[1]`` of them. ``snapshot``: the session's current
+    state, where the caller holds it.
     """
     if isinstance(tail_tokens, bool) or not isinstance(tail_tokens, int) or tail_tokens < 1:
         raise ConfigError(f"tail_tokens must be an integer >= 1, not {tail_tokens!r}")
@@ -34,7 +37,7 @@ def tail_queries(session: Session, span: tuple[int, int], *, tail_tokens: int = 
     if n < 1:
         raise ConfigError("queries='tail' needs tokens after the compactable span (keep_last >= 2)")
     toks = session._tokens[-n:]
-    with scratch(session):
+    with scratch(session, snapshot):
         if not _native.seq_rm(session.ctx, n_past - n, -1):
             raise ConfigError(f"this memory cannot drop its last {n} cells to read them again")
         session._tokens = session._tokens[:-n]
@@ -42,19 +45,20 @@ def tail_queries(session: Session, span: tuple[int, int], *, tail_tokens: int = 
         return session.capture_queries(toks)
 
 
-def tail_logits(session: Session, n: int, after: int) -> np.ndarray | None:
+def tail_logits(session: Session, n: int, after: int, snapshot: bytes | None = None) -> np.ndarray | None:
     """Next-token logits of the context's last ``n`` tokens read again on the cache as it is
     (float32 [n, n_vocab]): what the continuation probe compares before and after a compaction.
 
     Only tokens at positions past ``after`` (the compactable span's last position) are read again,
     so at most ``n_past - 1 - after``; None when fewer than 1 would be, or when the memory cannot
-    drop its last cells (recurrent state). The session is unchanged.
+    drop its last cells (recurrent state). The session is unchanged. ``snapshot``: its current
+    state, where the caller holds it.
     """
     n = min(n, session.n_past - 1 - after, len(session._tokens))
     if n < 1:
         return None
     toks = session._tokens[-n:]
-    with scratch(session):
+    with scratch(session, snapshot):
         if not _native.seq_rm(session.ctx, session.n_past - n, -1):
             return None
         session._tokens = session._tokens[:-n]

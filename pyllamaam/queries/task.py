@@ -14,13 +14,14 @@ if TYPE_CHECKING:
 
 
 def task_queries(
-    session: Session, span: tuple[int, int], *, task: str | None = None, **_: Any
+    session: Session, span: tuple[int, int], *, task: str | None = None, snapshot: bytes | None = None, **_: Any
 ) -> dict[int, np.ndarray]:
-    """Queries of ``task`` read after the context, ``{layer: [n, n_head, head_dim]}``."""
+    """Queries of ``task`` read after the context, ``{layer: [n, n_head, head_dim]}``; ``snapshot``:
+    the session's current state, where the caller holds it."""
     if not task:
         raise ConfigError("queries='task' needs task='the prompt that will follow'")
     toks = session.model.tokenize(task)
     if len(toks) > room(session):
         raise ConfigError(f"the task prompt ({len(toks)} tokens) does not fit in {room(session)} free cells")
-    with scratch(session):
+    with scratch(session, snapshot):
         return session.capture_queries(toks)
