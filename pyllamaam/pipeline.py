@@ -888,12 +888,18 @@ def _verify(session, kv, split, fitted, held_q, probe, before, pipe, rep, verify
             raise _GateFailed(f"continuation probe KL {rep.tail_kl:.4f} nats > gate {pipe['max_tail_kl']}")
 
 
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Rows of log softmax in float64, shifted by each row's maximum (no overflow); one exp pass,
+    where ``np.logaddexp.reduce`` took seconds on a 262K-token vocabulary (Gemma-3)."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    z -= np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return z
+
+
 def mean_kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
     """Mean over rows of KL(softmax(p) || softmax(q)), nats."""
-    lp = p_logits.astype(np.float64)
-    lq = q_logits.astype(np.float64)
-    lp = lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)
-    lq = lq - np.logaddexp.reduce(lq, axis=1, keepdims=True)
+    lp, lq = _log_softmax(p_logits), _log_softmax(q_logits)
     return float((np.exp(lp) * (lp - lq)).sum(axis=1).mean())
 
 
