@@ -136,6 +136,26 @@ def test_compact_memory_reaches_the_byte_target(smollm2, target):
         assert rep.bytes_after == s.kv_bytes() and rep.bytes_ratio_f16 >= target
 
 
+def test_compact_memory_runs_the_method_the_table_picks(smollm2, monkeypatch):
+    table = {"source": "t", "models": {}, "fallback": {"agnostic": [
+        {"memory": 8, "cache": "q8_0/q4_0", "method": "sentences"}]}}
+    monkeypatch.setattr(memory, "load_table", lambda path=memory.TABLE: table)
+    with smollm2.session(n_ctx=4096, n_threads=1) as s:
+        s.prefill(demo.document())
+        rep = s.compact(memory=8)
+        assert not rep.fell_back, rep.reason
+        assert rep.memory["method"] == "sentences" and s.kv_bytes_f16() / s.kv_bytes() >= 8
+        # whole sentences fill the budget: no forward pass for queries, every span cell kept exact
+        assert rep.n_queries == 0 and rep.seconds["queries"] < 0.05
+        kv = s.get_kv()
+        assert all(np.all(kv.bias[il][np.isfinite(kv.bias[il])] == 0) for il in range(len(kv.bias)))
+        # an option given by the caller wins over the table's
+        s.prefill(" More text.")
+        rep = s.compact(memory=8, spans=0.5)
+        assert not rep.fell_back, rep.reason
+        assert rep.n_queries > 0
+
+
 def test_an_impossible_budget_or_bad_target_changes_nothing(smollm2):
     with smollm2.session(n_ctx=1024, n_threads=1) as s:
         s.prefill(TEXT)
