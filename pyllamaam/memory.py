@@ -84,8 +84,9 @@ def pick(model: str, memory: float, task: bool, table: dict[str, Any] | None = N
     memory = check_target(memory)
     table = load_table() if table is None else table
     kind = "task" if task else "agnostic"
-    name = model if model in table.get("models", {}) else "fallback"
-    entries = (table["models"][name] if name != "fallback" else table.get("fallback", {})).get(kind, [])
+    mine = table.get("models", {}).get(model, {}).get(kind)  # the model's own, else every model's
+    name = model if mine else "fallback"
+    entries = mine or table.get("fallback", {}).get(kind, [])
     if not entries:
         raise ConfigError(f"the memory table has no {kind} entries for {model!r}")
     best = min(entries, key=lambda e: (abs(math.log(e["memory"] / memory)), -e["memory"]))
@@ -96,10 +97,12 @@ def pick(model: str, memory: float, task: bool, table: dict[str, Any] | None = N
 def build_table(rows: list[dict[str, Any]], source: str) -> dict[str, Any]:
     """The table from QA summary rows addressed by memory (``pyllamaam eval --suite qa --memories``):
     per model and target, the configuration with the most answers relative to the f16 full cache
-    (ties: fewer bytes), and a fallback that maximizes the mean over the models."""
+    (ties: fewer bytes), and a fallback that maximizes the mean over the models. A row where a
+    compaction fell back does not count: the full cache answered and the target was missed."""
     out: dict[str, Any] = {"source": source, "models": {}, "fallback": {}}
     for kind, methods in (("agnostic", AGNOSTIC), ("task", TASK)):
-        mine = [r for r in rows if r.get("memory") and r["method"] in methods and r.get("of_full") is not None]
+        mine = [r for r in rows if r.get("memory") and r["method"] in methods and r.get("of_full") is not None
+                and not r.get("fell_back")]
         pooled: dict[tuple, list[float]] = {}
         for model in sorted({r["model"] for r in mine}):
             entries = []

@@ -620,3 +620,26 @@ def test_eviction_baselines_read_the_tail_by_default_and_never_run_a_repeat_pass
         s.prefill(_ids(200, 8))
         rep = s.compact(ratio=4, method="window", **LENIENT)
         assert not rep.fell_back and rep.queries == "repeat", rep.reason
+
+
+def test_a_question_aware_gate_reads_the_question(smol, monkeypatch):
+    """With task=, the max_kl gate compares the next-token distributions over the question's own
+    tokens before and after (what the compaction serves), not a recall of the text's start."""
+    st = _state(smol)
+    question = "\n\nQuestion: Which method is called when an attribute lookup fails?\nAnswer:"
+    probes = []
+    real = type(smol).eval_logits
+
+    def spy(self, token_ids):
+        probes.append(list(token_ids))
+        return real(self, token_ids)
+
+    monkeypatch.setattr(type(smol), "eval_logits", spy)
+    try:
+        rep = smol.compact(ratio=10, task=question)
+        assert not rep.fell_back, rep.reason
+        want = smol.model.tokenize(question)
+        assert probes[0] == want and probes.count(want) == 2  # read before and after the write
+        assert np.isfinite(rep.kl) and rep.kl <= pipeline.PIPELINE_DEFAULTS["max_kl"]
+    finally:
+        _restore(smol, st)

@@ -96,6 +96,8 @@ def test_pick_reads_the_nearest_measured_target():
     assert memory.pick("m", 4, False, TABLE).measured_at == 8.0  # a tie goes to the larger target
     assert memory.pick("other", 8, False, TABLE).model == "fallback"
     assert memory.pick("m", 20, True, TABLE).method == "question"
+    no_task = {**TABLE, "models": {"f": {"agnostic": []}}, "fallback": TABLE["models"]["m"]}
+    assert memory.pick("f", 8, True, no_task).model == "fallback"  # the model has no task entries
     with pytest.raises(ConfigError, match="no task entries"):
         memory.pick("other", 8, True, TABLE)
     for bad in (0.5, float("nan"), "8", True):
@@ -110,6 +112,9 @@ def test_build_table_picks_the_most_answers_per_target():
         for c, m, f in [("f16", 4, 0.5), ("q8_0", 4, 0.8), ("f16", 8, 0.4), ("q4_0", 8, 0.3)]
     ] + [{"model": "a", "tokens": 1024, "method": "full", "cache": "q8_0", "memory": 0.0, "of_full": 1.0,
           "accuracy": 0.5, "bytes_ratio": 1.9, "questions": 27}]
+    # more answers, but a compaction fell back (the full cache answered, the target was missed)
+    rows.append({"model": "a", "tokens": 1024, "method": "sentences", "cache": "q8_0", "memory": 8, "of_full": 0.9,
+                 "accuracy": 0.45, "bytes_ratio": 5.0, "questions": 27, "fell_back": 1})
     t = memory.build_table(rows, "cmd")
     got = {(e["memory"], e["cache"]) for e in t["models"]["a"]["agnostic"]}
     assert got == {(4, "q8_0"), (8, "f16")}

@@ -350,7 +350,8 @@ def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["kl"] = float(np.mean([c["kl"] for c in cs if c.get("kl") is not None])) if d else None
             ratios = [c.get("compaction_seconds", 0.0) / c["prefill_seconds"] for c in cs]  # 0: types alone
             row["compaction_over_prefill"] = float(np.mean(ratios))
-            row["fell_back"] = sum(bool(c.get("fell_back")) for c in cs)
+            # compactions rolled back: whole cells, or single questions of the question-aware methods
+            row["fell_back"] = sum(bool(c.get("fell_back")) for c in cs) + sum(bool(q.get("fell_back")) for q in qs)
             marked = [q for q in qs if "kept" in q]  # runs that recorded it
             kept = [q for q in marked if q["kept"]]
             row["answers_kept"] = len(kept) / len(marked) if marked else None
