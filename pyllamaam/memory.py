@@ -97,8 +97,9 @@ def pick(model: str, memory: float, task: bool, table: dict[str, Any] | None = N
 def build_table(rows: list[dict[str, Any]], source: str) -> dict[str, Any]:
     """The table from QA summary rows addressed by memory (``pyllamaam eval --suite qa --memories``):
     per model and target, the configuration with the most answers relative to the f16 full cache
-    (ties: fewer bytes), and a fallback that maximizes the mean over the models. A row where a
-    compaction fell back does not count: the full cache answered and the target was missed."""
+    (ties: fewer bytes), and a fallback: the best mean over the models of the configurations
+    measured on the most models. A row where a compaction fell back does not count: the full
+    cache answered and the target was missed."""
     out: dict[str, Any] = {"source": source, "models": {}, "fallback": {}}
     for kind, methods in (("agnostic", AGNOSTIC), ("task", TASK)):
         mine = [r for r in rows if r.get("memory") and r["method"] in methods and r.get("of_full") is not None
@@ -116,13 +117,15 @@ def build_table(rows: list[dict[str, Any]], source: str) -> dict[str, Any]:
                     pooled.setdefault((m, r["cache"], r["method"]), []).append(r["of_full"])
             if entries:
                 out["models"].setdefault(model, {})[kind] = entries
-        n_models = len({r["model"] for r in mine})
         fallback = []
         for m in sorted({k[0] for k in pooled}):
-            cand = [(sum(v) / len(v), k) for k, v in pooled.items() if k[0] == m and len(v) == n_models]
-            if cand:
-                score, (_, cache, method) = max(cand)
-                fallback.append({"memory": m, "cache": cache, "method": method, "of_full": round(score, 3)})
+            # the configurations measured on the most models (not every model runs every one),
+            # the best mean of those
+            here = {k: v for k, v in pooled.items() if k[0] == m}
+            most = max(len(v) for v in here.values())
+            score, (_, cache, method) = max((sum(v) / len(v), k) for k, v in here.items() if len(v) == most)
+            fallback.append({"memory": m, "cache": cache, "method": method, "of_full": round(score, 3),
+                             "models": most})
         out["fallback"][kind] = fallback
     return out
 

@@ -122,9 +122,22 @@ def test_build_table_picks_the_most_answers_per_target():
     assert "task" not in t["models"]["a"]
 
 
+def test_the_fallback_pools_what_most_models_measured():
+    def row(model, cache, method, f):
+        return {"model": model, "tokens": 1024, "method": method, "cache": cache, "memory": 8, "of_full": f,
+                "accuracy": f, "bytes_ratio": 8, "questions": 27}
+
+    # b never ran f16 and c ran nothing else: q8_0 "default" is the one configuration of two models
+    rows = [row("a", "f16", "default", 0.9), row("a", "q8_0", "default", 0.5), row("b", "q8_0", "default", 0.7),
+            row("b", "q8_0", "sentences", 0.8), row("c", "f16", "sentences", 1.0)]
+    (fb,) = memory.build_table(rows, "cmd")["fallback"]["agnostic"]
+    assert (fb["cache"], fb["method"], fb["models"], fb["of_full"]) == ("q8_0", "default", 2, 0.6)
+
+
 def test_the_shipped_table_covers_the_default_model():
     t = memory.load_table()
     assert "smollm2-135m" in t["models"] and t["source"]
+    assert t["fallback"]["agnostic"] and t["fallback"]["task"]  # any other GGUF gets a pick
     targets = sorted(e["memory"] for e in t["models"]["smollm2-135m"]["agnostic"])
     assert targets[0] <= 4 and targets[-1] >= 16
 
