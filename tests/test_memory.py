@@ -122,6 +122,20 @@ def test_build_table_picks_the_most_answers_per_target():
     assert "task" not in t["models"]["a"]
 
 
+def test_another_method_replaces_the_default_only_by_a_margin():
+    def row(method, cache, correct):
+        return {"model": "a", "tokens": 1024, "method": method, "cache": cache, "memory": 8, "of_full": correct / 20,
+                "accuracy": correct / 27, "bytes_ratio": 8, "questions": 27}
+
+    def pick(*rows):
+        (e,) = memory.build_table(list(rows), "cmd")["models"]["a"]["agnostic"]
+        return e["method"], e["cache"]
+
+    assert pick(row("default", "f16", 10), row("sentences", "q8_0", 11)) == ("default", "f16")  # one answer: a tie
+    assert pick(row("default", "f16", 10), row("sentences", "q8_0", 12)) == ("sentences", "q8_0")
+    assert pick(row("default", "f16", 10), row("default", "q4_0", 11)) == ("default", "q4_0")  # the default's types
+
+
 def test_the_fallback_pools_what_most_models_measured():
     def row(model, cache, method, f):
         return {"model": model, "tokens": 1024, "method": method, "cache": cache, "memory": 8, "of_full": f,
