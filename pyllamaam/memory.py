@@ -104,7 +104,7 @@ def build_table(rows: list[dict[str, Any]], source: str) -> dict[str, Any]:
     for kind, methods in (("agnostic", AGNOSTIC), ("task", TASK)):
         mine = [r for r in rows if r.get("memory") and r["method"] in methods and r.get("of_full") is not None
                 and not r.get("fell_back")]
-        pooled: dict[tuple, list[float]] = {}
+        pooled: dict[tuple, list[dict[str, Any]]] = {}
         for model in sorted({r["model"] for r in mine}):
             entries = []
             for m in sorted({r["memory"] for r in mine if r["model"] == model}):
@@ -113,18 +113,20 @@ def build_table(rows: list[dict[str, Any]], source: str) -> dict[str, Any]:
                     continue
                 entries.append(_entry(_best(cand)))
                 for r in cand:
-                    pooled.setdefault((m, r["cache"], r["method"]), []).append(r["of_full"])
+                    pooled.setdefault((m, r["cache"], r["method"]), []).append(r)
             if entries:
                 out["models"].setdefault(model, {})[kind] = entries
         fallback = []
         for m in sorted({k[0] for k in pooled}):
             # the configurations measured on the most models (not every model runs every one),
-            # the best mean of those
+            # the best mean of those, by the same rule as one model's
             here = {k: v for k, v in pooled.items() if k[0] == m}
             most = max(len(v) for v in here.values())
-            score, (_, cache, method) = max((sum(v) / len(v), k) for k, v in here.items() if len(v) == most)
-            fallback.append({"memory": m, "cache": cache, "method": method, "of_full": round(score, 3),
-                             "models": most})
+            best = _best([{"cache": cache, "method": method, "of_full": sum(r["of_full"] for r in v) / most,
+                           "accuracy": sum(_answers(r) for r in v), "questions": 1}
+                          for (_, cache, method), v in here.items() if len(v) == most])
+            fallback.append({"memory": m, "cache": best["cache"], "method": best["method"],
+                             "of_full": round(best["of_full"], 3), "models": most})
         out["fallback"][kind] = fallback
     return out
 
