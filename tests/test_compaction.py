@@ -643,3 +643,21 @@ def test_a_question_aware_gate_reads_the_question(smol, monkeypatch):
         assert np.isfinite(rep.kl) and rep.kl <= pipeline.PIPELINE_DEFAULTS["max_kl"]
     finally:
         _restore(smol, st)
+
+
+def test_a_question_aware_compaction_reports_the_continuation_probe_without_gating_it(smol, monkeypatch):
+    st = _state(smol)
+    question = "\n\nQuestion: Which method is called when an attribute lookup fails?\nAnswer:"
+    monkeypatch.setitem(pipeline.PIPELINE_DEFAULTS, "max_tail_kl", 0.0)  # every compaction would fail it
+    try:
+        rep = smol.compact(ratio=10, task=question)
+        assert not rep.fell_back, rep.reason
+        assert rep.tail_kl > 0  # measured and reported
+        _restore(smol, st)
+        rep = smol.compact(ratio=10, task=question, max_tail_kl=0.0)  # the caller's gate still holds
+        assert rep.fell_back and "continuation probe" in rep.reason
+        _restore(smol, st)
+        rep = smol.compact(ratio=10)  # without a question the default gate applies
+        assert rep.fell_back and "continuation probe" in rep.reason
+    finally:
+        _restore(smol, st)
