@@ -73,12 +73,15 @@ memory-table: setup
 	$(QA_TABLE) --models smollm2-135m --methods full,default --caches f16,q8_0,q4_0,q8_0/q4_0 --memories 2,4,8,16,32
 	$(QA_TABLE) --models smollm2-135m --methods sentences --caches q8_0/q4_0,q4_0 --memories 2,4,8,16,32
 	$(QA_TABLE) --models smollm2-135m --methods question --caches f16,q8_0/q4_0 --memories 8,32
+	$(QA_TABLE) --models smollm2-135m --methods snapkv,kvzip,chunkkv --caches q8_0/q4_0 --memories 4,8,16,32
 	$(QA_TABLE) --models qwen2.5-0.5b --methods full --caches f16,q8_0,q4_0,q8_0/q4_0
 	$(QA_TABLE) --models qwen2.5-0.5b --seeds 1,2,3,4 --methods full,default,sentences --caches q8_0/q4_0 \
 		--memories 4,8,16
 	$(QA_TABLE) --models qwen2.5-0.5b --seeds 1,2,3,4 --methods full --caches f16
 	$(QA_TABLE) --models qwen2.5-0.5b --methods question --caches f16,q8_0/q4_0 --memories 8,32
+	$(QA_TABLE) --models qwen2.5-0.5b --methods snapkv,kvzip,chunkkv --caches q8_0/q4_0 --memories 4,8,16
 	$(QA_TABLE) --models gemma3-270m --methods full --caches f16,q8_0,q4_0,q8_0/q4_0
+	$(QA_TABLE) --models gemma3-270m --methods snapkv,kvzip,chunkkv --caches f16 --memories 2,4,8,16
 	$(QA_TABLE) --models gemma3-270m --methods default,sentences --caches f16 --memories 2,4,8,16 \
 		--write-memory-table pyllamaam/memory_table.json
 
