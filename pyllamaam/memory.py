@@ -122,9 +122,7 @@ def build_table(rows: list[dict[str, Any]], source: str) -> dict[str, Any]:
             # the best mean of those, by the same rule as one model's
             here = {k: v for k, v in pooled.items() if k[0] == m}
             most = max(len(v) for v in here.values())
-            best = _best([{"cache": cache, "method": method, "of_full": sum(r["of_full"] for r in v) / most,
-                           "accuracy": sum(_answers(r) for r in v), "questions": 1}
-                          for (_, cache, method), v in here.items() if len(v) == most])
+            best = _best([_pool(v) for v in here.values() if len(v) == most])
             fallback.append({"memory": m, "cache": best["cache"], "method": best["method"],
                              "of_full": round(best["of_full"], 3), "models": most})
         out["fallback"][kind] = fallback
@@ -153,6 +151,15 @@ def _best(cand: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _answers(r: dict[str, Any]) -> int:
     return round(r["accuracy"] * r["questions"])
+
+
+def _pool(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One configuration's rows of several models as one row: the mean share of the full cache's
+    answers, and the answers and questions of them all."""
+    questions = sum(r["questions"] for r in rows)
+    return {"cache": rows[0]["cache"], "method": rows[0]["method"],
+            "of_full": sum(r["of_full"] for r in rows) / len(rows),
+            "accuracy": sum(_answers(r) for r in rows) / questions, "questions": questions}
 
 
 def _entry(r: dict[str, Any]) -> dict[str, Any]:

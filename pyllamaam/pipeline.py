@@ -337,13 +337,13 @@ def _plan(session, ratio, target_cells, method, queries, keep_first, keep_last, 
         )
     given = queries if isinstance(queries, ReferenceQueries) else None
     qspec = given.spec if given else "+".join(qsources.parse_spec(queries))
-    spans_given = "spans" in options
-    if task and "max_tail_kl" not in options:
+    spans_given, tail_given = "spans" in options, "max_tail_kl" in options
+    pipe = {k: options.pop(k, v) for k, v in PIPELINE_DEFAULTS.items()}
+    if task and not tail_given:
         # a compaction for one question serves that question (the max_kl probe reads it), not the
         # text's continuation: at 13x on Qwen2.5 the continuation probe read 3.05-3.10 nats and
         # rolled back 8 of one document's 9 compactions whose question probe read 0.3-0.6
-        options["max_tail_kl"] = None
-    pipe = {k: options.pop(k, v) for k, v in PIPELINE_DEFAULTS.items()}
+        pipe["max_tail_kl"] = None
     qopts = {k: options.pop(k) for k in QUERY_OPTIONS if k in options}
     _check_args(ratio, target_cells, keep_first, keep_last)
     fits = options.get("fit", SELECTORS[selector].fits)
@@ -777,9 +777,9 @@ def _probe_tokens(session: Session, first_pos: int, n: int, qopts: dict, task: s
     back 6 of a document's 9 question-aware compactions.)"""
     if task:
         toks = session.model.tokenize(task)
-        return toks[: max(0, session.n_ctx - session.n_cells)]
-    prompt = session.model.tokenize(qopts.get("repeat_prompt", REPEAT_PROMPT))
-    toks = prompt + session._tokens[first_pos : first_pos + n]
+    else:
+        toks = session.model.tokenize(qopts.get("repeat_prompt", REPEAT_PROMPT))
+        toks += session._tokens[first_pos : first_pos + n]
     return toks[: max(0, session.n_ctx - session.n_cells)]
 
 
