@@ -561,8 +561,9 @@ class Session:
         only once the new one predicts the next tokens as the old one did (mean KL <=
         ``retype.MAX_KL`` on a probe of the session's last tokens). A quantized V turns flash
         attention on; ``flash_attn`` sets it otherwise (None: as it is).
-        Raises ConfigError for a bad type or a layout other than a plain KV cache and StateError
-        when the move fails its check; the session is then unchanged."""
+        A plain cache, iSWA (both of its caches move) and hybrid (the attention cache moves) can.
+        Raises ConfigError for a bad type or another layout and StateError when the move fails its
+        check; the session is then unchanged."""
         from . import retype as retype_
         from .pipeline import mean_kl
 
@@ -572,9 +573,17 @@ class Session:
         k, v = kvtypes.resolve(None, kv_type_k, v_name, flash)
         if (k, v, flash) == (self.kv_type_k, self.kv_type_v, self.flash_attn):
             return
-        if self.memory_layout != "kv":
-            raise ConfigError(f"moving a {self.memory_layout} cache to other types is not supported")
-        state = retype_.convert(self.get_kv(), (self.kv_type_k, self.kv_type_v), (k, v)) if self._n_cells else None
+        layout = self.memory_layout
+        if layout not in ("kv", "iswa", "hybrid"):
+            raise ConfigError(f"moving a {layout} cache to other types is not supported")
+        state = None
+        if self._n_cells:
+            src = (self.kv_type_k, self.kv_type_v)
+            state = retype_.convert(self.get_kv(), src, (k, v))
+            if layout == "iswa":  # the sliding-window cache follows, in the same types (a hybrid's
+                # recurrent state is F32 whatever the cache types: it stays as it is)
+                swa = {il: li["n_head_kv"] for il, li in enumerate(self.layers) if li["flags"] & _native.LAYER_SWA}
+                state.tail = retype_.convert_section(state.tail, swa, src, (k, v), v_trans=not flash)
         probe = self._tokens[-4:]
         before = self.eval_logits(probe) if state is not None and probe else None
         old = (self._ctx, self.kv_type_k, self.kv_type_v, self.flash_attn)

@@ -131,6 +131,22 @@ def parse_seq_state(blob: bytes, layer_ids: list[int], n_head_kv: dict[int, int]
     if r.u32() != SEQ_MAGIC:
         raise StateError("not a llama.cpp sequence state (bad magic)")
     blob_seq = r.i32()
+    st, _ = _read_section(r, layer_ids, n_head_kv)
+    st.blob_seq = blob_seq
+    st.tail = bytes(r.buf[r.off :])
+    return st
+
+
+def parse_section(buf: bytes, layer_ids: list[int], n_head_kv: dict[int, int]) -> tuple[KVState, bool, bytes]:
+    """A further cache section at the start of ``buf`` (an iSWA blob's :attr:`KVState.tail` starts
+    with the sliding-window cache's): the state, whether it carries a bias section, and the bytes
+    after it."""
+    r = _Reader(buf)
+    st, has_bias = _read_section(r, layer_ids, n_head_kv)
+    return st, has_bias, bytes(r.buf[r.off :])
+
+
+def _read_section(r: _Reader, layer_ids: list[int], n_head_kv: dict[int, int]) -> tuple[KVState, bool]:
     n_stream = r.u32()
     if n_stream != 1:
         raise StateError(f"state has {n_stream} streams; only one is supported")
@@ -143,10 +159,8 @@ def parse_seq_state(blob: bytes, layer_ids: list[int], n_head_kv: dict[int, int]
         if n_seq != 1:
             raise StateError(f"cell {i} belongs to {n_seq} sequences; expected 1")
         seq_id = r.i32()
-    empty = KVState(positions, {}, {}, {}, seq_id=seq_id, blob_seq=blob_seq)
     if n == 0:
-        empty.tail = bytes(r.buf[r.off :])
-        return empty
+        return KVState(positions, {}, {}, {}, seq_id=seq_id), False
     flags = r.u32()
     has_bias = bool(flags & BIAS_FLAG)
     v_trans = flags & ~BIAS_FLAG
@@ -156,7 +170,7 @@ def parse_seq_state(blob: bytes, layer_ids: list[int], n_head_kv: dict[int, int]
     if n_layer != len(layer_ids):
         raise StateError(f"state has {n_layer} layers, the model section has {len(layer_ids)}")
 
-    st = KVState(positions, {}, {}, {}, v_trans=bool(v_trans), seq_id=seq_id, blob_seq=blob_seq)
+    st = KVState(positions, {}, {}, {}, v_trans=bool(v_trans), seq_id=seq_id)
     for il in layer_ids:
         t = r.i32()
         row = r.u64()
@@ -182,8 +196,7 @@ def parse_seq_state(blob: bytes, layer_ids: list[int], n_head_kv: dict[int, int]
             st.bias[il] = np.frombuffer(r.take(4 * n * h), dtype="<f4").astype(np.float32).reshape(n, h)
         else:
             st.bias[il] = np.zeros((n, n_head_kv[il]), dtype=np.float32)
-    st.tail = bytes(r.buf[r.off :])
-    return st
+    return st, has_bias
 
 
 def build_seq_state(st: KVState, with_bias: bool = True) -> bytes:
@@ -192,8 +205,13 @@ def build_seq_state(st: KVState, with_bias: bool = True) -> bytes:
     ``with_bias=False`` omits the bias section (for a context without bias storage); the
     biases must then all be zero.
     """
+    return struct.pack("<Ii", SEQ_MAGIC, st.blob_seq) + section_bytes(st, with_bias) + st.tail
+
+
+def section_bytes(st: KVState, with_bias: bool = True) -> bytes:
+    """``st`` as one cache section (without the blob's header and without ``st.tail``)."""
     n = st.n_cells
-    out = [struct.pack("<IiII", SEQ_MAGIC, st.blob_seq, 1, n)]
+    out = [struct.pack("<II", 1, n)]
     for p in st.positions.tolist():
         out.append(struct.pack("<iIi", int(p), 1, st.seq_id))
     if n > 0:
@@ -225,5 +243,4 @@ def build_seq_state(st: KVState, with_bias: bool = True) -> bytes:
                 raise StateError(f"bias of layer {il} holds NaN or +inf")
             out.append(struct.pack("<I", b.shape[1]))
             out.append(b.astype("<f4").tobytes())
-    out.append(st.tail)
     return b"".join(out)

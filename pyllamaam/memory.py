@@ -190,11 +190,11 @@ def check_auto(session: Any, memory: float, task: bool) -> None:
 
 def _choice(session: Any, target: float, task: bool) -> Choice:
     """The table's pick for the session's model, kept to the session's types where the layout
-    cannot move to others (only a plain KV cache does)."""
+    cannot move to others (:meth:`Session.retype` moves plain, iSWA and hybrid caches)."""
     from . import catalog
 
     choice = pick(catalog.name_of(session.model.path) or session.model.arch, target, task)
-    if session.memory_layout != "kv":
+    if session.memory_layout not in ("kv", "iswa", "hybrid"):
         choice = Choice(session.kv_type_k, session.kv_type_v, choice.method, choice.measured_at, choice.model)
     return choice
 

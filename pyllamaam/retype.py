@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from . import kvtypes
-from .kv import KVState
+from .kv import KVState, parse_section, section_bytes
 
 #: Session.retype's check: the mean KL (nats) between the next-token predictions before and after
 #: the move, on the session's last tokens read again. Measured on SmolLM2 (a 45-token text, flash
@@ -77,3 +77,15 @@ def convert(state: KVState, src: tuple[str, str], dst: tuple[str, str]) -> KVSta
         state, keys=keys, values=values,
         k_types={il: k_id for il in state.layers}, v_types={il: v_id for il in state.layers},
     )
+
+
+def convert_section(buf: bytes, n_head_kv: dict[int, int], src: tuple[str, str], dst: tuple[str, str],
+                    v_trans: bool) -> bytes:
+    """The cache section at the start of ``buf`` (an iSWA state's sliding-window cache, whose
+    layers and KV heads ``n_head_kv`` gives) moved as :func:`convert` moves the first, with V in
+    the destination's layout ``v_trans``; the bytes after it are kept as they are."""
+    st, has_bias, rest = parse_section(buf, list(n_head_kv), n_head_kv)
+    if st.n_cells == 0:
+        return buf
+    moved = dataclasses.replace(convert(st, src, dst), v_trans=v_trans)
+    return section_bytes(moved, has_bias) + rest

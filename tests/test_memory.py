@@ -12,7 +12,8 @@ from conftest import TEXT
 from conftest import ids as _ids
 
 from pyllamaam import ConfigError, demo, memory, retype
-from pyllamaam.kv import KVState
+from pyllamaam.kv import KVState, parse_section
+from pyllamaam.kvtypes import BY_NAME
 from pyllamaam.pipeline import mean_kl
 
 pytestmark = pytest.mark.native
@@ -74,10 +75,40 @@ def test_retype_refuses_bad_types_and_other_layouts(tiny64, tiny_models):
         with pytest.raises(ConfigError, match="not a KV cache type"):
             s.retype("q3_k")
         assert s.kv_type_k == "f16" and s._snapshot() == blob
-    with tiny_models["gemma3"].session(n_ctx=256) as s:
+    with tiny_models["recurrent"].session(n_ctx=256) as s:
         s.prefill(_ids(40))
-        with pytest.raises(ConfigError, match="iswa"):
+        blob = s._snapshot()
+        with pytest.raises(ConfigError, match="recurrent"):
             s.retype("q8_0")
+        assert s._snapshot() == blob
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "hybrid", "gemma3-270m"])
+def test_retype_moves_iswa_and_hybrid_caches(models, kind):
+    # iSWA: the sliding-window cache follows the first one into the new types (llama.cpp refuses a
+    # state whose sections disagree with the context's types); hybrid: the recurrent state stays
+    m = models[kind]
+    text = TEXT if kind == "gemma3-270m" else _ids(120)
+    probe = m.tokenize(" The next morning") if kind == "gemma3-270m" else _ids(4, seed=9)
+    k, v = ("q8_0", "q4_0") if kind == "gemma3-270m" else ("bf16", "f32")  # the tiny heads are 16 wide
+    with m.session(n_ctx=512, n_threads=1) as s:
+        s.prefill(text)
+        want, cells, flash = s.eval_logits(probe), s.n_cells, s.flash_attn or v == "q4_0"
+        s.retype(k, v)
+        assert (s.kv_type_k, s.kv_type_v, s.flash_attn, s.n_cells) == (k, v, flash, cells)
+        moved = s.eval_logits(probe)
+        if s.memory_layout == "iswa":
+            heads = {il: li["n_head_kv"] for il, li in enumerate(s.layers) if li["flags"] & 2}
+            swa, _, _ = parse_section(s.get_kv().tail, list(heads), heads)
+            assert swa.n_cells > 0 and swa.v_trans == (not flash)
+            assert set(swa.k_types.values()) == {BY_NAME[k]} and set(swa.v_types.values()) == {BY_NAME[v]}
+        with m.session(n_ctx=512, n_threads=1, flash_attn=flash, kv_type_k=k, kv_type_v=v) as direct:
+            direct.prefill(text)
+            prefilled = direct.eval_logits(probe)
+        assert mean_kl(want, moved) < max(0.02, 2 * mean_kl(want, prefilled))
+        s.retype("f16")
+        assert mean_kl(want, s.eval_logits(probe)) < max(0.05, 4 * mean_kl(want, prefilled))
+        assert s.generate(probe, max_tokens=3) is not None
 
 
 TABLE = {
