@@ -65,9 +65,9 @@ device-bundle: build
 	$(PIP) download -q --no-deps --only-binary=:all: -d .device/whl tqdm threadpoolctl
 
 # The table compact(memory=M) reads (pyllamaam/memory_table.json): the QA suite on tuning documents
-# (seeds 1-3, and 1-4 where Qwen2.5's methods came close; apart from the reported ones) at every memory target, then the configuration that
-# kept the most answers per target and model. Resumable: finished cells are kept in
-# results/memory-table. Gemma-3's iSWA cache stays in the types it was made with.
+# (seeds 1-3, and 1-4 where Qwen2.5's methods came close; apart from the reported ones) at every
+# memory target, then the configuration that kept the most answers per target and model.
+# Resumable: finished cells are kept in results/memory-table.
 QA_TABLE = $(VPY) -m pyllamaam eval --suite qa --n-tokens 1024 --seeds 1,2,3 --threads 1 --out results/memory-table
 memory-table: setup
 	$(QA_TABLE) --models smollm2-135m --methods full,default --caches f16,q8_0,q4_0,q8_0/q4_0 --memories 2,4,8,16,32
@@ -82,7 +82,8 @@ memory-table: setup
 	$(QA_TABLE) --models qwen2.5-0.5b --methods snapkv,kvzip,chunkkv --caches q8_0/q4_0 --memories 4,8,16
 	$(QA_TABLE) --models gemma3-270m --methods full --caches f16,q8_0,q4_0,q8_0/q4_0
 	$(QA_TABLE) --models gemma3-270m --methods snapkv,kvzip,chunkkv --caches f16 --memories 2,4,8,16
-	$(QA_TABLE) --models gemma3-270m --methods default,sentences --caches f16 --memories 2,4,8,16 \
+	$(QA_TABLE) --models gemma3-270m --methods question --caches f16,q8_0/q4_0 --memories 8,32
+	$(QA_TABLE) --models gemma3-270m --methods default,sentences --caches f16,q8_0/q4_0,q4_0 --memories 2,4,8,16 \
 		--write-memory-table pyllamaam/memory_table.json
 
 lint: setup

@@ -87,13 +87,17 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[str]:
         fig, axes = plt.subplots(1, len(lengths), figsize=(7.2 * len(lengths), 4.6), squeeze=False)
         for ax, n in zip(axes[0], lengths, strict=True):
             mine = [r for r in rows if (r["model"], r["tokens"]) == (model, n) and r.get("bytes_ratio")]
-            series = sorted({label(r) for r in mine})
-            for i, name in enumerate(series):
+            # a colour per method, a line style and marker per cache type: every series tells apart
+            methods = sorted({r["method"] for r in mine})
+            caches = sorted({r["cache"] for r in mine}, key=lambda c: (c != F16, c))
+            for name in sorted({label(r) for r in mine}):
                 pts = sorted((r["bytes_ratio"], r["accuracy"]) for r in mine if label(r) == name)
+                first = next(r for r in mine if label(r) == name)
+                kind = caches.index(first["cache"])
                 xs, ys = zip(*pts, strict=True)
-                marker = "s" if name.startswith("full") else "o"
-                ax.plot(xs, ys, marker=marker, ls="-" if len(pts) > 1 else "", label=name, color=f"C{i % 10}",
-                        alpha=0.8)
+                ax.plot(xs, ys, marker="so^Dv"[kind % 5] if first["method"] != "full" else "s",
+                        ls=("-", "--", ":", "-.")[kind % 4] if len(pts) > 1 else "", label=name,
+                        color=f"C{methods.index(first['method']) % 10}", alpha=0.8)
             # without the question: what a cache that must serve any later question can keep
             front = frontier([(r["bytes_ratio"], r["accuracy"]) for r in mine if r["method"] not in TASK_METHODS])
             if front:
