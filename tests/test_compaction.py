@@ -112,7 +112,7 @@ def _boom(*a, **k):
         (spanfit, "compact_layer", _boom),  # fit
         (spanfit, "compact_layer", "nan"),  # NaN values
         (kvsplit, "assemble", _boom),  # before write-back
-        (pipeline, "_verify", _boom),  # after write-back
+        (pipeline.verify, "check", _boom),  # after write-back
     ],
 )
 def test_fault_at_any_stage_restores_the_cache_exactly(llama, monkeypatch, module, target, fake):

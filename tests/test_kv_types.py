@@ -173,13 +173,13 @@ def test_files_with_one_kv_type_still_load(tiny64, tmp_path):
 def test_verify_reads_the_cache_as_written(tiny64, monkeypatch):
     # regression: verify measured the float32 values the fit produced, not the q4_0 cache written
     seen = {}
-    real = pipeline._verify
+    real = pipeline.verify.check
 
     def spy(session, kv, split, fitted, *rest, **kw):
         seen.update(fitted)
         return real(session, kv, split, fitted, *rest, **kw)
 
-    monkeypatch.setattr(pipeline, "_verify", spy)
+    monkeypatch.setattr(pipeline.verify, "check", spy)
     with tiny64.session(n_ctx=512, flash_attn=True, kv_type="q4_0") as s:
         s.capture_context_queries(512)
         s.prefill(_ids(200))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .qa_run import EVICTIONS, F16, panel, pyplot, save
+from .plots import EVICTIONS, F16, panel, pyplot, save
 
 
 def label(r: dict[str, Any]) -> str:

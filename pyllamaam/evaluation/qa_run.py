@@ -20,6 +20,7 @@ import numpy as np
 from .. import memory
 from ..errors import ConfigError
 from . import fidelity, qa
+from .plots import EVICTIONS, F16, panel, pyplot, save
 
 #: Method name -> Session.compact keyword arguments (None: the full cache). ``task`` is filled in
 #: per question for the question-aware methods (one compaction per question).
@@ -80,8 +81,6 @@ class QASpec:
         for c in self.caches:
             cache_types(c)
 
-
-F16 = "f16"
 
 
 def cache_types(cache: str) -> tuple[str, str]:
@@ -398,10 +397,6 @@ def write_report(out: Path) -> dict[str, Any]:
     return {"rows": rows, "plots": plots}
 
 
-#: The eviction baselines the headline compares the default with.
-EVICTIONS = ("kvzip", "chunkkv", "snapkv", "window")
-
-
 def headline(rows: list[dict[str, Any]]) -> str:
     """One table per model and ratio: QA accuracy of the full cache (on the default's documents),
     the default, question-aware compaction and the best eviction baseline; ΔNLL and
@@ -435,37 +430,6 @@ def headline(rows: list[dict[str, Any]]) -> str:
 
 def _fmt(x: float | None, digits: int) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
-
-
-def pyplot() -> Any:
-    """matplotlib.pyplot on the Agg backend, or None without matplotlib (the plots are skipped)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
-
-
-def panel(ax: Any, ticks: list[float], xlabel: str, title: str, ncol: int = 1) -> None:
-    """A QA-accuracy panel over a log x axis labelled ``ticks`` as "<t>x"."""
-    ax.set_xscale("log")
-    ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
-    ax.minorticks_off()
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("QA accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title)
-    ax.legend(fontsize=7, ncol=ncol)
-
-
-def save(plt: Any, fig: Any, path: Path) -> str:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
 
 
 def _plot(rows: list[dict[str, Any]], out: Path) -> list[str]:

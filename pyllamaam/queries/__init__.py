@@ -27,7 +27,7 @@ from .tail import tail_queries
 from .task import task_queries
 
 if TYPE_CHECKING:
-    from ..engine import Session
+    from ..host import Host
 
 Source = Callable[..., dict[int, np.ndarray]]
 
@@ -62,7 +62,7 @@ def parse_spec(spec: str) -> list[str]:
     return names
 
 
-def collect(session: Session, spec: str, span: tuple[int, int], **kw: Any) -> Queries:
+def collect(session: Host, spec: str, span: tuple[int, int], **kw: Any) -> Queries:
     """Queries of every source in ``spec`` concatenated per layer.
 
     Parameters

@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING
 from ..errors import PyllamaamError
 
 if TYPE_CHECKING:
-    from ..engine import Session
+    from ..host import Host
     from ..kv import KVState
 
 log = logging.getLogger(__name__)
 
 
 @contextmanager
-def scratch(session: Session, snapshot: bytes | None = None) -> Iterator[Session]:
+def scratch(session: Host, snapshot: bytes | None = None) -> Iterator[Host]:
     """Snapshot the session, yield it, restore the snapshot (state blob and bookkeeping).
 
     ``snapshot``: the session's current state, where the caller holds it (each snapshot is a
@@ -38,7 +38,7 @@ def scratch(session: Session, snapshot: bytes | None = None) -> Iterator[Session
 
 
 @contextmanager
-def flash_twin(session: Session, n_new: int, kv: KVState | None = None) -> Iterator[Session | None]:
+def flash_twin(session: Host, n_new: int, kv: KVState | None = None) -> Iterator[Host | None]:
     """A temporary copy of ``session`` that uses flash attention, with room for ``n_new`` more
     tokens, for a long scratch pass; the session itself is not touched. ``kv``: the session's
     :meth:`~pyllamaam.engine.Session.get_kv`, where the caller holds it.
@@ -76,6 +76,6 @@ def flash_twin(session: Session, n_new: int, kv: KVState | None = None) -> Itera
         twin.close()
 
 
-def room(session: Session) -> int:
+def room(session: Host) -> int:
     """Cells free for a scratch pass."""
     return session.n_ctx - session.n_cells

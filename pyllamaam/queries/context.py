@@ -12,10 +12,10 @@ import numpy as np
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from ..engine import Session
+    from ..host import Host
 
 
-def context_queries(session: Session, span: tuple[int, int], **_: Any) -> dict[int, np.ndarray]:
+def context_queries(session: Host, span: tuple[int, int], **_: Any) -> dict[int, np.ndarray]:
     buf = session._ctx_queries
     if buf is None or not buf.layers:
         raise ConfigError(

@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ._scratch import flash_twin, room, scratch
 
 if TYPE_CHECKING:
-    from ..engine import Session
+    from ..host import Host
 
 REPEAT_PROMPT = "\n\nRepeat the previous text verbatim.\n\n"
 
@@ -39,7 +39,7 @@ def spread_pieces(toks: list[int], budget: int, piece: int) -> list[int]:
 
 
 def repeat_queries(
-    session: Session,
+    session: Host,
     span: tuple[int, int],
     *,
     repeat_prompt: str = REPEAT_PROMPT,

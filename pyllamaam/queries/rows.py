@@ -9,14 +9,14 @@ import numpy as np
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from ..engine import Session
+    from ..host import Host
 
 
 def split_queries(
     Q,
     heldout: float,
     max_rows: int,
-    session: Session,
+    session: Host,
     max_held: int | None = None,
 ):
     """Per layer: (fit, held-out) queries grouped by KV head, [H, n * r, d] each.

@@ -14,7 +14,7 @@ from ..errors import ConfigError
 from ._scratch import room, scratch
 
 if TYPE_CHECKING:
-    from ..engine import Session
+    from ..host import Host
 
 SELFSTUDY_PROMPTS = (
     "\n\nQuestion: What is the text above about? Summarize it.\nAnswer:",
@@ -24,7 +24,7 @@ SELFSTUDY_PROMPTS = (
 
 
 def selfstudy_queries(
-    session: Session,
+    session: Host,
     span: tuple[int, int],
     *,
     selfstudy_prompts: tuple[str, ...] = SELFSTUDY_PROMPTS,

@@ -18,11 +18,11 @@ from ..errors import ConfigError
 from ._scratch import scratch
 
 if TYPE_CHECKING:
-    from ..engine import Session
+    from ..host import Host
 
 
 def tail_queries(
-    session: Session, span: tuple[int, int], *, tail_tokens: int = 32, snapshot: bytes | None = None, **_: Any
+    session: Host, span: tuple[int, int], *, tail_tokens: int = 32, snapshot: bytes | None = None, **_: Any
 ) -> dict[int, np.ndarray]:
     """Queries of the last ``tail_tokens`` tokens of the context, ``{layer: [n, n_head, head_dim]}``.
 
@@ -45,7 +45,7 @@ def tail_queries(
         return session.capture_queries(toks)
 
 
-def tail_logits(session: Session, n: int, after: int, snapshot: bytes | None = None) -> np.ndarray | None:
+def tail_logits(session: Host, n: int, after: int, snapshot: bytes | None = None) -> np.ndarray | None:
     """Next-token logits of the context's last ``n`` tokens read again on the cache as it is
     (float32 [n, n_vocab]): what the continuation probe compares before and after a compaction.
 

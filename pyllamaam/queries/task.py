@@ -10,11 +10,11 @@ from ..errors import ConfigError
 from ._scratch import room, scratch
 
 if TYPE_CHECKING:
-    from ..engine import Session
+    from ..host import Host
 
 
 def task_queries(
-    session: Session, span: tuple[int, int], *, task: str | None = None, snapshot: bytes | None = None, **_: Any
+    session: Host, span: tuple[int, int], *, task: str | None = None, snapshot: bytes | None = None, **_: Any
 ) -> dict[int, np.ndarray]:
     """Queries of ``task`` read after the context, ``{layer: [n, n_head, head_dim]}``; ``snapshot``:
     the session's current state, where the caller holds it."""
