@@ -73,3 +73,18 @@ def test_the_pipeline_and_the_query_sources_do_not_import_the_engine():
     for name, path in mods.items():
         if name.startswith(("pyllamaam.pipeline", "pyllamaam.queries")):
             assert "pyllamaam.engine" not in _edges(name, path, set(mods)), name
+
+
+def test_the_session_is_what_the_pipeline_takes_it_for():
+    # the pipeline and the query sources type a session as pyllamaam.host.Host: Session must have
+    # every attribute, property and method that protocol names
+    from pyllamaam.engine import Session
+    from pyllamaam.host import Host
+
+    names = set(Host.__annotations__) | {n for n in vars(Host) if not n.startswith("__")}
+    names -= {"_is_protocol", "_is_runtime_protocol", "_abc_impl"}
+    instance = {"model", "layers", "n_ctx", "n_batch", "n_threads", "flash_attn", "kv_type_k", "kv_type_v",
+                "auto_reports", "_tokens", "_n_cells", "_last_logits", "_capture"}  # set in __init__
+    missing = sorted(n for n in names - instance if not hasattr(Session, n))
+    assert not missing, f"Session lacks {missing}"
+    assert instance <= names
