@@ -21,9 +21,7 @@ from pyllamaam.errors import CompactionError, ConfigError
 METHODS = [
     ("attn-rms", {}),
     ("attn-mean", {}),
-    ("attn-max", {}),
     ("hybrid", {"window": 16}),
-    ("omp", {"keys_per_step": 3, "refit_every": 2}),
     ("snapkv", {"window": 16}),
     ("window", {"n_sink": 2}),
     ("random", {}),
@@ -67,7 +65,7 @@ def test_every_method_returns_valid_shapes(layer, method, opts):
     assert set(res.timings) == {"scores", "select", "beta", "values"}
 
 
-@pytest.mark.parametrize("method", ["attn-rms", "attn-mean", "attn-max", "omp"])
+@pytest.mark.parametrize("method", ["attn-rms", "attn-mean"])
 def test_keeping_every_key_reproduces_attention_with_zero_beta(method):
     L = synthetic_layer(H=2, T=48, n=96, d=16, seed=5)
     res = compact_layer(
@@ -78,7 +76,7 @@ def test_keeping_every_key_reproduces_attention_with_zero_beta(method):
     assert err.output.max() < 1e-3 and err.mass.max() < 1e-3
 
 
-@pytest.mark.parametrize("method", ["attn-rms", "attn-mean", "attn-max", "omp"])
+@pytest.mark.parametrize("method", ["attn-rms", "attn-mean"])
 @pytest.mark.parametrize("ratio", [4, 10])
 def test_am_beats_eviction_of_the_same_keys(layer, method, ratio):
     K, V, s = layer.K, layer.V, layer.scale
@@ -249,7 +247,7 @@ def test_unregularized_blowup_is_an_error_not_silent(layer):
         ({"zero_weights": "ignore"}, ConfigError),
         ({"beta_bounds": (1.0, -1.0)}, ConfigError),
         ({"nnls_solver": "lstsq"}, ConfigError),
-        ({"method": "omp", "keys_per_step": 0}, ConfigError),
+        ({"method": "omp"}, ConfigError),  # retired: no suite reports it and it kept fewer answers
         ({"method": "snapkv", "kernel": 4}, ConfigError),
     ],
 )

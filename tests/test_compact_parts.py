@@ -101,7 +101,7 @@ def test_nnls_satisfies_kkt_and_masks_slots():
     d=st.sampled_from([4, 8, 16]),
     frac=st.floats(0.05, 1.0),
     dtype=st.sampled_from([np.float16, np.float32, np.float64]),
-    method=st.sampled_from(["attn-rms", "attn-max", "omp", "snapkv", "window", "random"]),
+    method=st.sampled_from(["attn-rms", "snapkv", "window", "random"]),
     seed=st.integers(0, 2**16),
 )
 @FAST

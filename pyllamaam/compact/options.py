@@ -22,7 +22,7 @@ class FitOptions:
     ----------
     fit : bool or None
         Fit beta and values (Attention Matching). None: the method's default (True for
-        ``attn-*`` and ``omp``, False for the eviction baselines, which then keep the
+        ``attn-*``, False for the eviction baselines, which then keep the
         original values and their prior bias).
     beta_bounds : (lo, hi) or None
         Bounds on beta (the reference uses (-3, 3)); None means only ``w >= 0``.

@@ -1,6 +1,6 @@
 """Selection methods; importing this package registers every one of them."""
 
-from . import attn_max, attn_mean, attn_rms, hybrid, keep, omp, random, snapkv, window  # noqa: F401
+from . import attn_mean, attn_rms, hybrid, keep, random, snapkv, window  # noqa: F401
 from .base import (
     SELECTORS,
     SelectionInput,
