@@ -30,11 +30,11 @@ def run(c: Compaction) -> None:
     kv, plan = c.kv, c.plan
     span_pos = kv.positions[c.cut.split.span]
     c.span = (int(span_pos[0]), int(span_pos[-1]))
-    c.candidates, c.qopts = candidates(c.session, kv, plan, c.cut)
+    c.candidates, qopts = candidates(c.session, kv, plan, c.cut)
     if not needs_queries(plan):
         c.Q = {}
     elif plan.given is None:
-        c.Q = qsources.collect(c.session, plan.qspec, c.span, task=plan.task, snapshot=c.blob, kv=kv, **c.qopts)
+        c.Q = qsources.collect(c.session, plan.qspec, c.span, task=plan.task, snapshot=c.blob, kv=kv, **qopts)
     else:
         check_given(plan.given, c.span, kvsplit.span_of(kv, c.cut.user), c.n_cells0)
         c.Q = plan.given.queries

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -55,7 +55,6 @@ class Compaction:
     probe_seconds: float = 0.0
     span: tuple[int, int] = (0, 0)  # first and last position of the span the queries cover
     candidates: np.ndarray | None = None  # the units the repeat pass reads (span_score "cache+repeat")
-    qopts: dict[str, Any] = field(default_factory=dict)
     Q: dict[int, np.ndarray] = field(default_factory=dict)  # reference queries per layer
     fitted: dict[int, CompactedLayer] = field(default_factory=dict)
     held_q: dict[int, np.ndarray] = field(default_factory=dict)  # held-out queries left for verify
