@@ -582,8 +582,8 @@ class Session:
             state = retype_.convert(self.get_kv(), src, (k, v))
             if layout == "iswa":  # the sliding-window cache follows, in the same types (a hybrid's
                 # recurrent state is F32 whatever the cache types: it stays as it is)
-                swa = {il: li["n_head_kv"] for il, li in enumerate(self.layers) if li["flags"] & _native.LAYER_SWA}
-                state.tail = retype_.convert_section(state.tail, swa, src, (k, v), v_trans=not flash)
+                state.tail = retype_.convert_section(state.tail, retype_.swa_heads(self.layers), src, (k, v),
+                                                     v_trans=not flash)
         probe = self._tokens[-4:]
         before = self.eval_logits(probe) if state is not None and probe else None
         old = (self._ctx, self.kv_type_k, self.kv_type_v, self.flash_attn)

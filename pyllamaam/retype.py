@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from . import kvtypes
+from . import _native, kvtypes
 from .kv import KVState, parse_section, section_bytes
 
 #: Session.retype's check: the mean KL (nats) between the next-token predictions before and after
@@ -77,6 +77,12 @@ def convert(state: KVState, src: tuple[str, str], dst: tuple[str, str]) -> KVSta
         state, keys=keys, values=values,
         k_types={il: k_id for il in state.layers}, v_types={il: v_id for il in state.layers},
     )
+
+
+def swa_heads(layers: list[dict]) -> dict[int, int]:
+    """``{layer: n_head_kv}`` of the sliding-window layers (``Session.layers``): an iSWA state's
+    second cache section."""
+    return {il: li["n_head_kv"] for il, li in enumerate(layers) if li["flags"] & _native.LAYER_SWA}
 
 
 def convert_section(buf: bytes, n_head_kv: dict[int, int], src: tuple[str, str], dst: tuple[str, str],

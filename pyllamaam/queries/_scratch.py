@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from ..errors import PyllamaamError
+from ..retype import convert_section, swa_heads
 
 if TYPE_CHECKING:
     from ..host import Host
@@ -45,15 +47,23 @@ def flash_twin(session: Host, n_new: int, kv: KVState | None = None) -> Iterator
 
     A scratch pass attends from every new token to the whole context, and llama.cpp's CPU
     attention without flash costs most of it: on SmolLM2 a pass over half of a 4K-token context
-    ran in 0.65 of the time with flash attention. Yields None where no copy serves (the session
-    uses flash attention already, or its memory is more than one plain KV cache) or where one
-    cannot be made; the caller then runs on the session in :func:`scratch`.
+    ran in 0.65 of the time with flash attention. An iSWA session's copy receives its
+    sliding-window cache too, in the V layout flash attention reads. Yields None where no copy
+    serves (the session uses flash attention already, or its memory is neither a plain KV cache
+    nor iSWA) or where one cannot be made; the caller then runs on the session in :func:`scratch`.
     """
-    if session.flash_attn or session.memory_layout != "kv" or len(session.compact_layers()) != len(session.layers):
+    layout = session.memory_layout
+    plain = layout == "kv" and len(session.compact_layers()) == len(session.layers)
+    if session.flash_attn or not (plain or layout == "iswa"):
         yield None
         return
     twin = None
     try:
+        kv = session.get_kv() if kv is None else kv
+        if layout == "iswa":  # the sliding-window section, V untransposed as flash attention keeps it
+            types = (session.kv_type_k, session.kv_type_v)
+            kv = dataclasses.replace(kv, tail=convert_section(kv.tail, swa_heads(session.layers), types, types,
+                                                              v_trans=False))
         twin = session.model.session(
             n_ctx=session.n_cells + n_new + 1,
             flash_attn=True,
@@ -62,7 +72,7 @@ def flash_twin(session: Host, n_new: int, kv: KVState | None = None) -> Iterator
             kv_type_v=session.kv_type_v,
             n_batch=session.n_batch,
         )
-        twin._write_kv(session.get_kv() if kv is None else kv)  # not kept through the pass
+        twin._write_kv(kv)  # not kept through the pass
         twin._tokens = list(session._tokens)
     except PyllamaamError as err:  # no flash attention here, or no memory for a copy
         log.info("scratch pass on the session itself: no flash-attention copy (%s)", err)
