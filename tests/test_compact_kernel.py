@@ -16,8 +16,10 @@ from pyllamaam.compact import (
 )
 from pyllamaam.compact.synthetic import synthetic_layer
 from pyllamaam.errors import CompactionError, ConfigError
+from pyllamaam.evaluation import baselines  # noqa: F401  (registers the evaluation's baselines)
 
-# One line per method: adding a method adds a row to every matrix test.
+# One line per method, the library's and the evaluation's baselines: adding a method adds a row
+# to every matrix test.
 METHODS = [
     ("attn-rms", {}),
     ("attn-mean", {}),

@@ -27,6 +27,7 @@ from pyllamaam.compact import (
 from pyllamaam.compact.beta import NormalEquations
 from pyllamaam.compact.synthetic import synthetic_layer
 from pyllamaam.errors import ConfigError
+from pyllamaam.evaluation import baselines  # noqa: F401  (registers the evaluation's "random")
 
 FAST = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -12,6 +12,7 @@ from conftest import max_rel
 from pyllamaam import kvsplit, pipeline
 from pyllamaam.compact import available_methods, spanfit
 from pyllamaam.errors import ConfigError, UnsupportedLayout
+from pyllamaam.evaluation.baselines import interleave  # also registers the evaluation's baselines
 from pyllamaam.pipeline import mean_kl
 from pyllamaam.queries import rows
 
@@ -503,8 +504,6 @@ def test_am_keeps_an_exact_recent_window_of_half_the_budget_and_the_same_cells(l
 
 
 def test_hybrid_ranking_interleaves_both_rankings_and_keeps_invalid_keys_last():
-    from pyllamaam.compact.select.hybrid import interleave
-
     rng = np.random.default_rng(0)
     a = np.stack([rng.permutation(50) for _ in range(3)])
     b = np.stack([rng.permutation(50) for _ in range(3)])

@@ -62,8 +62,8 @@ def compact_layer(
     prior_bias : ndarray or None, [H, T]
         Bias the input cells already carry (re-compaction); ``-inf`` marks padding.
     obs : ndarray or None, [H, m, d]
-        Observation queries (what the next tokens read) for ``snapkv`` and ``hybrid``
-        selection; the fit uses ``Q`` only.
+        Observation queries (what the next tokens read) for ``snapkv`` selection; the fit uses
+        ``Q`` only.
     **options
         :class:`FitOptions` fields and the selector's own parameters.
 

@@ -18,11 +18,12 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..pipeline import PIPELINE_DEFAULTS
-from . import fidelity, tasks
+from . import baselines, fidelity, tasks
 
 #: Method name -> keyword arguments of Session.compact (None: the full cache, not compacted).
 #: Eviction baselines read the queries captured during prefill (SnapKV's observation window,
-#: H2O's accumulated attention), so they need no extra pass.
+#: H2O's accumulated attention), so they need no extra pass. The selectors that only this grid
+#: reports live in :mod:`.baselines`, registered when it is imported.
 METHODS: dict[str, dict[str, Any] | None] = {
     "full": None,
     # the paper's plain AM: uniform budgets, repeat queries, every layer fitted at once; the am-*
@@ -48,7 +49,7 @@ METHODS: dict[str, dict[str, Any] | None] = {
     "am-op3-r512": {"method": "am", "queries": "repeat", "on_policy": 3, "repeat_max_tokens": 512},
     # on-policy refits with the hybrid keys (attn-rms and the repeat pass's last-window snapkv
     # rankings interleaved) instead of attn-rms alone
-    "am-op3-hybrid": {"method": "hybrid", "queries": "repeat", "on_policy": 3},
+    "am-op3-hybrid": {"method": baselines.Hybrid.name, "queries": "repeat", "on_policy": 3},
     # on-policy refits whose queries add the context's last 256 tokens read again (forward reading,
     # as the next tokens read) to the repeat pass (~10% of the rows at 2K)
     "am-op3-rtail": {"method": "am", "queries": "repeat+tail", "tail_tokens": 256, "on_policy": 3},
@@ -66,9 +67,9 @@ METHODS: dict[str, dict[str, Any] | None] = {
     # SnapKV's keys (the repeat pass's last window, max-pooled) with the Attention Matching fit
     "am-snapkv": {"method": "snapkv", "queries": "repeat", "fit": True, "on_policy": 1},
     "snapkv": {"method": "snapkv", "queries": "context"},
-    "h2o": {"method": "attn-mean", "queries": "context", "fit": False},
+    "h2o": {"method": baselines.AttnMean.name, "queries": "context", "fit": False},
     "window": {"method": "window", "queries": "context"},
-    "random": {"method": "random", "queries": "context"},
+    "random": {"method": baselines.Random.name, "queries": "context"},
 }
 # every named variant keeps the per-head selection and exact recent window it was measured with
 # (no shared spans); only "default" follows Session.compact's defaults as they are now
@@ -200,7 +201,7 @@ def _run_context(model, model_name, n, seed, cells, spec) -> Iterator[dict[str, 
             s.restore(saved)
             kw = METHODS[method]
             if kw is not None:
-                kw = {**kw, "seed": seed} if kw["method"] == "random" else dict(kw)
+                kw = {**kw, "seed": seed} if kw["method"] == baselines.Random.name else dict(kw)
                 capture = 0.0
                 # a forward pass: run it once, reuse it for every ratio (on-policy refits re-capture)
                 kw.setdefault("queries", "repeat")

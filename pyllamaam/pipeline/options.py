@@ -46,7 +46,7 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # fitted methods: the share of the compacted budget (compacted span + keep_last) that is an
     # exact recent window; the fit then compacts only the older part. Fitted values on the
     # cells the next tokens read most hurt them: at 4K tokens and 10x on SmolLM2, 0.5 halved the
-    # continuation KL of AM against keep_last alone (docs/results/ACCEPTANCE.md). 0: keep_last only
+    # continuation KL of AM against keep_last alone (docs/results/ACCEPTANCE.md in the git history). 0: keep_last only
     "recent": 0.5,
     # fitted methods: the share of the compacted budget (span cells kept, not keep_last) held by
     # whole units of consecutive cells (option ``chunk``), the same units in every layer and head,
@@ -116,7 +116,7 @@ SHIPPED_BUDGETS_BY_DEFAULT = False
 #: The selection behind ``method="am"``: attn-rms, the keys the reference queries need on the
 #: whole. With the exact recent window (option ``recent``) it matched the ``hybrid`` selection on
 #: continuation KL at 4K tokens and 10x, and it keeps recall of a fact at the start through
-#: iterative compaction, which ``hybrid`` lost (docs/results/ACCEPTANCE.md).
+#: iterative compaction, which ``hybrid`` lost (docs/results/ACCEPTANCE.md in the git history; docs/options.md).
 AM_SELECTOR = "attn-rms"
 
 
@@ -127,4 +127,4 @@ QUERY_OPTIONS = (
 )
 
 #: The kernel's own defaults serve the pipeline: 30 NNLS iterations gave the same KL and ΔNLL
-#: as 100 and 300 on SmolLM2 caches (1K tokens, 10x and 20x, two texts; docs/results/options.md).
+#: as 100 and 300 on SmolLM2 caches (1K tokens, 10x and 20x, two texts; docs/results/options.md in the git history).

@@ -1,6 +1,10 @@
-"""Selection methods; importing this package registers every one of them."""
+"""Selection methods; importing this package registers every one of them.
 
-from . import attn_mean, attn_rms, hybrid, keep, random, snapkv, window  # noqa: F401
+The baselines that only the evaluation reports (``attn-mean``, ``hybrid``, ``random``) live in
+:mod:`pyllamaam.evaluation.baselines` and register themselves when it is imported.
+"""
+
+from . import attn_rms, keep, snapkv, window  # noqa: F401
 from .base import (
     SELECTORS,
     SelectionInput,

@@ -35,7 +35,7 @@ class SelectionInput:
     seed : int
     obs : ndarray or None, float32, [H, m, d]
         Observation queries for selectors that score keys by what the next tokens read
-        (``snapkv``, ``hybrid``); None: they observe the last rows of Q.
+        (``snapkv``); None: they observe the last rows of Q.
     """
 
     K: np.ndarray
