@@ -219,6 +219,24 @@ def test_compact_memory_runs_the_method_the_table_picks(smollm2, monkeypatch):
         assert rep.n_queries > 0
 
 
+def test_a_picked_method_that_fails_its_gates_falls_through_to_the_default(smollm2, monkeypatch):
+    """When the table's method rolls back, compact(memory=) runs the default at the same cells
+    instead of giving up the target, and the report says what fell through and why."""
+    table = {"source": "t", "models": {}, "fallback": {"agnostic": [
+        {"memory": 8, "cache": "q8_0/q4_0", "method": "sentences"}]}}
+    monkeypatch.setattr(memory, "load_table", lambda path=memory.TABLE: table)
+    # a recall gate no compaction passes, for the picked method only
+    monkeypatch.setitem(memory.METHODS, "sentences", {**memory.METHODS["sentences"], "max_kl": 0.0})
+    with smollm2.session(n_ctx=4096, n_threads=1) as s:
+        s.prefill(demo.document())
+        rep = s.compact(memory=8)
+        assert not rep.fell_back, rep.reason
+        assert rep.memory["method"] == "default" and rep.n_queries > 0
+        assert rep.memory["instead_of"]["method"] == "sentences"
+        assert "probe KL" in rep.memory["instead_of"]["reason"]
+        assert s.kv_bytes_f16() / s.kv_bytes() >= 8 and (s.kv_type_k, s.kv_type_v) == ("q8_0", "q4_0")
+
+
 def test_an_impossible_budget_or_bad_target_changes_nothing(smollm2):
     with smollm2.session(n_ctx=1024, n_threads=1) as s:
         s.prefill(TEXT)
