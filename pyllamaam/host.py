@@ -7,6 +7,7 @@ way round (no import circle: ``engine -> pipeline -> queries -> host``)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import numpy as np
@@ -15,53 +16,74 @@ from .kv import KVState
 
 
 class Host(Protocol):
-    """A live llama.cpp context with one sequence, as the pipeline reads, decodes and rewrites it."""
+    """A live llama.cpp context with one sequence, as the pipeline reads, decodes and rewrites it.
+
+    Public names only: the session's bookkeeping (tokens fed, cells in use, last logits, capture
+    and automatic-compaction modes) stays inside it; :meth:`scratch` and :meth:`twin` are how a
+    query source runs passes that must leave the session as it was."""
 
     model: Any  # tokenize / detokenize, path, info
     layers: list[dict[str, Any]]  # per model layer: flags, n_head, n_head_kv, head_dim_k/v, kq_scale
-    n_ctx: int
-    n_batch: int
-    n_threads: int
-    flash_attn: bool
-    kv_type_k: str
-    kv_type_v: str
-    auto_reports: list[Any]
-    # bookkeeping the passes keep in step with the cache: the tokens fed, the cells in use, the
-    # last logits, the query capture modes, automatic compaction
-    _tokens: list[int]
-    _n_cells: int
-    _last_logits: np.ndarray | None
-    _capture: dict[int, list[np.ndarray]] | None
-    _ctx_queries: Any
-    _auto: dict[str, Any] | None
+    n_ctx: int  # cells the context holds
+    n_threads: int  # CPU threads of a decode
+    flash_attn: bool  # whether attention runs as flash attention (V untransposed in the state)
+    kv_type_k: str  # cache type of K
+    kv_type_v: str  # cache type of V
+    auto_reports: list[Any]  # reports of the automatic compactions, appended to as they run
 
     @property
-    def ctx(self) -> int: ...
+    def tokens(self) -> list[int]:
+        """The tokens fed, by position (a copy)."""
     @property
-    def n_cells(self) -> int: ...
+    def n_cells(self) -> int:
+        """Cells in use in the compactable cache."""
     @property
-    def n_past(self) -> int: ...
+    def n_past(self) -> int:
+        """The next position (one past the last token's)."""
     @property
-    def memory_layout(self) -> str: ...
+    def memory_layout(self) -> str:
+        """``"kv"``, ``"iswa"``, ``"hybrid"``, ...: the kind of memory llama.cpp keeps."""
     @property
-    def can_compact(self) -> bool: ...
+    def can_compact(self) -> bool:
+        """Whether the memory can be compacted at all."""
     @property
-    def gate_reason(self) -> str: ...
+    def gate_reason(self) -> str:
+        """Why not, where it cannot."""
 
-    def compact_layers(self) -> list[int]: ...
-    def kq_scale(self, il: int) -> float: ...
-    def prefill(self, text_or_token_ids: str | Sequence[int]) -> int: ...
-    def eval_logits(self, token_ids: Sequence[int]) -> np.ndarray: ...
-    def generate(self, prompt: str | Sequence[int] = "", max_tokens: int = 128, **kw: Any) -> str: ...
-    def capture_queries(self, text_or_token_ids: str | Sequence[int]) -> dict[int, np.ndarray]: ...
-    def get_kv(self) -> KVState: ...
-    def set_kv(self, state: KVState) -> None: ...
+    def compact_layers(self) -> list[int]:
+        """Model layers whose cells live in the compactable cache."""
+    def kq_scale(self, il: int) -> float:
+        """The scale of layer ``il``'s attention scores."""
+    def prefill(self, text_or_token_ids: str | Sequence[int]) -> int:
+        """Feed text or token ids; returns the count."""
+    def eval_logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Logits after each of ``token_ids`` appended, the session unchanged."""
+    def generate(self, prompt: str | Sequence[int] = "", max_tokens: int = 128, **kw: Any) -> str:
+        """Feed ``prompt`` and decode greedily."""
+    def capture_queries(self, text_or_token_ids: str | Sequence[int]) -> dict[int, np.ndarray]:
+        """Prefill and return each layer's queries."""
+    def capturing(self) -> AbstractContextManager[dict[int, list[np.ndarray]]]:
+        """Collect each layer's queries of every decode inside the block."""
+    def context_queries(self) -> dict[int, np.ndarray]:
+        """The queries kept while the context was prefilled (empty where none were)."""
+    def drop_last(self, n: int) -> bool:
+        """Remove the last ``n`` tokens from the cache; False where the memory cannot."""
+    def scratch(self, snapshot: bytes | None = None) -> AbstractContextManager[Host]:
+        """Passes after the context inside the block, then the session restored exactly."""
+    def twin(self, n_new: int, flash_attn: bool = True, kv: KVState | None = None) -> Host:
+        """A new session holding a copy of this one's cells and tokens (the caller closes it)."""
+    def close(self) -> None:
+        """Free the context."""
+    def snapshot(self) -> bytes:
+        """The whole state as llama.cpp serializes it (a copy of the cache)."""
+    def write_state(self, blob: bytes, n_cells: int, old: bytes | None = None) -> None:
+        """Write back a snapshot holding ``n_cells`` cells (restoring ``old`` if refused)."""
+    def get_kv(self, snapshot: bytes | None = None) -> KVState:
+        """The compactable cells as float32 arrays (of ``snapshot`` where given)."""
+    def set_kv(self, state: KVState, old: bytes | None = None) -> None:
+        """Check and write ``state`` back (restoring ``old`` if refused)."""
     def kv_bytes(self, detail: bool = False, n_cells: int | None = None, kv_type_k: str | None = None,
-                 kv_type_v: str | None = None) -> Any: ...
-    def kv_bytes_f16(self, n_cells: int | None = None) -> int: ...
-    # the state as a blob: read, parsed, checked, written (restoring ``old`` if refused)
-    def _snapshot(self) -> bytes: ...
-    def _kv_of(self, blob: bytes) -> KVState: ...
-    def _check_kv(self, state: KVState) -> None: ...
-    def _write_kv(self, state: KVState, old: bytes | None = None) -> None: ...
-    def _write_blob(self, blob: bytes, n_cells: int, old: bytes | None = None) -> None: ...
+                 kv_type_v: str | None = None) -> Any:
+        """Bytes of the cache in its types."""
+    def kv_bytes_f16(self, n_cells: int | None = None) -> int:
+        """Bytes of the same cells in an f16 cache."""

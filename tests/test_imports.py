@@ -83,8 +83,24 @@ def test_the_session_is_what_the_pipeline_takes_it_for():
 
     names = set(Host.__annotations__) | {n for n in vars(Host) if not n.startswith("__")}
     names -= {"_is_protocol", "_is_runtime_protocol", "_abc_impl"}
-    instance = {"model", "layers", "n_ctx", "n_batch", "n_threads", "flash_attn", "kv_type_k", "kv_type_v",
-                "auto_reports", "_tokens", "_n_cells", "_last_logits", "_capture"}  # set in __init__
+    instance = {"model", "layers", "n_ctx", "n_threads", "flash_attn", "kv_type_k", "kv_type_v",
+                "auto_reports"}  # set in __init__ (auto_reports by auto_compact)
     missing = sorted(n for n in names - instance if not hasattr(Session, n))
     assert not missing, f"Session lacks {missing}"
     assert instance <= names
+
+
+def test_the_pipeline_reaches_a_session_through_public_names_only():
+    # the session's bookkeeping (tokens, cells, logits, capture and auto modes) stays in the
+    # engine: Host names none of it, and the pipeline and the query sources touch none of it
+    import re
+
+    from pyllamaam.host import Host
+
+    names = set(Host.__annotations__) | {n for n in vars(Host) if not n.startswith("__")}
+    names -= {"_is_protocol", "_is_runtime_protocol", "_abc_impl"}
+    assert not sorted(n for n in names if n.startswith("_")), "Host names private attributes"
+    private = re.compile(r"\b(?:session|twin|host)\._[a-z]")
+    for name, path in _modules().items():
+        if name.startswith(("pyllamaam.pipeline", "pyllamaam.queries")):
+            assert not private.search(path.read_text()), f"{name} reaches into the session's private state"

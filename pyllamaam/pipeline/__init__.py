@@ -18,7 +18,7 @@ window in :mod:`pyllamaam.kvsplit`; a session is reached through :class:`pyllama
 
 from __future__ import annotations
 
-from .auto import AUTO_SPAN_SCORE, auto_prefill, set_auto
+from .auto import AUTO_SPAN_SCORE, auto_prefill, auto_settings
 from .options import (
     AM_SELECTOR,
     BUDGETS_DIR,
@@ -37,6 +37,6 @@ from .verify import mean_kl
 
 __all__ = [
     "AM_SELECTOR", "AUTO_SPAN_SCORE", "BUDGETS_DIR", "ON_POLICY_GROUPS", "PIPELINE_DEFAULTS", "QUERY_OPTIONS",
-    "SHARED_EVICTIONS", "SHIPPED_BUDGETS_BY_DEFAULT", "SPAN_SCORES", "ReferenceQueries", "auto_prefill", "compact",
-    "default_queries", "mean_kl", "reference_queries", "set_auto", "shipped_budgets",
+    "SHARED_EVICTIONS", "SHIPPED_BUDGETS_BY_DEFAULT", "SPAN_SCORES", "ReferenceQueries", "auto_prefill",
+    "auto_settings", "compact", "default_queries", "mean_kl", "reference_queries", "shipped_budgets",
 ]

@@ -21,11 +21,13 @@ if TYPE_CHECKING:
 AUTO_SPAN_SCORE = "cache"
 
 
-def set_auto(session: Host, threshold: float | None, ratio: float, options: dict[str, Any]) -> None:
-    """Turn automatic compaction on (or off with ``threshold=None``)."""
+def auto_settings(
+    session: Host, threshold: float | None, ratio: float, options: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The checked settings of automatic compaction that :func:`auto_prefill` takes (None: off,
+    with ``threshold=None``); the session keeps them (:meth:`Session.auto_compact`)."""
     if threshold is None:
-        session._auto = None
-        return
+        return None
     if not 0 < threshold <= 1:
         raise ConfigError(f"threshold must be in (0, 1], not {threshold!r}")
     check_gate(session)
@@ -37,35 +39,30 @@ def set_auto(session: Host, threshold: float | None, ratio: float, options: dict
     options = dict(options)
     if options.get("method", "am") == "am" and options.get("spans", 1) and not {"task", "span_score"} & set(options):
         options["span_score"] = AUTO_SPAN_SCORE
-    session._auto = {"limit": int(threshold * session.n_ctx), "ratio": ratio, "options": options}
-    session.auto_reports = []
+    return {"limit": int(threshold * session.n_ctx), "ratio": ratio, "options": options}
 
 
-def auto_prefill(session: Host, toks: list[int]) -> int:
-    """Prefill ``toks`` in pieces, compacting whenever the cells reach the limit."""
-    auto = session._auto
+def auto_prefill(session: Host, toks: list[int], auto: dict[str, Any]) -> int:
+    """Prefill ``toks`` in pieces, compacting whenever the cells reach the limit of ``auto``
+    (:func:`auto_settings`); the session runs them with its own automatic compaction paused."""
     limit = auto["limit"]
-    session._auto = None  # inner prefills and compactions run in the plain mode
-    try:
-        done = 0
-        while done < len(toks):
-            if session.n_cells >= limit:
-                if auto["options"].get("memory") is not None:  # bytes relative to the cells found
-                    from .. import memory
+    done = 0
+    while done < len(toks):
+        if session.n_cells >= limit:
+            if auto["options"].get("memory") is not None:  # bytes relative to the cells found
+                from .. import memory
 
-                    opts = {k: v for k, v in auto["options"].items() if k != "memory"}
-                    rep = memory.compact_to(session, auto["options"]["memory"], of_cells=True, **opts)
-                else:
-                    rep = compact(session, ratio=auto["ratio"], **auto["options"])
-                session.auto_reports.append(rep)
-                if rep.fell_back:
-                    raise CompactionError(f"automatic compaction fell back: {rep.reason}")
-                if session.n_cells >= limit:
-                    raise CompactionError(f"automatic compaction left {session.n_cells} cells (limit {limit})")
-            n = min(len(toks) - done, limit - session.n_cells)
-            session.prefill(toks[done : done + n])
-            done += n
-    finally:
-        session._auto = auto
+                opts = {k: v for k, v in auto["options"].items() if k != "memory"}
+                rep = memory.compact_to(session, auto["options"]["memory"], of_cells=True, **opts)
+            else:
+                rep = compact(session, ratio=auto["ratio"], **auto["options"])
+            session.auto_reports.append(rep)
+            if rep.fell_back:
+                raise CompactionError(f"automatic compaction fell back: {rep.reason}")
+            if session.n_cells >= limit:
+                raise CompactionError(f"automatic compaction left {session.n_cells} cells (limit {limit})")
+        n = min(len(toks) - done, limit - session.n_cells)
+        session.prefill(toks[done : done + n])
+        done += n
     return len(toks)
 

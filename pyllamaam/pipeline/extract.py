@@ -16,8 +16,8 @@ def run(c: Compaction) -> None:
     c.tell("extract", 0, 1)
     # one read of the state: the rollback copy, parsed into the arrays, and the scratch passes'
     # and the flash-attention copy's starting state (each read copies the whole cache)
-    c.blob, c.n_cells0 = c.session._snapshot(), c.session.n_cells
-    c.kv = c.session._kv_of(c.blob)
+    c.blob, c.n_cells0 = c.session.snapshot(), c.session.n_cells
+    c.kv = c.session.get_kv(c.blob)
     c.cut = first_cut(c.kv, c.plan, c.sizes)
     c.rep.seconds["extract"] = time.perf_counter() - clock
     c.tell("extract", 1, 1)

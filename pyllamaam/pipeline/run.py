@@ -50,10 +50,10 @@ def compact(
         write.run(c)
         verify_stage.run(c)
     except ConfigError:
-        session._write_blob(c.blob, c.n_cells0)
+        session.write_state(c.blob, c.n_cells0)
         raise
     except BaseException as err:  # crash-safe: whatever happened, the original cache returns
-        session._write_blob(c.blob, c.n_cells0)
+        session.write_state(c.blob, c.n_cells0)
         if not isinstance(err, Exception):
             raise
         c.rep.fell_back, c.rep.cells_after, c.rep.verbatim = True, c.n_cells0, []

@@ -109,9 +109,10 @@ def unit_starts(pieces: list[str] | None, chunk):
 def span_pieces(session: Host, kv: KVState, split: kvsplit.Split) -> list[str] | None:
     """The text of each span token, or None where the session's tokens do not cover the cache."""
     pos = kv.positions[split.span]
-    if len(session._tokens) <= int(pos[-1]):
+    tokens = session.tokens
+    if len(tokens) <= int(pos[-1]):
         return None
-    return [session.model.detokenize([session._tokens[p]]) for p in pos]
+    return [session.model.detokenize([tokens[p]]) for p in pos]
 
 
 def span_scores(session, kv, split, Q, layers, pipe) -> dict[int, np.ndarray]:

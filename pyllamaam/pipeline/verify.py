@@ -106,7 +106,7 @@ def probe_tokens(session: Host, first_pos: int, n: int, qopts: dict, task: str |
         toks = session.model.tokenize(task)
     else:
         toks = session.model.tokenize(qopts.get("repeat_prompt", REPEAT_PROMPT))
-        toks += session._tokens[first_pos : first_pos + n]
+        toks += session.tokens[first_pos : first_pos + n]
     return toks[: max(0, session.n_ctx - session.n_cells)]
 
 
@@ -124,7 +124,7 @@ def mean_kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
     row at a time, so the float64 buffers stay small and are reused: whole log-softmax matrices
     took 0.25 s a probe on Gemma-3's 262K-token vocabulary, mostly in fresh memory, this 0.05 s."""
     kl = np.empty(len(p_logits))
-    for i, (p, q) in enumerate(zip(p_logits, q_logits)):
+    for i, (p, q) in enumerate(zip(p_logits, q_logits, strict=True)):
         zp = p.astype(np.float64)
         zp -= zp.max()
         zq = q.astype(np.float64)

@@ -29,8 +29,7 @@ def write_back(session, kv, plan, cut, fitted, rep, snapshot: bytes) -> bytes | 
     it was read back (else None). ``snapshot``: the state to restore if the write is refused (the
     cache before compaction: :func:`compact` restores it on any failure anyway)."""
     new = kvsplit.assemble(kv, cut.split, fitted)
-    session._check_kv(new)
-    session._write_kv(new, old=snapshot)
+    session.set_kv(new, old=snapshot)
     written = as_written(session, new, fitted, len(cut.split.sinks))
     T = len(cut.user.span)
     rep.span_before, rep.span_after = T, new.n_cells - len(cut.user.sinks) - len(cut.user.recent)
@@ -51,8 +50,8 @@ def as_written(session: Host, new: KVState, fitted: dict[int, CompactedLayer], n
     state read back (None where nothing was read)."""
     if session.kv_type_v == "f32":
         return None
-    blob = session._snapshot()
-    got = session._kv_of(blob)
+    blob = session.snapshot()
+    got = session.get_kv(blob)
     at = {int(p): i for i, p in enumerate(got.positions)}
     for il, res in fitted.items():
         rows = [at[int(p)] for p in new.positions[n_sinks : n_sinks + res.indices.shape[1]]]

@@ -16,13 +16,13 @@ if TYPE_CHECKING:
 
 
 def context_queries(session: Host, span: tuple[int, int], **_: Any) -> dict[int, np.ndarray]:
-    buf = session._ctx_queries
-    if buf is None or not buf.layers:
+    got = session.context_queries()
+    if not got:
         raise ConfigError(
             "queries='context' needs Session.capture_context_queries() before prefill "
             "(no queries were captured)"
         )
-    return buf.get()
+    return got
 
 
 class QueryBuffer:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ConfigError
-from ._scratch import flash_twin, room, scratch
+from ._scratch import flash_twin, room
 
 if TYPE_CHECKING:
     from ..host import Host
@@ -58,10 +58,11 @@ def repeat_queries(
     flash-attention copy of itself (:func:`flash_twin`), in one piece whatever its free cells.
     ``snapshot`` and ``kv``: the session's current state and its ``get_kv()``, where the caller
     holds them (they are not read again)."""
+    tokens = session.tokens
     if repeat_positions is None:
-        toks = session._tokens[span[0] : span[1] + 1]
+        toks = tokens[span[0] : span[1] + 1]
     else:
-        toks = [session._tokens[int(p)] for p in repeat_positions]
+        toks = [tokens[int(p)] for p in repeat_positions]
     if repeat_max_tokens is not None and 0 < repeat_max_tokens < 1:  # a share of the span
         repeat_max_tokens = max(1, round(repeat_max_tokens * len(toks)))
     if repeat_max_tokens is not None and len(toks) > repeat_max_tokens:
@@ -80,7 +81,7 @@ def repeat_queries(
         )
     out: dict[int, list[np.ndarray]] = {}
     for i in range(0, len(toks), chunk):
-        with scratch(session, snapshot):  # each scratch restores the same state
+        with session.scratch(snapshot):  # each scratch restores the same state
             if prompt:
                 session.prefill(prompt)
             for il, q in session.capture_queries(toks[i : i + chunk]).items():

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ConfigError
-from ._scratch import room, scratch
+from ._scratch import room
 
 if TYPE_CHECKING:
     from ..host import Host
@@ -39,13 +39,8 @@ def selfstudy_queries(
         ptoks = session.model.tokenize(prompt)
         if len(ptoks) + selfstudy_tokens > room(session):
             raise ConfigError(f"self-study needs {len(ptoks) + selfstudy_tokens} free cells, {room(session)} free")
-        with scratch(session, snapshot):  # each scratch restores the same state
-            session._capture = {}
-            try:
-                session.generate(ptoks, max_tokens=selfstudy_tokens)
-                got = session._capture
-            finally:
-                session._capture = None
+        with session.scratch(snapshot), session.capturing() as got:  # each scratch restores the same state
+            session.generate(ptoks, max_tokens=selfstudy_tokens)
             for il, qs in got.items():
                 out.setdefault(il, []).append(np.concatenate(qs))
     return {il: np.concatenate(qs) for il, qs in sorted(out.items())}

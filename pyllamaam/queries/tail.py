@@ -13,9 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import _native
 from ..errors import ConfigError
-from ._scratch import scratch
 
 if TYPE_CHECKING:
     from ..host import Host
@@ -33,16 +31,14 @@ def tail_queries(
     if isinstance(tail_tokens, bool) or not isinstance(tail_tokens, int) or tail_tokens < 1:
         raise ConfigError(f"tail_tokens must be an integer >= 1, not {tail_tokens!r}")
     n_past = session.n_past
-    n = min(tail_tokens, n_past - 1 - span[1], len(session._tokens))
+    tokens = session.tokens
+    n = min(tail_tokens, n_past - 1 - span[1], len(tokens))
     if n < 1:
         raise ConfigError("queries='tail' needs tokens after the compactable span (keep_last >= 2)")
-    toks = session._tokens[-n:]
-    with scratch(session, snapshot):
-        if not _native.seq_rm(session.ctx, n_past - n, -1):
+    with session.scratch(snapshot):
+        if not session.drop_last(n):
             raise ConfigError(f"this memory cannot drop its last {n} cells to read them again")
-        session._tokens = session._tokens[:-n]
-        session._n_cells -= n
-        return session.capture_queries(toks)
+        return session.capture_queries(tokens[-n:])
 
 
 def tail_logits(session: Host, n: int, after: int, snapshot: bytes | None = None) -> np.ndarray | None:
@@ -54,13 +50,11 @@ def tail_logits(session: Host, n: int, after: int, snapshot: bytes | None = None
     drop its last cells (recurrent state). The session is unchanged. ``snapshot``: its current
     state, where the caller holds it.
     """
-    n = min(n, session.n_past - 1 - after, len(session._tokens))
+    tokens = session.tokens
+    n = min(n, session.n_past - 1 - after, len(tokens))
     if n < 1:
         return None
-    toks = session._tokens[-n:]
-    with scratch(session, snapshot):
-        if not _native.seq_rm(session.ctx, session.n_past - n, -1):
+    with session.scratch(snapshot):
+        if not session.drop_last(n):
             return None
-        session._tokens = session._tokens[:-n]
-        session._n_cells -= n
-        return session.eval_logits(toks)
+        return session.eval_logits(tokens[-n:])

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ConfigError
-from ._scratch import room, scratch
+from ._scratch import room
 
 if TYPE_CHECKING:
     from ..host import Host
@@ -23,5 +23,5 @@ def task_queries(
     toks = session.model.tokenize(task)
     if len(toks) > room(session):
         raise ConfigError(f"the task prompt ({len(toks)} tokens) does not fit in {room(session)} free cells")
-    with scratch(session, snapshot):
+    with session.scratch(snapshot):
         return session.capture_queries(toks)
