@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import kvtypes
 from .errors import ConfigError
 
 TABLE = Path(__file__).with_name("memory_table.json")
@@ -240,8 +241,12 @@ def compact_to(session: Any, memory: float, *, task: str | None = None, keep_fir
             f"first {keep_first} and last {keep_last} cells and one compacted cell need"
         )
     before = session.kv_bytes()
-    blob, n_cells, types = session._snapshot(), session.n_cells, (session.kv_type_k, session.kv_type_v)
+    blob, n_cells, types = session.snapshot(), session.n_cells, (session.kv_type_k, session.kv_type_v)
     instead: dict[str, str] = {}
+    if kvtypes.TYPES[kvtypes.BY_NAME[v]].quantized and not session.flash_attn:
+        # the moved cache reads beta through flash attention's float16 mask (a quantized V needs
+        # flash attention): fit the beta it will apply
+        options = {"beta_dtype": "float16", **options}
     if cap < session.n_cells:
         rep = compact_with(session, choice.method, options, instead, target_cells=cap, task=task,
                            keep_first=keep_first, keep_last=keep_last)
@@ -258,7 +263,7 @@ def compact_to(session: Any, memory: float, *, task: str | None = None, keep_fir
         try:
             session.retype(k, v)
         except PyllamaamError as err:
-            session._write_blob(blob, n_cells)  # the cache as it was, in its own types
+            session.write_state(blob, n_cells)  # the cache as it was, in its own types
             rep.fell_back, rep.reason, rep.verbatim = True, str(err), []
             rep.cells_after = n_cells
         rep.seconds["retype"] = time.perf_counter() - clock  # the move counts in the compaction's cost

@@ -71,16 +71,16 @@ def test_retype_moves_the_cache_and_predicts_as_before(smollm2, k, v):
 def test_retype_refuses_bad_types_and_other_layouts(tiny64, tiny_models):
     with tiny64.session(n_ctx=256) as s:
         s.prefill(_ids(40))
-        blob = s._snapshot()
+        blob = s.snapshot()
         with pytest.raises(ConfigError, match="not a KV cache type"):
             s.retype("q3_k")
-        assert s.kv_type_k == "f16" and s._snapshot() == blob
+        assert s.kv_type_k == "f16" and s.snapshot() == blob
     with tiny_models["recurrent"].session(n_ctx=256) as s:
         s.prefill(_ids(40))
-        blob = s._snapshot()
+        blob = s.snapshot()
         with pytest.raises(ConfigError, match="recurrent"):
             s.retype("q8_0")
-        assert s._snapshot() == blob
+        assert s.snapshot() == blob
 
 
 @pytest.mark.parametrize("kind", ["gemma3", "hybrid", "gemma3-270m"])
@@ -237,17 +237,51 @@ def test_a_picked_method_that_fails_its_gates_falls_through_to_the_default(smoll
         assert s.kv_bytes_f16() / s.kv_bytes() >= 8 and (s.kv_type_k, s.kv_type_v) == ("q8_0", "q4_0")
 
 
+def _beta(s) -> np.ndarray:
+    kv = s.get_kv()
+    return np.concatenate([kv.bias[il][np.isfinite(kv.bias[il])] for il in kv.layers])
+
+
+def _f16_exact(b: np.ndarray) -> bool:
+    return bool(np.array_equal(b.astype(np.float16).astype(np.float32), b))
+
+
+def test_a_compaction_read_through_flash_attention_fits_the_float16_beta_it_applies(smollm2):
+    """Flash attention adds beta through its float16 mask: a compaction of a flash-attention
+    session, or one that memory= moves to a quantized V (flash attention), fits and writes beta as
+    float16 holds it; without flash attention beta stays float32."""
+    with smollm2.session(n_ctx=4096, n_threads=1) as s:
+        s.prefill(demo.document())
+        blob, n = s.snapshot(), s.n_cells
+        rep = s.compact(ratio=4)
+        assert not rep.fell_back, rep.reason
+        b = _beta(s)
+        assert np.any(b != 0) and not _f16_exact(b)
+        s.write_state(blob, n)
+        rep = s.compact(memory=8)
+        assert not rep.fell_back, rep.reason
+        assert s.flash_attn and rep.memory["method"] != "none"
+        b = _beta(s)
+        assert np.any(b != 0) and _f16_exact(b)
+    with smollm2.session(n_ctx=4096, n_threads=1, flash_attn=True) as s:
+        s.prefill(demo.document())
+        rep = s.compact(ratio=4)
+        assert not rep.fell_back, rep.reason
+        b = _beta(s)
+        assert np.any(b != 0) and _f16_exact(b)
+
+
 def test_an_impossible_budget_or_bad_target_changes_nothing(smollm2):
     with smollm2.session(n_ctx=1024, n_threads=1) as s:
         s.prefill(TEXT)
-        blob = s._snapshot()
+        blob = s.snapshot()
         with pytest.raises(ConfigError, match="leaves room for"):
             s.compact(memory=200)
         with pytest.raises(ConfigError, match="memory must be"):
             s.compact(memory=0)
         with pytest.raises(ConfigError, match="one of ratio="):
             s.compact(ratio=4, memory=8)
-        assert s._snapshot() == blob and s.kv_type_k == "f16"
+        assert s.snapshot() == blob and s.kv_type_k == "f16"
 
 
 def test_q4_0_session_compacted_by_memory_saved_and_restored_answers(smollm2, tmp_path):

@@ -72,6 +72,8 @@ def make_plan(session, ratio, target_cells, method, queries, keep_first, keep_la
         # rolled back 8 of one document's 9 compactions whose question probe read 0.3-0.6
         pipe["max_tail_kl"] = None
     qopts = {k: options.pop(k) for k in QUERY_OPTIONS if k in options}
+    if session.flash_attn:  # flash attention adds beta through its float16 mask: fit the beta it applies
+        options.setdefault("beta_dtype", "float16")
     check_args(ratio, target_cells, keep_first, keep_last)
     fits = options.get("fit", SELECTORS[selector].fits)
     if isinstance(budgets, str) and budgets == "shipped":
