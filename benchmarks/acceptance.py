@@ -121,10 +121,10 @@ def main(argv: list[str] | None = None) -> dict:
             prefill_s = time.perf_counter() - t0
             ref = s.eval_logits(cont)
             nll0 = s.score(cont)
-            snap, n0 = s._snapshot(), s.n_cells
+            snap, n0 = s.snapshot(), s.n_cells
             rec = {"text": i, "char_offset": off, "prefill_s": prefill_s, "full_nll": nll0, "cells_before": n0}
             for method in METHODS:
-                s._write_blob(snap, n0)
+                s.write_state(snap, n0)
                 rep = s.compact(
                     ratio=args.ratio, method=method, queries="repeat", verify=False,
                     keep_first=args.keep_first, keep_last=args.keep_last,

@@ -55,7 +55,7 @@ def head_sensitivity(
     with model.session(n_ctx=2 * n_tokens + 256, n_threads=n_threads, flash_attn=flash_attn) as s:
         s.prefill(ctx)
         nll0 = s.score(tail)
-        blob, n_cells = s._snapshot(), s.n_cells
+        blob, n_cells = s.snapshot(), s.n_cells
         ref = s.reference_queries("repeat", keep_first, keep_last)
         kv = s.get_kv()
         split = kvsplit.split_cells(kv, keep_first, keep_last)
@@ -74,7 +74,7 @@ def head_sensitivity(
                 for h in range(H):
                     s.set_kv(_one_head(kv, split, il, h, res, K))
                     curves[i, h, j] = s.score(tail) - nll0
-                    s._write_blob(blob, n_cells)
+                    s.write_state(blob, n_cells)
                     bar.update(1)
         bar.close()
     return {
@@ -122,7 +122,7 @@ def fill_sensitivity(
         s.prefill(ctx)
         full = s.eval_logits(tail)
         nll0 = _nll(full, tail)
-        blob, n_cells = s._snapshot(), s.n_cells
+        blob, n_cells = s.snapshot(), s.n_cells
         ref = s.reference_queries("repeat", keep_first, keep_last)
         kv = s.get_kv()
         split = kvsplit.split_cells(kv, keep_first, keep_last)
@@ -149,7 +149,7 @@ def fill_sensitivity(
                     lg = s.eval_logits(tail)
                     curves[i, h, j] = _nll(lg, tail) - nll0
                     kls[i, h, j] = pipeline.mean_kl(full, lg)
-                    s._write_blob(blob, n_cells)
+                    s.write_state(blob, n_cells)
                     bar.update(1)
         bar.close()
     return {

@@ -784,10 +784,6 @@ class Session:
             raise StateError(f"the KV state was refused and the previous one restored: {err}") from err
         self._n_cells = n_cells
 
-    # the names callers outside the pipeline still use
-    _snapshot = snapshot
-    _write_blob = write_state
-
     # --- save / restore ---
     def save(self, path: str | os.PathLike) -> Path:
         """Write the session to ``path`` atomically (state with bias, bookkeeping, fingerprint)."""

@@ -63,12 +63,12 @@ def test_budgets_keep_the_requested_cell_ratio_or_the_uniform_keys(tmp_path, tin
         props = {f"L{il}H{h}": (4.0 if (il, h) == (layers[0], 0) else 1.0) for il in layers for h in range(H)}
         total = sum(props.values())
         props = {k: v / total for k, v in props.items()}
-        blob, n = s._snapshot(), s.n_cells
+        blob, n = s.snapshot(), s.n_cells
         lenient = {"max_kl": float("inf"), "max_attention_error": float("inf"), "queries": "repeat"}
         uni = s.compact(ratio=4, budgets="uniform", **lenient)
-        s._write_blob(blob, n)
+        s.write_state(blob, n)
         by_ratio = s.compact(ratio=4, budgets=props, **lenient)
-        s._write_blob(blob, n)
+        s.write_state(blob, n)
         by_keys = s.compact(ratio=4, budgets=props, budget_cells="keys", **lenient)
         assert by_ratio.cells_after == uni.cells_after  # cells shrink by the ratio asked for
         assert by_ratio.keys_kept < uni.keys_kept  # ... so the other heads hold fewer keys
@@ -101,10 +101,10 @@ def test_fill_budgets_keep_every_cell_full_and_the_window_exact(tiny_models):
         total = sum(props.values())
         props = {k: v / total for k, v in props.items()}
         kv0 = s.get_kv()
-        blob, n = s._snapshot(), s.n_cells
+        blob, n = s.snapshot(), s.n_cells
         lenient = {"max_kl": float("inf"), "max_attention_error": float("inf"), "queries": "repeat", "guard": False}
         uni = s.compact(ratio=4, budgets="uniform", **lenient)
-        s._write_blob(blob, n)
+        s.write_state(blob, n)
         rep = s.compact(ratio=4, budgets=props, **lenient)  # budget_cells="fill" is the default
         assert not rep.fell_back, rep.reason
         assert rep.cells_after == uni.cells_after  # the cells shrink by the ratio asked for
@@ -121,7 +121,7 @@ def test_fill_budgets_keep_every_cell_full_and_the_window_exact(tiny_models):
         for c in last:  # each is kept verbatim, with bias 0
             hit = np.flatnonzero(np.all(K == kv0.keys[low][c, 0], axis=1))
             assert len(hit) == 1 and np.array_equal(V[hit[0]], kv0.values[low][c, 0]) and B[hit[0]] == 0
-        s._write_blob(blob, n)
+        s.write_state(blob, n)
         with pytest.raises(pyllamaam.ConfigError, match="budget_cells"):
             s.compact(ratio=4, budgets=props, budget_cells="nope", **lenient)
         assert s.n_cells == n
@@ -139,11 +139,11 @@ def test_shipped_budgets_are_found_for_catalog_models_and_refused_clearly_elsewh
         assert len(props) == 30 * 3 and sum(props.values()) == pytest.approx(1)
     with tiny_models["llama"].session(n_ctx=256) as s:
         s.prefill([int(x) for x in np.random.default_rng(3).integers(10, 500, 120)])
-        n, blob = s.n_cells, s._snapshot()
+        n, blob = s.n_cells, s.snapshot()
         assert pipeline.shipped_budgets(s) is None
         with pytest.raises(pyllamaam.ConfigError, match="no head budgets are shipped"):
             s.compact(ratio=4, budgets="shipped")
-        assert s.n_cells == n and s._snapshot() == blob
+        assert s.n_cells == n and s.snapshot() == blob
         # the default stays uniform (pipeline.SHIPPED_BUDGETS_BY_DEFAULT, from the continuation grid)
         rep = s.compact(ratio=4, queries="repeat", max_kl=float("inf"), max_attention_error=float("inf"))
         assert rep.budgets == "uniform" and not rep.fell_back

@@ -47,11 +47,11 @@ def smol(smollm2):
 
 
 def _state(s):
-    return s._snapshot(), s.n_cells, s.n_past
+    return s.snapshot(), s.n_cells, s.n_past
 
 
 def _restore(s, st):
-    s._write_blob(st[0], st[1])
+    s.write_state(st[0], st[1])
 
 
 # --- the basic contract ---
@@ -90,7 +90,7 @@ def test_compaction_at_5x_on_smollm2_keeps_next_position_and_close_logits(smol):
 
 # --- crash safety ---
 def _assert_unchanged(s, st, logits_before, probe):
-    assert s._snapshot() == st[0]
+    assert s.snapshot() == st[0]
     assert (s.n_cells, s.n_past) == st[1:]
     np.testing.assert_array_equal(s.eval_logits(probe), logits_before)
 
@@ -221,11 +221,11 @@ def test_hybrid_compacts_attention_layers_and_keeps_the_recurrent_state(tiny_mod
 def test_recurrent_memory_is_refused_with_the_reason(tiny_models):
     with tiny_models["recurrent"].session(n_ctx=256) as s:
         s.prefill(_ids(50, 9))
-        blob = s._snapshot()
+        blob = s.snapshot()
         with pytest.raises(UnsupportedLayout) as e:
             s.compact(ratio=4)
         assert "recurrent" in str(e.value) and e.value.reason
-        assert s._snapshot() == blob
+        assert s.snapshot() == blob
         with pytest.raises(UnsupportedLayout):
             s.auto_compact()
 
@@ -322,11 +322,11 @@ def test_am_with_repeat_queries_beats_the_window_baseline_on_recall(smol):
 def test_reference_queries_reused_give_the_same_compaction_as_capturing_again(llama):
     st = _state(llama)
     ref = llama.reference_queries("repeat")
-    assert _state(llama)[1:] == st[1:] and llama._snapshot() == st[0]  # capture changes nothing
+    assert _state(llama)[1:] == st[1:] and llama.snapshot() == st[0]  # capture changes nothing
     assert ref.spec == "repeat" and ref.n_cells == st[1] and ref.seconds > 0
     # one layer group: queries captured in advance are never re-captured (on_policy=None gives 1)
     llama.compact(ratio=4, queries="repeat", on_policy=1, **LENIENT)
-    after_fresh = llama._snapshot()
+    after_fresh = llama.snapshot()
     for ratio in (4, 8):  # the whole-span capture serves several compactions of the restored cache
         _restore(llama, st)
         rep = llama.compact(ratio=ratio, queries=ref, **LENIENT)
@@ -336,7 +336,7 @@ def test_reference_queries_reused_give_the_same_compaction_as_capturing_again(ll
     ref4 = llama.reference_queries("repeat", ratio=4)  # the span this compaction fits
     assert ref4.span == ref.span  # am with spans (the default) fits the user's whole span
     llama.compact(ratio=4, queries=ref4, **LENIENT)
-    assert llama._snapshot() == after_fresh  # bit-identical to capturing them again
+    assert llama.snapshot() == after_fresh  # bit-identical to capturing them again
     _restore(llama, st)
     ref4 = llama.reference_queries("repeat", ratio=4, spans=0.0)
     assert ref4.span[0] == ref.span[0] and ref4.span[1] < ref.span[1]  # per-head am: exact recent window
@@ -347,7 +347,7 @@ def test_reference_queries_for_another_cache_are_refused_and_nothing_changes(lla
     st = _state(llama)
     with pytest.raises(ConfigError, match="captured for span"):
         llama.compact(ratio=4, queries=ref, keep_last=16, **LENIENT)
-    assert llama._snapshot() == st[0] and llama.n_cells == st[1]
+    assert llama.snapshot() == st[0] and llama.n_cells == st[1]
     llama.prefill(_ids(5, 3))
     with pytest.raises(ConfigError, match="captured for span"):
         llama.compact(ratio=4, queries=ref, **LENIENT)
@@ -397,7 +397,7 @@ def test_on_policy_groups_recapture_queries_and_compact_every_layer(llama):
     for bad in ({"queries": "context", "on_policy": 2}, {"queries": "repeat", "on_policy": 0}):
         with pytest.raises(ConfigError, match="on_policy"):
             llama.compact(ratio=4, **bad, **LENIENT)
-        assert llama._snapshot() == st[0]
+        assert llama.snapshot() == st[0]
 
 
 def test_on_policy_none_picks_groups_only_where_queries_can_be_recaptured(llama):

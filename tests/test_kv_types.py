@@ -44,11 +44,11 @@ def test_type_round_trips_and_compacts(tiny64, k, v, flash):
         s.capture_context_queries(512)
         s.prefill(_ids(200))
         probe = _ids(4, 1)
-        want, blob = s.eval_logits(probe), s._snapshot()
+        want, blob = s.eval_logits(probe), s.snapshot()
         kv = s.get_kv()
         assert set(kv.k_types.values()) == {kvtypes.BY_NAME[k]} and set(kv.v_types.values()) == {kvtypes.BY_NAME[v]}
         s.set_kv(kv)  # writing back what was read: the same bytes, the same logits
-        assert s._snapshot() == blob
+        assert s.snapshot() == blob
         np.testing.assert_array_equal(s.eval_logits(probe), want)
         again = s.get_kv()
         for il in kv.layers:

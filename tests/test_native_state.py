@@ -103,7 +103,7 @@ def test_a_blob_the_library_refuses_restores_the_previous_state(models):
         blob = bytearray(build_seq_state(st))
         blob[-8:] = b"\xff\xff\xc0\x7f" * 2  # NaN in the last bias row: the library must refuse it
         with pytest.raises(StateError, match="restored"):
-            s._write_blob(bytes(blob), st.n_cells)
+            s.write_state(bytes(blob), st.n_cells)
         np.testing.assert_array_equal(s.eval_logits(cont), want)
 
 
@@ -170,6 +170,6 @@ def test_a_blob_without_bias_section_loads_with_bias_zero(models):
         s.set_kv(biased)
         assert np.abs(s.eval_logits(cont) - want).max() > 1e-3
         # a llama.cpp state written without the bias section (e.g. by an unpatched build)
-        s._write_blob(build_seq_state(plain, with_bias=False), plain.n_cells)
+        s.write_state(build_seq_state(plain, with_bias=False), plain.n_cells)
         assert all(np.all(b == 0) for b in s.get_kv().bias.values())
         np.testing.assert_array_equal(s.eval_logits(cont), want)

@@ -41,7 +41,7 @@ def test_a_progress_callback_that_raises_restores_the_cache(tiny_models):
 
     with tiny_models["llama"].session(n_ctx=512) as s:
         s.prefill(_ids(200, 4))
-        blob, cells = s._snapshot(), s.n_cells
+        blob, cells = s.snapshot(), s.n_cells
         rep = s.compact(ratio=4, queries="repeat", progress=stop, **LENIENT)
         assert rep.fell_back and "cancelled by the caller" in rep.reason
-        assert s._snapshot() == blob and s.n_cells == cells
+        assert s.snapshot() == blob and s.n_cells == cells

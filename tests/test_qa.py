@@ -96,7 +96,7 @@ def planted(smollm2):
     toks = smollm2.tokenize(demo.document(), add_bos=True)
     s = smollm2.session(n_ctx=2 * len(toks) + 256)
     s.prefill(toks)
-    yield s, s._snapshot(), len(toks)
+    yield s, s.snapshot(), len(toks)
     s.close()
 
 
@@ -130,7 +130,7 @@ def test_planted_code_survives_compaction(planted, smollm2, options, most):
         assert rep.verbatim_cells <= rep.cells_after
         assert rep.to_dict()["verbatim_cells"] == rep.verbatim_cells
     finally:
-        s._write_blob(blob, n)
+        s.write_state(blob, n)
 
 
 def test_a_pinned_sentence_is_kept_verbatim_and_answered(planted, smollm2):
@@ -143,7 +143,7 @@ def test_a_pinned_sentence_is_kept_verbatim_and_answered(planted, smollm2):
         assert any("67767" in t for t in s.kept_text(rep))
         assert "67767" in _answer(s, smollm2)
     finally:
-        s._write_blob(blob, n)
+        s.write_state(blob, n)
 
 
 def test_cache_scores_cut_the_repeat_pass(planted, smollm2, monkeypatch):
@@ -158,18 +158,18 @@ def test_cache_scores_cut_the_repeat_pass(planted, smollm2, monkeypatch):
         rep = s.compact(ratio=4, spans=1.0, span_score="cache")
         assert not rep.fell_back, rep.reason
         assert calls == [] and rep.seconds["queries"] < 0.5 and rep.seconds["fit"] == 0.0
-        s._write_blob(blob, n)
+        s.write_state(blob, n)
         calls.clear()
         rep = s.compact(ratio=4, span_score="cache")  # the fit's repeat pass reads a quarter of the span
         assert not rep.fell_back, rep.reason
         assert 0 < sum(calls) <= 0.3 * n
-        s._write_blob(blob, n)
+        s.write_state(blob, n)
         calls.clear()
         rep = s.compact(ratio=4)  # the default: the repeat pass reads the best half by cache score
         assert not rep.fell_back, rep.reason
         assert 0.45 * n <= sum(calls) <= 0.55 * n
     finally:
-        s._write_blob(blob, n)
+        s.write_state(blob, n)
 
 
 def test_the_repeat_pass_runs_on_a_flash_copy_that_matches_the_session(planted, smollm2):
@@ -179,11 +179,11 @@ def test_the_repeat_pass_runs_on_a_flash_copy_that_matches_the_session(planted, 
     from pyllamaam.queries.repeat import repeat_queries
 
     s, blob, n = planted
-    before = s._snapshot()
+    before = s.snapshot()
     span = (4, n - 33)
     own = repeat_queries(s, span, repeat_flash=False, repeat_max_tokens=256)
     twin = repeat_queries(s, span, repeat_max_tokens=256)
-    assert s._snapshot() == before and s.n_cells == n
+    assert s.snapshot() == before and s.n_cells == n
     assert own.keys() == twin.keys()
     for il in own:
         a, b = own[il], twin[il]
@@ -205,10 +205,10 @@ def test_bad_span_options_are_refused_and_change_nothing(planted, bad):
     from pyllamaam.errors import ConfigError
 
     s, blob, n = planted
-    before = s._snapshot()
+    before = s.snapshot()
     with pytest.raises(ConfigError):
         s.compact(ratio=4, **bad)
-    assert s.n_cells == n and s._snapshot() == before
+    assert s.n_cells == n and s.snapshot() == before
 
 
 @pytest.mark.parametrize("method", ["chunkkv", "kvzip"])
@@ -231,7 +231,7 @@ def test_shared_evictions_keep_the_budget_and_original_cells(planted, method):
         else:  # the same whole sentences in every head: every cell is verbatim
             assert rep.verbatim_cells == rep.cells_after
     finally:
-        s._write_blob(blob, n)
+        s.write_state(blob, n)
 
 
 def test_qa_suite_quick_run_writes_table_summary_and_plot(tmp_path):
@@ -263,7 +263,7 @@ def test_an_iswa_session_repeats_on_a_flash_copy_with_its_window(gemma3_270m):
     with gemma3_270m.session(n_ctx=len(toks) + 64, flash_attn=False) as s:
         s.prefill(toks)
         assert s.memory_layout == "iswa" and len(toks) > 600  # past the 512-token window
-        before, n = s._snapshot(), s.n_cells
+        before, n = s.snapshot(), s.n_cells
         with flash_twin(s, 16) as twin:
             assert twin is not None and twin.flash_attn and twin.n_cells == n
             probe = toks[-4:]
@@ -274,7 +274,7 @@ def test_an_iswa_session_repeats_on_a_flash_copy_with_its_window(gemma3_270m):
         span = (4, n - 33)
         own = repeat_queries(s, span, repeat_flash=False, repeat_max_tokens=96)
         twin_q = repeat_queries(s, span, repeat_max_tokens=96)
-        assert s._snapshot() == before and s.n_cells == n
+        assert s.snapshot() == before and s.n_cells == n
         assert own.keys() == twin_q.keys() and own
         for il in own:
             rel = np.linalg.norm(own[il] - twin_q[il], axis=-1) / np.linalg.norm(own[il], axis=-1)

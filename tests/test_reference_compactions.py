@@ -38,13 +38,13 @@ def run_cases(model) -> dict[str, dict]:
         toks = model.tokenize(doc.text, add_bos=model.info["add_bos"])
         with model.session(n_ctx=2 * len(toks), n_threads=1) as s:
             s.prefill(toks)
-            blob, n = s._snapshot(), s.n_cells
+            blob, n = s.snapshot(), s.n_cells
             for ratio in RATIOS:
                 for path, task in (("default", None), ("question", doc.questions[0].prompt())):
-                    s._write_blob(blob, n)
+                    s.write_state(blob, n)
                     rep = s.compact(ratio=ratio, task=task)
                     out[f"seed{seed}-{ratio}x-{path}"] = {
-                        "input": _sha(blob), "state": _sha(s._snapshot()), "cells": s.n_cells,
+                        "input": _sha(blob), "state": _sha(s.snapshot()), "cells": s.n_cells,
                         "fell_back": rep.fell_back, "verbatim": rep.verbatim,
                     }
     return out

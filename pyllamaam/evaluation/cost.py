@@ -63,9 +63,7 @@ def _text_tokens(model: Any, n: int) -> list[int]:
 def _decode_rate(session: Any, n: int, warmup: int = 2) -> float:
     """Greedy tokens/s over ``n`` single-token decode steps after ``warmup`` untimed ones
     (the first steps after a state change rebuild the graph); the state is restored after."""
-    from ..queries import scratch
-
-    with scratch(session):
+    with session.scratch():
         for _ in range(warmup):
             session.prefill([int(np.argmax(session.logits()))])
         clock = time.perf_counter()

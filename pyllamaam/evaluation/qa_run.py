@@ -236,7 +236,7 @@ def _run_cell(s, model, d: _Doc, method: str, size: dict[str, Any], spec: QASpec
               shared: dict[str, Any]) -> dict[str, Any]:
     """One method compacting to ``size`` (``ratio=``, ``target_cells=`` or ``memory=``) on the
     document in session ``s``, which is left as it was."""
-    blob, n, setup = s._snapshot(), len(d.toks), (s.kv_type_k, s.kv_type_v, s.flash_attn)
+    blob, n, setup = s.snapshot(), len(d.toks), (s.kv_type_k, s.kv_type_v, s.flash_attn)
     kw = QA_METHODS[method]
     if kw is None:
         return {**_score(s, model, d), "cells": s.n_cells, **_bytes(s, d, bias=False)}
@@ -244,7 +244,7 @@ def _run_cell(s, model, d: _Doc, method: str, size: dict[str, Any], spec: QASpec
 
     def reset() -> None:  # the cache as it was (compact(memory=) moves it to other types)
         s.retype(*setup)
-        s._write_blob(blob, n)
+        s.write_state(blob, n)
 
     if kw.pop("task", False):  # one compaction per question, each from the full cache
         results, secs, cells_after, sizes = [], [], [], []

@@ -3,7 +3,7 @@
 A source returns ``{layer: Q}`` with Q float32 ``[n_tokens, n_head, head_dim]``: the q that
 attention really used (captured by the query probe, in the basis of the stored keys). Every
 source except ``"context"`` runs forward passes on a scratch continuation of the sequence and
-restores the session exactly afterwards (:func:`scratch`).
+restores the session exactly afterwards (``Session.scratch``).
 
 Sources: ``"context"`` (captured during prefill, free), ``"repeat"`` (a repeat-the-text pass),
 ``"self-study"`` (the model's own short texts about the context), ``"task"`` (the upcoming task
@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ConfigError
-from ._scratch import scratch
 from .context import context_queries
 from .repeat import repeat_queries
 from .selfstudy import selfstudy_queries
@@ -39,7 +38,7 @@ SOURCES: dict[str, Source] = {
     "tail": tail_queries,
 }
 
-__all__ = ["SOURCES", "Queries", "collect", "parse_spec", "scratch"]
+__all__ = ["SOURCES", "Queries", "collect", "parse_spec"]
 
 
 class Queries(dict):

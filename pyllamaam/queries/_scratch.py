@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from ..errors import PyllamaamError
@@ -14,12 +14,6 @@ if TYPE_CHECKING:
     from ..kv import KVState
 
 log = logging.getLogger(__name__)
-
-
-def scratch(session: Host, snapshot: bytes | None = None) -> AbstractContextManager[Host]:
-    """:meth:`Session.scratch <pyllamaam.engine.Session.scratch>`: forward passes after the
-    context, then the session restored exactly (state and bookkeeping)."""
-    return session.scratch(snapshot)
 
 
 @contextmanager
@@ -33,7 +27,7 @@ def flash_twin(session: Host, n_new: int, kv: KVState | None = None) -> Iterator
     ran in 0.65 of the time with flash attention. Yields None where no copy serves (the session
     uses flash attention already) or where none can be made (its memory is neither a plain KV
     cache nor iSWA, no flash attention here, no memory for a copy); the caller then runs on the
-    session in :func:`scratch`.
+    session in :meth:`Session.scratch <pyllamaam.engine.Session.scratch>`.
     """
     if session.flash_attn:
         yield None
