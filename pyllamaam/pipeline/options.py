@@ -71,8 +71,7 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # the demo at 4x, which both others keep; "cache+repeat" reads half the text again
     "span_score": "cache+repeat",
     # with span_score "cache+repeat": the share of the span's cells, best units by cache score
-    # first, that the repeat pass reads (0.3 lost the demo's planted code, 0.5 kept it); at least
-    # twice the sentences kept (:func:`pyllamaam.pipeline.select.candidate_share`)
+    # first, that the repeat pass reads (0.3 lost the demo's planted code, 0.5 kept it)
     "span_candidates": 0.5,
     # with span_score "cache": the share of the span the repeat pass reads for the fit's queries
     # (evenly spread pieces; ``repeat_max_tokens`` given overrides it). The fit covers the tenth of

@@ -17,7 +17,7 @@ from ..kv import KVState
 from .options import PIPELINE_DEFAULTS, QUERY_OPTIONS, SHARED_EVICTIONS
 from .plan import Plan, check_args, check_gate, selector_of
 from .refs import ReferenceQueries
-from .select import candidate_mask, candidate_share
+from .select import candidate_mask
 from .state import Compaction, Cut
 
 if TYPE_CHECKING:
@@ -48,8 +48,7 @@ def candidates(session: Host, kv: KVState, plan: Plan, cut: Cut) -> tuple[np.nda
     pipe = plan.pipe
     if plan.shared or not pipe["spans"] or pipe["span_score"] != "cache+repeat":
         return None, plan.qopts
-    share = candidate_share(pipe["span_candidates"], pipe["spans"], cut.t, len(cut.user.span))
-    mask = candidate_mask(session, kv, cut.user, plan.layers, pipe["chunk"], share)
+    mask = candidate_mask(session, kv, cut.user, plan.layers, pipe["chunk"], pipe["span_candidates"])
     if plan.given is not None:
         return mask, plan.qopts
     return mask, repeat_only(kv, cut.user, mask, plan.qspec, plan.qopts)
@@ -110,9 +109,7 @@ def reference_queries(
         split = kvsplit.splits(kv, keep_first, keep_last, ratio, target_cells, fitted and not spans, recent)[1]
         span = kvsplit.span_of(kv, split)
         if fitted and spans and span_score == "cache+repeat":
-            T = len(split.span)
-            kept = kvsplit.span_target(T, ratio, target_cells, keep_first, keep_last)
-            mask = candidate_mask(session, kv, split, layers, chunk, candidate_share(span_candidates, spans, kept, T))
+            mask = candidate_mask(session, kv, split, layers, chunk, span_candidates)
             options = repeat_only(kv, split, mask, spec, options)
     clock = time.perf_counter()
     Q = qsources.collect(session, spec, span, task=task, **options)

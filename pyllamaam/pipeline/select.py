@@ -83,17 +83,6 @@ def cache_scores(kv: KVState, split: kvsplit.Split, layers) -> np.ndarray:
     )
 
 
-def candidate_share(span_candidates: float, spans: float, kept: int, T: int) -> float:
-    """The share of the span the repeat pass ranks with ``span_score="cache+repeat"``:
-    ``span_candidates``, and at least twice the sentences kept (``spans`` of the ``kept`` of
-    ``T`` span cells). At 4x and beyond that is ``span_candidates``; at the low cell ratios a
-    byte target with quantized types asks for, half the text would hold little more than the
-    sentences kept and the cache's scores alone would choose them. SmolLM2, memory=4
-    (q8_0-K/q4_0-V, 1.7x fewer cells), tuning documents seeds 4-9: the whole text ranked kept 0.90
-    of the full cache's answers where half kept 0.71, at twice the pass."""
-    return float(min(1.0, max(span_candidates, 2.0 * spans * kept / max(T, 1))))
-
-
 def candidate_mask(session: Host, kv: KVState, user: kvsplit.Split, layers, chunk, share: float) -> np.ndarray:
     """Over the span: the cells of the best units by cache score, ``share`` of the span."""
     T = len(user.span)
