@@ -200,21 +200,18 @@ def _choice(session: Any, target: float, task: bool) -> Choice:
     return choice
 
 
-def compact_with(session: Any, method: str, options: dict[str, Any], instead: dict[str, str] | None = None,
-                 **size: Any) -> Any:
+def compact_with(session: Any, method: str, options: dict[str, Any], **size: Any) -> tuple[Any, dict | None]:
     """``session.compact(**size)`` with the table's ``method`` (the caller's ``options`` win). A
     method other than the default that fails its gates falls through to the default at the same
     size, as :func:`compact_to` and the QA suite's rows for the table both run it: on
     Qwen2.5-0.5B at 16x "sentences" failed its recall probe on one tuning document in four,
-    where giving up the target left the full cache. ``instead`` (when given) receives the
-    method that fell through, its reason, and the method that ran."""
+    where giving up the target left the full cache. Returns the report and, where the default
+    ran instead, ``{"method": the one that fell through, "reason": why}`` (else None)."""
     rep = session.compact(**size, **{**(METHODS.get(method) or {}), **options})
-    if rep.fell_back and method not in ("default", "question"):
-        first = rep.reason
-        rep = session.compact(**size, **options)
-        if instead is not None:
-            instead.update(method=method, reason=first, ran="default")
-    return rep
+    if not rep.fell_back or method in ("default", "question"):
+        return rep, None
+    through = {"method": method, "reason": rep.reason}
+    return session.compact(**size, **options), through
 
 
 def compact_to(session: Any, memory: float, *, task: str | None = None, keep_first: int = 4, keep_last: int = 32,
@@ -242,22 +239,23 @@ def compact_to(session: Any, memory: float, *, task: str | None = None, keep_fir
         )
     before = session.kv_bytes()
     blob, n_cells, types = session.snapshot(), session.n_cells, (session.kv_type_k, session.kv_type_v)
-    instead: dict[str, str] = {}
-    if kvtypes.TYPES[kvtypes.BY_NAME[v]].quantized and not session.flash_attn:
+    through = None
+    if kvtypes.needs_flash(v) and not session.flash_attn:
         # the moved cache reads beta through flash attention's float16 mask (a quantized V needs
         # flash attention): fit the beta it will apply
         options = {"beta_dtype": "float16", **options}
     if cap < session.n_cells:
-        rep = compact_with(session, choice.method, options, instead, target_cells=cap, task=task,
-                           keep_first=keep_first, keep_last=keep_last)
+        rep, through = compact_with(session, choice.method, options, target_cells=cap, task=task,
+                                    keep_first=keep_first, keep_last=keep_last)
     else:  # the types alone reach the target
         rep = CompactionReport(method="none", queries="none", cells_before=n_cells, cells_after=n_cells)
     # "method": the table's name for the compaction that ran (none: the types alone); "instead_of":
     # the table's pick and why it fell through to the default
     rep.memory = {"target": target, "kv_type_k": k, "kv_type_v": v, "method": "none" if cap >= n_cells
-                  else instead.get("ran", choice.method), "table": choice.model, "measured_at": choice.measured_at}
-    if "method" in instead:
-        rep.memory["instead_of"] = {"method": instead["method"], "reason": instead["reason"]}
+                  else "default" if through else choice.method, "table": choice.model,
+                  "measured_at": choice.measured_at}
+    if through:
+        rep.memory["instead_of"] = through
     if not rep.fell_back and (k, v) != types:
         clock = time.perf_counter()
         try:

@@ -272,20 +272,20 @@ def _run_cell(s, model, d: _Doc, method: str, size: dict[str, Any], spec: QASpec
         kw["queries"] = shared[key]
         capture = shared[key].seconds
     kw = {k: v for k, v in kw.items() if not (capture and k.startswith("repeat_"))}
-    instead: dict[str, str] = {}
     if "target_cells" in size and method in memory.METHODS:  # as compact(memory=) runs a method it picks
         mine = {k: v for k, v in kw.items() if k not in (memory.METHODS[method] or {})}
-        rep = memory.compact_with(s, method, mine, instead, **size)
+        rep, through = memory.compact_with(s, method, mine, **size)
     else:
-        rep = s.compact(**size, **kw)
+        rep, through = s.compact(**size, **kw), None
     stages = dict(rep.seconds)
     stages["queries"] = stages.get("queries", 0.0) + capture
     scored = _score(s, model, d)
     _mark_kept(scored["questions"], d.where, rep.verbatim)
     rec = {**scored, "cells": s.n_cells, **_bytes(s, d), "compaction_seconds": rep.total_seconds + capture,
            "stages": stages, "fell_back": rep.fell_back, "reason": rep.reason}
-    if instead or (rep.memory or {}).get("instead_of"):  # the picked method failed its gates: the default ran
-        rec["fell_through"] = instead.get("reason") or rep.memory["instead_of"]["reason"]
+    through = through or (rep.memory or {}).get("instead_of")
+    if through:  # the picked method failed its gates: the default ran
+        rec["fell_through"] = through["reason"]
     if rep.memory:
         rec["picked"] = f"{rep.memory['kv_type_k']}/{rep.memory['kv_type_v']} {rep.memory['method']}"
     reset()
