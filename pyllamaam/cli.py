@@ -234,7 +234,7 @@ def _load_model(args: argparse.Namespace) -> Any:
 
 def _session_opts(args: argparse.Namespace) -> dict[str, Any]:
     """Model.session options from the flags of :func:`_add_model_args` and :func:`_add_runtime_args`."""
-    from .kvtypes import BY_NAME, TYPES
+    from .kvtypes import needs_flash
 
     opts: dict[str, Any] = {}
     if getattr(args, "flash_attn", None) is not None:
@@ -243,7 +243,7 @@ def _session_opts(args: argparse.Namespace) -> dict[str, Any]:
         opts["kv_type_k"] = args.cache_type_k
     if args.cache_type_v:
         opts["kv_type_v"] = args.cache_type_v
-        if TYPES[BY_NAME[args.cache_type_v]].quantized and "flash_attn" not in opts:  # as llama.cpp's -fa auto
+        if needs_flash(args.cache_type_v) and "flash_attn" not in opts:  # as llama.cpp's -fa auto
             opts["flash_attn"] = True
     return opts
 

@@ -567,13 +567,13 @@ class Session:
         return {} if self._ctx_queries is None else self._ctx_queries.get()
 
     def _prefill_capturing_context(self, toks: list[int]) -> int:
-        self._capture = {}
+        buf, self._ctx_queries = self._ctx_queries, None
         try:
-            buf, self._ctx_queries = self._ctx_queries, None
-            n = self.prefill(toks)
-            buf.add(self._capture)
+            with self.capturing() as got:
+                n = self.prefill(toks)
+            buf.add(got)
         finally:
-            self._capture, self._ctx_queries = None, buf
+            self._ctx_queries = buf
         return n
 
     def compact(
@@ -648,8 +648,7 @@ class Session:
         from .pipeline import mean_kl
 
         v_name = kv_type_v or kv_type_k
-        quantized_v = v_name in kvtypes.BY_NAME and kvtypes.TYPES[kvtypes.BY_NAME[v_name]].quantized
-        flash = (self.flash_attn if flash_attn is None else bool(flash_attn)) or quantized_v
+        flash = (self.flash_attn if flash_attn is None else bool(flash_attn)) or kvtypes.needs_flash(v_name)
         k, v = kvtypes.resolve(None, kv_type_k, v_name, flash)
         if (k, v, flash) == (self.kv_type_k, self.kv_type_v, self.flash_attn):
             return

@@ -172,6 +172,12 @@ def _on_grid(x: np.ndarray, xmax: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
 
 
 # --- choosing the cache types of a session ---
+def needs_flash(kv_type_v: str) -> bool:
+    """True when a V cache of this type needs flash attention (a quantized V: llama.cpp reads V
+    transposed without it, which a block format cannot be); False for an unknown name."""
+    return kv_type_v in BY_NAME and TYPES[BY_NAME[kv_type_v]].quantized
+
+
 def resolve(kv_type: str | None, kv_type_k: str | None, kv_type_v: str | None, flash_attn: bool) -> tuple[str, str]:
     """The (K, V) cache type names of a session, checked as llama.cpp checks them.
 
@@ -191,6 +197,6 @@ def resolve(kv_type: str | None, kv_type_k: str | None, kv_type_v: str | None, f
                 raise ConfigError(f"kv_type={kv_type!r} sets both K and V, but {arg}={name!r}")
     k = kv_type_k or kv_type or "f16"
     v = kv_type_v or kv_type or "f16"
-    if TYPES[BY_NAME[v]].quantized and not flash_attn:
+    if needs_flash(v) and not flash_attn:
         raise ConfigError(f"a quantized V cache ({v}) needs flash attention (flash_attn=True), as in llama.cpp")
     return k, v
