@@ -44,8 +44,9 @@ def shared_cut(session: Host, kv: KVState, plan: Plan, cut: Cut, Q, rep: Compact
     rest; a selection that fits nothing comes back in ``evict`` (original keys, values, bias)."""
     clock = time.perf_counter()
     user, t = cut.user, cut.t
+    power = 1.0
     if not plan.shared and plan.pipe["span_score"] == "cache":
-        total = cache_scores(kv, user, plan.layers)
+        total, power = cache_scores(kv, user, plan.layers), chunks.CACHE_UNIT_POWER
     else:
         scores = span_scores(session, kv, user, Q, plan.layers, plan.pipe)
         if plan.shared == "kvzip":
@@ -66,8 +67,9 @@ def shared_cut(session: Host, kv: KVState, plan: Plan, cut: Cut, Q, rep: Compact
         if pinned.sum() > n_exact:
             log.warning("pin: the matching sentences hold %d cells, more than the %d kept verbatim; "
                         "the best of them are kept", int(pinned.sum()), n_exact)
-        total = np.where(pinned, total + 2.0 * (1.0 + np.abs(total).max()), total)  # pinned units first
-    exact = chunks.chunk_select(total, n_exact, units)
+        # pinned units first, whatever their length: the offset outweighs any unit's length factor
+        total = np.where(pinned, total + (1.0 + np.abs(total).max()) * (1.0 + 2.0 * len(total)), total)
+    exact = chunks.chunk_select(total, n_exact, units, power)
     rep.seconds["select"] = time.perf_counter() - clock
     if plan.shared or n_exact >= t:  # nothing left to fit: the chunks as they are
         H = {il: kv.keys[il].shape[1] for il in plan.layers}
