@@ -31,7 +31,8 @@ TABLE = Path(__file__).with_name("memory_table.json")
 #: compaction, the cache types alone). "sentences": whole sentences ranked by the cache's own
 #: scores fill the whole budget (``span_score="cache"``, ``spans=1``), nothing fitted and no
 #: forward pass; a cell of a kept sentence is exact, so in a byte budget it keeps the most
-#: answers where the fit's share of the budget would hold fewer sentences (Qwen2.5-0.5B past 4x).
+#: answers where the fit's share of the budget would hold fewer sentences (Qwen2.5-0.5B at 8x,
+#: SmolLM2-135M at 4x in q4_0).
 METHODS: dict[str, dict[str, Any] | None] = {
     "full": None,
     "default": {},
