@@ -54,8 +54,9 @@ def attention_max(K: np.ndarray, Q: np.ndarray, scale: float, prior: np.ndarray 
     return mx.reshape(H, r, N).transpose(0, 2, 1)
 
 
-#: ``length_power`` of :func:`chunk_select` for units ranked by :func:`cache_scores`: a unit
-#: scores its cells' sum over ``len ** 0.7``. The mean (1.0) of a few cells is the noisiest, and
+#: ``length_power`` of :func:`chunk_select` for the sentences ``span_score="cache"`` keeps, ranked
+#: by :func:`cache_scores` (the default's candidate mask still ranks by the mean): a unit scores
+#: its cells' sum over ``len ** 0.7``. The mean (1.0) of a few cells is the noisiest, and
 #: fragments (a blank line, ``(P``) outranked whole planted facts. Share of the QA tuning
 #: documents' answers (seeds 1-9, 81 per cell, 1K tokens) whose sentence the cache's own scores
 #: kept at 3.2x / 4.5x / 6.4x fewer cells: Qwen2.5-0.5B 0.85 / 0.78 / 0.70 with the mean, 0.91 /
