@@ -53,9 +53,9 @@ def test_chunk_select_below_the_mean_prefers_the_longer_unit():
     s[10:18] = 0.9  # a whole eight-cell unit just below it
     starts = np.array([0, 2, 10, 18])
     assert set(chunks.chunk_select(s, 2, starts).tolist()) == {0, 1}
-    got = chunks.chunk_select(s, 8, starts, length_power=chunks.CACHE_UNIT_POWER)
+    got = chunks.chunk_select(s, 8, starts, length_power=chunks.UNIT_POWER)
     assert got.tolist() == list(range(10, 18))  # 0.9 * 8 ** 0.3 = 1.68 > 1.0 * 2 ** 0.3 = 1.23
-    assert len(chunks.chunk_select(s, 11, starts, length_power=chunks.CACHE_UNIT_POWER)) == 11
+    assert len(chunks.chunk_select(s, 11, starts, length_power=chunks.UNIT_POWER)) == 11
 
 
 def test_attention_max_is_the_largest_softmax_weight_per_group():

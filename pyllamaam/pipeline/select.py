@@ -46,7 +46,7 @@ def shared_cut(session: Host, kv: KVState, plan: Plan, cut: Cut, Q, rep: Compact
     user, t = cut.user, cut.t
     power = 1.0
     if not plan.shared and plan.pipe["span_score"] == "cache":
-        total, power = cache_scores(kv, user, plan.layers), chunks.CACHE_UNIT_POWER
+        total, power = cache_scores(kv, user, plan.layers), chunks.UNIT_POWER
     else:
         scores = span_scores(session, kv, user, Q, plan.layers, plan.pipe)
         if plan.shared == "kvzip":
@@ -56,6 +56,8 @@ def shared_cut(session: Host, kv: KVState, plan: Plan, cut: Cut, Q, rep: Compact
         total = sum(scores[il].sum(axis=(0, 2)) for il in plan.layers)
         if candidates is not None:  # only the candidates were read again: they go first
             total = np.where(candidates, total, -1.0)
+            if plan.task is None:  # query-agnostic: a question's attention picks its sentence by the mean
+                power = chunks.UNIT_POWER
     n_exact = t if plan.shared else int(round(plan.pipe["spans"] * t))
     pin = plan.pipe["pin"]
     pieces = span_pieces(session, kv, user) if plan.pipe["chunk"] == "sentence" or pin is not None else None
