@@ -73,9 +73,9 @@ memory-table: setup
 	$(QA_TABLE) --models smollm2-135m --methods full,default --caches f16,q8_0,q4_0,q8_0/q4_0 --memories 2,4,8,16,32
 	$(QA_TABLE) --models smollm2-135m --methods sentences --caches q8_0/q4_0,q4_0 --memories 2,4,8,16,32
 	$(QA_TABLE) --models smollm2-135m --seeds 1,2,3,4,5,6,7,8,9 --methods full,default \
-		--caches f16,q8_0,q4_0,q8_0/q4_0 --memories 4
+		--caches f16,q8_0,q4_0,q8_0/q4_0 --memories 4,8,16,32
 	$(QA_TABLE) --models smollm2-135m --seeds 1,2,3,4,5,6,7,8,9 --methods sentences --caches q8_0/q4_0,q4_0 \
-		--memories 4
+		--memories 4,8,16,32
 	$(QA_TABLE) --models smollm2-135m --methods question --caches f16,q8_0/q4_0 --memories 8,32
 	$(QA_TABLE) --models smollm2-135m --methods snapkv,kvzip,chunkkv --caches q8_0/q4_0 --memories 4,8,16,32
 	$(QA_TABLE) --models qwen2.5-0.5b --methods full --caches f16,q8_0,q4_0,q8_0/q4_0
