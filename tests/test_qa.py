@@ -183,6 +183,29 @@ def test_cache_scores_cut_the_repeat_pass(planted, smollm2, monkeypatch):
         s.write_state(blob, n)
 
 
+def test_the_default_ranks_sentences_by_length_and_a_question_by_the_mean(planted, smollm2, monkeypatch):
+    """The query-agnostic default reads its candidate sentences (chosen by their mean cache score)
+    again and keeps those with the most attention over length**UNIT_POWER; a question's
+    attention (no candidates) ranks by the mean."""
+    s, blob, n = planted
+    real, powers = chunks.chunk_select, []
+
+    def spy(scores, budget, units, length_power=1.0):
+        powers.append(length_power)
+        return real(scores, budget, units, length_power)
+
+    monkeypatch.setattr(chunks, "chunk_select", spy)
+    try:
+        for options, want in (({"ratio": 4}, [1.0, chunks.UNIT_POWER]), ({"ratio": 4, "task": QUESTION}, [1.0])):
+            powers.clear()
+            rep = s.compact(**options)
+            assert not rep.fell_back, rep.reason
+            assert powers == want, options  # [the candidate mask,] the sentences kept verbatim
+            s.write_state(blob, n)
+    finally:
+        s.write_state(blob, n)
+
+
 def test_the_repeat_pass_runs_on_a_flash_copy_that_matches_the_session(planted, smollm2):
     """The default repeat pass runs on a flash-attention copy: the session is left byte-identical,
     the queries are the session's own up to float16 rounding, and a session with no free cells
