@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from .errors import PyllamaamError
+from .errors import ConfigError, PyllamaamError
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -104,9 +104,18 @@ def cmd_compact(args: argparse.Namespace) -> int:
     """Prefill a text file, compact it (``--ratio 1``: keep the full cache), save the session."""
     from pathlib import Path
 
-    from . import catalog
+    from . import catalog, memory
+    from .pipeline.plan import check_args
 
-    text = Path(args.file).read_text(encoding="utf-8", errors="replace")
+    # the size is checked before the model loads and the text is read: a typo costs no prefill
+    if args.memory is not None:
+        memory.check_target(args.memory)
+    elif args.ratio != 1:
+        check_args(args.ratio, None, 4, 32)
+    try:
+        text = Path(args.file).read_text(encoding="utf-8", errors="replace")
+    except OSError as err:
+        raise ConfigError(f"cannot read {args.file}: {err.strerror or err}") from None
     model = _load_model(args)
     n_tok = len(model.tokenize(text, add_bos=True))
     n_ctx = args.n_ctx or max(512, n_tok + 256)
@@ -117,11 +126,11 @@ def cmd_compact(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         s.prefill(text)
         print(f"prefilled {s.n_cells} tokens in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        if args.ratio != 1 or args.memory:
+        if args.ratio != 1 or args.memory is not None:
             with _ProgressBar(len(s.compact_layers())) as bar:
                 task = catalog.qa_template(model.path).format(question=args.question) if args.question else None
                 extra = {"pin": args.pin} if args.pin else {}
-                size = {"memory": args.memory} if args.memory else {"ratio": args.ratio}
+                size = {"memory": args.memory} if args.memory is not None else {"ratio": args.ratio}
                 rep = s.compact(
                     **size, method=args.method, queries=args.queries, task=task, progress=bar.update, **extra,
                 )

@@ -76,6 +76,35 @@ def test_bad_model_paths_give_clear_errors(tmp_path):
         pyllamaam.load_model(str(junk))
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--memory", "0"], "memory must be a number >= 1"),
+        (["--memory", "nan"], "memory must be a number >= 1"),
+        (["--ratio", "0.5"], "ratio must be a number > 1"),
+        (["--ratio", "4", "--missing"], "cannot read .*missing.txt: No such file"),
+    ],
+)
+def test_compact_refuses_a_bad_size_or_file_before_loading_a_model(tmp_path, args, message):
+    import re
+
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Some text to compact.")
+    path = str(tmp_path / "missing.txt") if "--missing" in args else str(doc)
+    args = [a for a in args if a != "--missing"]
+    out = tmp_path / "doc.pllam"
+    res = subprocess.run(
+        [sys.executable, "-m", "pyllamaam", "compact", path, *args, "-o", str(out),
+         "--model", str(tmp_path / "no.gguf")],
+        capture_output=True,
+        text=True,
+    )
+    # exit 2 with the reason, not a traceback; the model (a path that does not exist) was never loaded
+    assert res.returncode == 2, res.stderr
+    assert re.search(message, res.stderr) and "Traceback" not in res.stderr, res.stderr
+    assert not out.exists()
+
+
 def test_compact_then_ask_from_the_saved_file(tiny_dir, tmp_path):
     # compact once, ask many times: the CLI path end to end on a tiny model (context queries)
     from pyllamaam import tiny
