@@ -219,6 +219,26 @@ def test_compact_memory_runs_the_method_the_table_picks(smollm2, monkeypatch):
         assert rep.n_queries > 0
 
 
+def test_repeat_sentences_fills_the_budget_with_sentences_the_repeat_pass_ranks(smollm2, monkeypatch):
+    table = {"source": "t", "models": {}, "fallback": {"agnostic": [
+        {"memory": 8, "cache": "q8_0/q4_0", "method": "repeat-sentences"}]}}
+    monkeypatch.setattr(memory, "load_table", lambda path=memory.TABLE: table)
+    from pyllamaam import queries as qsources
+
+    passes, collect = [], qsources.collect
+    monkeypatch.setattr(qsources, "collect", lambda *a, **k: passes.append(a[1]) or collect(*a, **k))
+    with smollm2.session(n_ctx=4096, n_threads=1) as s:
+        s.prefill(demo.document())
+        rep = s.compact(memory=8)
+        assert not rep.fell_back, rep.reason
+        assert rep.memory["method"] == "repeat-sentences" and "instead_of" not in rep.memory
+        assert s.kv_bytes_f16() / s.kv_bytes() >= 8 and (s.kv_type_k, s.kv_type_v) == ("q8_0", "q4_0")
+        # one repeat pass ranked the sentences, and nothing was fitted: every kept cell is exact
+        assert passes == ["repeat"] and rep.n_queries == 0
+        kv = s.get_kv()
+        assert all(np.all(kv.bias[il][np.isfinite(kv.bias[il])] == 0) for il in range(len(kv.bias)))
+
+
 def test_a_picked_method_that_fails_its_gates_falls_through_to_the_default(smollm2, monkeypatch):
     """When the table's method rolls back, compact(memory=) runs the default at the same cells
     instead of giving up the target, and the report says what fell through and why."""

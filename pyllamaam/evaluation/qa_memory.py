@@ -38,6 +38,7 @@ ROWS = (
     ("default (f16)", ("default",), True),
     ("default, best type", ("default",), False),
     ("sentences, best type", ("sentences",), False),
+    ("repeat-sentences, best type", ("repeat-sentences",), False),
     ("memory=", ("memory",), False),
     ("question-aware", ("question", "memory-question"), False),
 )
@@ -47,7 +48,7 @@ TASK_METHODS = ("question", "memory-question")
 def table(rows: list[dict[str, Any]]) -> str:
     """Per model and length, per memory target: the best quantized full cache with at least as
     many bytes, the best eviction baseline, the default (f16 and its best cache type), "sentences"
-    (its best cache type), ``memory=``
+    and "repeat-sentences" (their best cache types), ``memory=``
     and question-aware compaction, each as accuracy (share of the f16 full cache's answers)."""
     out = []
     for model, n in sorted({(r["model"], r["tokens"]) for r in rows if r.get("memory")}):
