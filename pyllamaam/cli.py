@@ -105,13 +105,13 @@ def cmd_compact(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import catalog, memory
-    from .pipeline.plan import check_args
+    from .pipeline.plan import check_ratio
 
     # the size is checked before the model loads and the text is read: a typo costs no prefill
     if args.memory is not None:
         memory.check_target(args.memory)
     elif args.ratio != 1:
-        check_args(args.ratio, None, 4, 32)
+        check_ratio(args.ratio)
     try:
         text = Path(args.file).read_text(encoding="utf-8", errors="replace")
     except OSError as err:

@@ -77,21 +77,19 @@ def test_bad_model_paths_give_clear_errors(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    "args, file, message",
     [
-        (["--memory", "0"], "memory must be a number >= 1"),
-        (["--memory", "nan"], "memory must be a number >= 1"),
-        (["--ratio", "0.5"], "ratio must be a number > 1"),
-        (["--ratio", "4", "--missing"], "cannot read .*missing.txt: No such file"),
+        (["--memory", "0"], "doc.txt", "memory must be a number >= 1"),
+        (["--memory", "nan"], "doc.txt", "memory must be a number >= 1"),
+        (["--ratio", "0.5"], "doc.txt", "ratio must be a number > 1"),
+        (["--ratio", "4"], "missing.txt", "cannot read .*missing.txt: No such file"),
     ],
 )
-def test_compact_refuses_a_bad_size_or_file_before_loading_a_model(tmp_path, args, message):
+def test_compact_refuses_a_bad_size_or_file_before_loading_a_model(tmp_path, args, file, message):
     import re
 
-    doc = tmp_path / "doc.txt"
-    doc.write_text("Some text to compact.")
-    path = str(tmp_path / "missing.txt") if "--missing" in args else str(doc)
-    args = [a for a in args if a != "--missing"]
+    (tmp_path / "doc.txt").write_text("Some text to compact.")
+    path = str(tmp_path / file)
     out = tmp_path / "doc.pllam"
     res = subprocess.run(
         [sys.executable, "-m", "pyllamaam", "compact", path, *args, "-o", str(out),

@@ -199,10 +199,15 @@ def test_compact_memory_reaches_the_byte_target(smollm2, target):
         assert rep.bytes_after == s.kv_bytes() and rep.bytes_ratio_f16 >= target
 
 
-def test_compact_memory_runs_the_method_the_table_picks(smollm2, monkeypatch):
+def _table_picking(monkeypatch, method: str, target: float = 8, cache: str = "q8_0/q4_0") -> None:
+    """A memory table whose only (fallback, query-agnostic) entry is ``method`` in ``cache`` at ``target``."""
     table = {"source": "t", "models": {}, "fallback": {"agnostic": [
-        {"memory": 8, "cache": "q8_0/q4_0", "method": "sentences"}]}}
-    monkeypatch.setattr(memory, "load_table", lambda path=memory.TABLE: table)
+        {"memory": target, "cache": cache, "method": method}]}}
+    monkeypatch.setattr(memory, "load_table", lambda path=None: table)
+
+
+def test_compact_memory_runs_the_method_the_table_picks(smollm2, monkeypatch):
+    _table_picking(monkeypatch, "sentences")
     with smollm2.session(n_ctx=4096, n_threads=1) as s:
         s.prefill(demo.document())
         rep = s.compact(memory=8)
@@ -220,9 +225,7 @@ def test_compact_memory_runs_the_method_the_table_picks(smollm2, monkeypatch):
 
 
 def test_repeat_sentences_fills_the_budget_with_sentences_the_repeat_pass_ranks(smollm2, monkeypatch):
-    table = {"source": "t", "models": {}, "fallback": {"agnostic": [
-        {"memory": 8, "cache": "q8_0/q4_0", "method": "repeat-sentences"}]}}
-    monkeypatch.setattr(memory, "load_table", lambda path=memory.TABLE: table)
+    _table_picking(monkeypatch, "repeat-sentences")
     from pyllamaam import queries as qsources
 
     passes, collect = [], qsources.collect
@@ -242,9 +245,7 @@ def test_repeat_sentences_fills_the_budget_with_sentences_the_repeat_pass_ranks(
 def test_a_picked_method_that_fails_its_gates_falls_through_to_the_default(smollm2, monkeypatch):
     """When the table's method rolls back, compact(memory=) runs the default at the same cells
     instead of giving up the target, and the report says what fell through and why."""
-    table = {"source": "t", "models": {}, "fallback": {"agnostic": [
-        {"memory": 8, "cache": "q8_0/q4_0", "method": "sentences"}]}}
-    monkeypatch.setattr(memory, "load_table", lambda path=memory.TABLE: table)
+    _table_picking(monkeypatch, "sentences")
     # a recall gate no compaction passes, for the picked method only
     monkeypatch.setitem(memory.METHODS, "sentences", {**memory.METHODS["sentences"], "max_kl": 0.0})
     with smollm2.session(n_ctx=4096, n_threads=1) as s:
@@ -351,8 +352,7 @@ def test_auto_compaction_by_memory_runs_past_n_ctx(smollm2):
 
 
 def test_auto_compaction_refuses_a_target_the_types_alone_reach(smollm2, monkeypatch):
-    table = {"source": "t", "models": {}, "fallback": {"agnostic": [{"memory": 2, "cache": "q4_0", "method": "full"}]}}
-    monkeypatch.setattr(memory, "load_table", lambda path=None: table)
+    _table_picking(monkeypatch, "full", target=2, cache="q4_0")
     with smollm2.session(n_ctx=256, n_threads=1) as s:
         with pytest.raises(ConfigError, match="reached by the q4_0/q4_0 cache types alone"):
             s.auto_compact(memory=2)

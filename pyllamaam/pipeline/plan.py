@@ -161,10 +161,15 @@ def selector_of(method: str) -> str:
 def check_args(ratio, target_cells, keep_first, keep_last) -> None:
     if (ratio is None) == (target_cells is None):
         raise ConfigError("give exactly one of ratio= and target_cells=")
-    if ratio is not None and not (isinstance(ratio, (int, float)) and ratio > 1):
-        raise ConfigError(f"ratio must be a number > 1, not {ratio!r}")
+    if ratio is not None:
+        check_ratio(ratio)
     if keep_first < 0 or keep_last < 1:
         raise ConfigError("keep_first must be >= 0 and keep_last >= 1 (the last cell must stay)")
+
+
+def check_ratio(ratio) -> None:
+    if not (isinstance(ratio, (int, float)) and ratio > 1):
+        raise ConfigError(f"ratio must be a number > 1, not {ratio!r}")
 
 
 def uniform(budgets) -> bool:
