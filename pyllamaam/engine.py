@@ -457,6 +457,28 @@ class Session:
             else:
                 _native.state_set(self.ctx, snapshot)
 
+    def token_nll(self, n: int | None = None) -> np.ndarray:
+        """The surprisal of the session's text: the negative log-likelihood (nats, float32 [n]) of
+        each of the first ``n`` :attr:`tokens` (all by default) given the tokens before it; the
+        first token scores 0. The tokens are read again from the start in a scratch pass (a
+        prefill's work plus the output layer on every token); the session is unchanged."""
+        toks = np.asarray(self._tokens if n is None else self._tokens[:n], dtype=np.int32)
+        out = np.zeros(len(toks), np.float32)
+        if len(toks) < 2:
+            return out
+        with self.scratch():
+            if not _native.seq_rm(self.ctx, 0, -1):
+                raise PyllamaamError("llama.cpp could not clear the cache for a scratch read of the text")
+            for s in range(0, len(toks) - 1, self.n_batch):  # row i of a chunk predicts token s + i + 1
+                m = min(self.n_batch, len(toks) - 1 - s)
+                logits = _native.decode(self.ctx, toks[s : s + m], s, self.n_batch, True)
+                top = logits.max(axis=1)
+                np.subtract(logits, top[:, None], out=logits)
+                target = logits[np.arange(m), toks[s + 1 : s + m + 1]]
+                np.exp(logits, out=logits)
+                out[s + 1 : s + m + 1] = np.log(logits.sum(axis=1)) - target
+        return out
+
     def score(self, text: str | Sequence[int]) -> float:
         """Mean negative log-likelihood per token of ``text`` given the current state (nats)."""
         toks = self._as_tokens(text, bos=False)

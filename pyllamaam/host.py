@@ -58,6 +58,8 @@ class Host(Protocol):
         """Feed text or token ids; returns the count."""
     def eval_logits(self, token_ids: Sequence[int]) -> np.ndarray:
         """Logits after each of ``token_ids`` appended, the session unchanged."""
+    def token_nll(self, n: int | None = None) -> np.ndarray:
+        """Each token's negative log-likelihood given the tokens before it, the session unchanged."""
     def generate(self, prompt: str | Sequence[int] = "", max_tokens: int = 128, **kw: Any) -> str:
         """Feed ``prompt`` and decode greedily."""
     def capture_queries(self, text_or_token_ids: str | Sequence[int]) -> dict[int, np.ndarray]:

@@ -40,10 +40,11 @@ METHODS: dict[str, dict[str, Any] | None] = {
     "default": {},
     "sentences": {"span_score": "cache", "spans": 1.0},
     "repeat-sentences": {"spans": 1.0},
+    "surprisal-sentences": {"span_score": "cache+surprisal", "spans": 1.0},
     "question": {},  # with ``task``: question-aware compaction
 }
 #: the methods the table may pick without a question, and with one
-AGNOSTIC = ("full", "default", "sentences", "repeat-sentences")
+AGNOSTIC = ("full", "default", "sentences", "repeat-sentences", "surprisal-sentences")
 TASK = ("full", "question")
 
 

@@ -307,3 +307,15 @@ def test_value_solve_matches_the_normal_equations(ridge):
         lam = ridge * np.trace(A) / 30
         ref = np.linalg.solve(A + lam * np.eye(30), X[h].T @ st_.output[h])
         np.testing.assert_allclose(vf.values[h], ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+
+
+def test_with_surprisal_sums_the_two_ranks_and_keeps_padding_lowest():
+    from pyllamaam.compact.chunks import with_surprisal
+
+    cache = np.array([0.5, 1.9, -1.0, 1.0, 0.1])
+    nll = np.array([9.0, 0.1, 50.0, 3.0, 0.2])
+    score = with_surprisal(cache, nll)
+    assert score[2] == -1.0  # a padding cell, however surprising its token
+    # ranks over every cell in [0, 1] each: cell 0 (cache rank 2/4, surprisal rank 3/4) outranks
+    # cell 1, the cache's best (4/4) and the most predictable token (0/4)
+    np.testing.assert_allclose(score[[0, 1, 3, 4]], [0.5 + 0.75, 1.0 + 0.0, 0.75 + 0.5, 0.25 + 0.25])

@@ -660,3 +660,23 @@ def test_a_question_aware_compaction_reports_the_continuation_probe_without_gati
         assert rep.fell_back and "continuation probe" in rep.reason
     finally:
         _restore(smol, st)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3", "hybrid"])
+def test_token_nll_reads_the_text_again_and_leaves_the_session_as_it_was(tiny_models, kind):
+    toks = _ids(90, 3)
+    with tiny_models[kind].session(n_ctx=256, n_batch=32) as s:  # several chunks
+        s.prefill(toks)
+        blob, logits = s.snapshot(), s.logits()
+        nll = s.token_nll()
+        assert nll.shape == (90,) and nll[0] == 0
+        assert s.snapshot() == blob and s.tokens == toks and np.array_equal(s.logits(), logits)
+        np.testing.assert_allclose(s.token_nll(40), nll[:40], rtol=1e-5, atol=1e-5)
+    with tiny_models[kind].session(n_ctx=256) as ref:  # the same, one token at a time
+        ref.prefill(toks[:1])
+        want = []
+        for t in toks[1:]:
+            p = ref.logits().astype(np.float64)
+            want.append(np.log(np.exp(p - p.max()).sum()) + p.max() - p[t])
+            ref.prefill([t])
+    np.testing.assert_allclose(nll[1:], want, rtol=1e-3, atol=1e-3)

@@ -242,6 +242,29 @@ def test_repeat_sentences_fills_the_budget_with_sentences_the_repeat_pass_ranks(
         assert all(np.all(kv.bias[il][np.isfinite(kv.bias[il])] == 0) for il in range(len(kv.bias)))
 
 
+def test_surprisal_sentences_ranks_by_the_cache_and_the_text_read_again(smollm2, monkeypatch):
+    _table_picking(monkeypatch, "surprisal-sentences")
+    from pyllamaam import queries as qsources
+
+    passes, reads, collect = [], [], qsources.collect
+    monkeypatch.setattr(qsources, "collect", lambda *a, **k: passes.append(a[1]) or collect(*a, **k))
+    with smollm2.session(n_ctx=4096, n_threads=1) as s:
+        s.prefill(demo.document())
+        token_nll = s.token_nll
+        monkeypatch.setattr(s, "token_nll", lambda n=None: reads.append(n) or token_nll(n))
+        rep = s.compact(memory=8)
+        assert not rep.fell_back, rep.reason
+        assert rep.memory["method"] == "surprisal-sentences" and "instead_of" not in rep.memory
+        assert s.kv_bytes_f16() / s.kv_bytes() >= 8
+        # the text was read once for its surprisal, no repeat pass ran and nothing was fitted
+        assert len(reads) == 1 and passes == [] and rep.n_queries == 0
+        kv = s.get_kv()
+        assert all(np.all(kv.bias[il][np.isfinite(kv.bias[il])] == 0) for il in range(len(kv.bias)))
+        # the demo's planted code is the least predictable sentence of its text: it is kept
+        assert demo.ANSWER in "".join(s.kept_text(rep))
+        assert s.generate(demo.prompt(), max_tokens=6).strip().startswith(demo.ANSWER)
+
+
 def test_a_picked_method_that_fails_its_gates_falls_through_to_the_default(smollm2, monkeypatch):
     """When the table's method rolls back, compact(memory=) runs the default at the same cells
     instead of giving up the target, and the report says what fell through and why."""

@@ -39,6 +39,7 @@ ROWS = (
     ("default, best type", ("default",), False),
     ("sentences, best type", ("sentences",), False),
     ("repeat-sentences, best type", ("repeat-sentences",), False),
+    ("surprisal-sentences, best type", ("surprisal-sentences",), False),
     ("memory=", ("memory",), False),
     ("question-aware", ("question", "memory-question"), False),
 )

@@ -34,6 +34,7 @@ QA_METHODS: dict[str, dict[str, Any] | None] = {
     "memory-question": {"memory": True, "task": True},
     "sentences": memory.METHODS["sentences"],  # methods compact(memory=) may pick
     "repeat-sentences": memory.METHODS["repeat-sentences"],
+    "surprisal-sentences": memory.METHODS["surprisal-sentences"],
     "am-perhead": {"method": "am", "spans": 0.0, "recent": 0.5, "queries": "repeat"},  # per-head keys + fit
     # whole sentences ranked by the whole text repeated, 0.9 of the budget, and the fit of the rest
     "am-repeat-spans": {"method": "am", "spans": 0.9, "span_score": "repeat", "queries": "repeat"},

@@ -68,7 +68,10 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # tuning documents (seeds 1-8, 1K tokens, 72 per cell) whose sentences were kept at 4x / 10x:
     # SmolLM2 0.53 / 0.39 ("cache+repeat"), 0.54 / 0.31 ("cache"), 0.50 / 0.39 ("repeat");
     # Qwen2.5-0.5B 0.63 / 0.43, 0.74 / 0.51, 0.56 / 0.38. "cache" alone lost the planted code of
-    # the demo at 4x, which both others keep; "cache+repeat" reads half the text again
+    # the demo at 4x, which both others keep; "cache+repeat" reads half the text again.
+    # "cache+surprisal": the cache's own scores ranked beside each token's surprisal (its
+    # negative log-likelihood given the text before it: the text read again, a prefill's work),
+    # the two ranks summed, so a unit the model could not predict (a code, a name) ranks high
     "span_score": "cache+repeat",
     # with span_score "cache+repeat": the share of the span's cells, best units by cache score
     # first, that the repeat pass reads (0.3 lost the demo's planted code, 0.5 kept it)
@@ -92,7 +95,9 @@ SHARED_EVICTIONS = ("chunkkv", "kvzip")
 
 
 #: The values of option ``span_score``.
-SPAN_SCORES = ("cache+repeat", "cache", "repeat")
+SPAN_SCORES = ("cache+repeat", "cache", "cache+surprisal", "repeat")
+#: The scores of whole units that need no reference queries (no repeat pass)
+CACHE_SCORED = ("cache", "cache+surprisal")
 
 
 #: Layer groups of ``on_policy=None``. 3: on the tuning contexts of the continuation grid (both models,

@@ -14,6 +14,7 @@ from ..errors import ConfigError, UnsupportedLayout
 from .options import (
     AM_SELECTOR,
     BUDGETS_DIR,
+    CACHE_SCORED,
     ON_POLICY_GROUPS,
     PIPELINE_DEFAULTS,
     QUERY_OPTIONS,
@@ -112,7 +113,7 @@ def make_plan(session, ratio, target_cells, method, queries, keep_first, keep_la
     for name in ("span_candidates", "fit_repeat"):
         if not (isinstance(pipe[name], (int, float)) and 0 < pipe[name] <= 1):
             raise ConfigError(f"{name} must be a number in (0, 1], not {pipe[name]!r}")
-    if pipe["spans"] and pipe["span_score"] == "cache" and "repeat" in qspec.split("+") and given is None:
+    if pipe["spans"] and pipe["span_score"] in CACHE_SCORED and "repeat" in qspec.split("+") and given is None:
         if pipe["fit_repeat"] < 1:
             qopts.setdefault("repeat_max_tokens", pipe["fit_repeat"])
     if shared or (pipe["spans"] and pipe["on_policy"] is None):

@@ -14,7 +14,7 @@ from .. import queries as qsources
 from ..compact.select import SELECTORS
 from ..errors import ConfigError
 from ..kv import KVState
-from .options import PIPELINE_DEFAULTS, QUERY_OPTIONS, SHARED_EVICTIONS
+from .options import CACHE_SCORED, PIPELINE_DEFAULTS, QUERY_OPTIONS, SHARED_EVICTIONS
 from .plan import Plan, check_args, check_gate, selector_of
 from .refs import ReferenceQueries
 from .select import candidate_mask
@@ -66,7 +66,7 @@ def needs_queries(plan: Plan) -> bool:
     """False where nothing reads the reference queries: whole units scored from the cache fill
     the whole budget (``spans=1``), so there is nothing to fit and no pass to run."""
     pipe = plan.pipe
-    return bool(plan.shared or not pipe["spans"] or pipe["span_score"] != "cache" or pipe["spans"] < 1)
+    return bool(plan.shared or not pipe["spans"] or pipe["span_score"] not in CACHE_SCORED or pipe["spans"] < 1)
 
 
 def reference_queries(

@@ -18,6 +18,7 @@ from ..compact.result import PAD, CompactedLayer
 from ..errors import ConfigError
 from ..kv import KVState
 from ..report import CompactionReport
+from .options import CACHE_SCORED
 from .plan import Plan, workers
 from .state import Compaction, Cut
 
@@ -45,8 +46,10 @@ def shared_cut(session: Host, kv: KVState, plan: Plan, cut: Cut, Q, rep: Compact
     clock = time.perf_counter()
     user, t = cut.user, cut.t
     power = 1.0
-    if not plan.shared and plan.pipe["span_score"] == "cache":
+    if not plan.shared and plan.pipe["span_score"] in CACHE_SCORED:
         total, power = cache_scores(kv, user, plan.layers), chunks.UNIT_POWER
+        if plan.pipe["span_score"] == "cache+surprisal":
+            total = chunks.with_surprisal(total, surprisal(session, kv, user))
     else:
         scores = span_scores(session, kv, user, Q, plan.layers, plan.pipe)
         if plan.shared == "kvzip":
@@ -85,6 +88,15 @@ def cache_scores(kv: KVState, split: kvsplit.Split, layers) -> np.ndarray:
     return chunks.cache_scores(
         (kvsplit.span_arrays(kv, il, split) for il in layers), (kv.bias[il][split.span].T for il in layers)
     )
+
+
+def surprisal(session: Host, kv: KVState, split: kvsplit.Split) -> np.ndarray:
+    """Per span cell, its token's negative log-likelihood given the text before it
+    (:meth:`~pyllamaam.engine.Session.token_nll`: the text read again)."""
+    pos = kv.positions[split.span]
+    if len(session.tokens) <= int(pos.max()):
+        raise ConfigError("span_score='cache+surprisal' reads the text again: this session's tokens do not cover it")
+    return session.token_nll(int(pos.max()) + 1)[pos].astype(np.float64)
 
 
 def candidate_mask(session: Host, kv: KVState, user: kvsplit.Split, layers, chunk, share: float) -> np.ndarray:
