@@ -76,6 +76,8 @@ memory-table: setup
 		--caches f16,q8_0,q4_0,q8_0/q4_0 --memories 4,8,16,32
 	$(QA_TABLE) --models smollm2-135m --seeds 1,2,3,4,5,6,7,8,9 --methods sentences --caches q8_0/q4_0,q4_0 \
 		--memories 4,8,16,32
+	$(QA_TABLE) --models smollm2-135m --seeds 1,2,3,4,5,6,7,8,9 --methods surprisal-sentences --caches q8_0/q4_0 \
+		--memories 8,16,32
 	$(QA_TABLE) --models smollm2-135m --methods question --caches f16,q8_0/q4_0 --memories 8,32
 	$(QA_TABLE) --models smollm2-135m --methods snapkv,kvzip,chunkkv --caches q8_0/q4_0 --memories 4,8,16,32
 	$(QA_TABLE) --models qwen2.5-0.5b --methods full --caches f16,q8_0,q4_0,q8_0/q4_0
@@ -83,6 +85,7 @@ memory-table: setup
 		--memories 4,8,16
 	$(QA_TABLE) --models qwen2.5-0.5b --seeds 1,2,3,4 --methods full --caches f16
 	$(QA_TABLE) --models qwen2.5-0.5b --seeds 1,2,3,4 --methods repeat-sentences --caches q8_0/q4_0 --memories 16
+	$(QA_TABLE) --models qwen2.5-0.5b --seeds 1,2,3,4 --methods surprisal-sentences --caches q8_0/q4_0 --memories 16
 	$(QA_TABLE) --models qwen2.5-0.5b --methods question --caches f16,q8_0/q4_0 --memories 8,32
 	$(QA_TABLE) --models qwen2.5-0.5b --methods snapkv,kvzip,chunkkv --caches q8_0/q4_0 --memories 4,8,16
 	$(QA_TABLE) --models gemma3-270m --methods full --caches f16,q8_0,q4_0,q8_0/q4_0

@@ -463,6 +463,8 @@ class Session:
         first token scores 0. The tokens are read again from the start in a scratch pass (a
         prefill's work plus the output layer on every token); the session is unchanged."""
         toks = np.asarray(self._tokens if n is None else self._tokens[:n], dtype=np.int32)
+        if len(toks) > self.n_ctx:
+            raise ConfigError(f"{len(toks)} tokens do not fit in the {self.n_ctx} cells of the context to read again")
         out = np.zeros(len(toks), np.float32)
         if len(toks) < 2:
             return out

@@ -15,7 +15,7 @@ from .. import kvsplit
 from ..compact import chunks
 from ..compact.parallel import map_layers
 from ..compact.result import PAD, CompactedLayer
-from ..errors import ConfigError
+from ..errors import ConfigError, PyllamaamError
 from ..kv import KVState
 from ..report import CompactionReport
 from .options import CACHE_SCORED
@@ -94,9 +94,14 @@ def surprisal(session: Host, kv: KVState, split: kvsplit.Split) -> np.ndarray:
     """Per span cell, its token's negative log-likelihood given the text before it
     (:meth:`~pyllamaam.engine.Session.token_nll`: the text read again)."""
     pos = kv.positions[split.span]
-    if len(session.tokens) <= int(pos.max()):
-        raise ConfigError("span_score='cache+surprisal' reads the text again: this session's tokens do not cover it")
-    return session.token_nll(int(pos.max()) + 1)[pos].astype(np.float64)
+    n = int(pos.max()) + 1
+    # not a ConfigError: the compaction falls back (and compact(memory=) to the default)
+    if len(session.tokens) < n:
+        raise PyllamaamError("span_score='cache+surprisal' reads the text again: the session's tokens do not cover it")
+    if n > session.n_ctx:
+        raise PyllamaamError(f"span_score='cache+surprisal' reads the text again: its {n} tokens do not fit in "
+                             f"the {session.n_ctx} cells of the context")
+    return session.token_nll(n)[pos].astype(np.float64)
 
 
 def candidate_mask(session: Host, kv: KVState, user: kvsplit.Split, layers, chunk, share: float) -> np.ndarray:
