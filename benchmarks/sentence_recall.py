@@ -20,9 +20,10 @@ import json
 import numpy as np
 
 import pyllamaam
-from pyllamaam import memory
+from pyllamaam import kvsplit, memory
 from pyllamaam.compact import chunks
 from pyllamaam.evaluation import qa_run
+from pyllamaam.pipeline import select
 
 KEEP_FIRST, KEEP_LAST = 4, 32
 
@@ -41,9 +42,9 @@ def document(model, seed: int, ratios: list[float], n_tokens: int) -> list[dict]
         blob, n = s.snapshot(), s.n_cells
         nll = s.token_nll().astype(np.float64)
         kv = s.get_kv(blob)
-        span = np.arange(KEEP_FIRST, len(toks) - KEEP_LAST)
-        cache = chunks.cache_scores((kv.keys[il][span].transpose(1, 0, 2), kv.values[il][span].transpose(1, 0, 2))
-                                    for il in kv.layers)
+        split = kvsplit.split_cells(kv, KEEP_FIRST, KEEP_LAST)
+        span = kv.positions[split.span].astype(np.int64)
+        cache = select.cache_scores(kv, split, kv.layers)
         scores = {"surprisal": nll[span], "cache+surprisal": chunks.with_surprisal(cache, nll[span])}
         starts = chunks.sentence_starts([model.detokenize([toks[p]]) for p in span])
         ends = set(range(KEEP_FIRST)) | set(range(len(toks) - KEEP_LAST, len(toks)))
