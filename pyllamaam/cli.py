@@ -123,6 +123,8 @@ def cmd_compact(args: argparse.Namespace) -> int:
     with model.session(n_ctx=n_ctx, **_session_opts(args)) as s:
         if args.queries and "context" in args.queries:
             s.capture_context_queries()
+        if args.memory is not None and memory.wants_surprisal(s, args.memory, task=bool(args.question)):
+            s.record_surprisal()  # the pick ranks sentences by surprisal: record it while reading
         t0 = time.perf_counter()
         s.prefill(text)
         print(f"prefilled {s.n_cells} tokens in {time.perf_counter() - t0:.1f} s", file=sys.stderr)

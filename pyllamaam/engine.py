@@ -21,6 +21,21 @@ from . import _native, catalog, kvtypes, statefile
 from .errors import ConfigError, NativeError, PyllamaamError, StateError, UnsupportedLayout
 from .kv import KVState, build_seq_state, parse_seq_state
 
+#: tokens per llama_decode while every token's logits are wanted (surprisal): llama.cpp's output
+#: buffer holds that many rows of n_vocab floats (Qwen2.5: 39 MB at 64), and on 2 CPU threads
+#: pieces of 64 read faster than of 512 (2K tokens: SmolLM2-135M 1.07x / 1.17x, Qwen2.5-0.5B 1.24x /
+#: 1.55x of a plain prefill's time)
+NLL_PIECE = 64
+
+
+def _nll_rows(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Each row's negative log-likelihood of its target, float32, the rows overwritten (log-softmax
+    in place: no float64 copy of [rows, n_vocab])."""
+    np.subtract(logits, logits.max(axis=1)[:, None], out=logits)
+    hit = logits[np.arange(len(targets)), targets]
+    np.exp(logits, out=logits)
+    return np.log(logits.sum(axis=1)) - hit
+
 
 def load_model(path: str | os.PathLike | None = None, **opts: Any) -> Model:
     """Load a GGUF model.
@@ -154,6 +169,7 @@ class Session:
     # opt-in modes (class defaults: off); see capture_context_queries() and auto_compact()
     _ctx_queries: Any = None
     _auto: dict[str, Any] | None = None
+    _recording = False
 
     def __init__(
         self,
@@ -188,6 +204,9 @@ class Session:
         self._tokens: list[int] = []
         self._n_cells = 0
         self._last_logits: np.ndarray | None = None
+        # each token's surprisal as the session read it, from the first token on, while
+        # record_surprisal() is on and every token so far was recorded (else the text is read again)
+        self._nll = np.zeros(0, np.float32)
         self.layers = [_native.layer_info(self._ctx, il) for il in range(model.n_layer)]
 
     def _new_context(self, flags: int, probe: Any = None, probe_key: int = 0) -> int:
@@ -362,10 +381,13 @@ class Session:
         if self._ctx_queries is not None and self._capture is None:
             return self._prefill_capturing_context(toks)
         self._sync_capture()
-        logits = _native.decode(
-            self.ctx, np.asarray(toks, dtype=np.int32), self.n_past, self.n_batch, False, self._capture
-        )
-        self._last_logits = logits[-1]
+        ids = np.asarray(toks, dtype=np.int32)
+        if self._recording and len(self._nll) == len(self._tokens) and (self._last_logits is not None
+                                                                         or not self._tokens):
+            nll, self._last_logits = self._read_nll(ids, self.n_past, self._last_logits, self._capture)
+            self._nll = np.concatenate([self._nll, nll])
+        else:
+            self._last_logits = _native.decode(self.ctx, ids, self.n_past, self.n_batch, False, self._capture)[-1]
         self._tokens += toks
         self._n_cells += len(toks)
         return len(toks)
@@ -385,6 +407,7 @@ class Session:
         if not _native.seq_rm(self.ctx, self.n_past - n, -1):
             return False
         self._tokens = self._tokens[:-n]
+        self._nll = self._nll[: len(self._tokens)]
         self._n_cells -= n
         self._last_logits = None
         return True
@@ -392,19 +415,19 @@ class Session:
     @contextmanager
     def scratch(self, snapshot: bytes | None = None) -> Iterator[Session]:
         """Run forward passes after the context inside the block, then restore the session
-        exactly: state, :attr:`tokens`, cell count and logits. Automatic compaction and
-        context-query capture are paused inside: scratch passes are not context.
+        exactly: state, :attr:`tokens`, cell count and logits. Automatic compaction, context-query
+        capture and surprisal recording are paused inside: scratch passes are not context.
 
         ``snapshot``: this session's :meth:`snapshot`, where the caller holds it (each is a copy of
         the whole cache: 0.3 s at 4K tokens on SmolLM2)."""
         blob = self.snapshot() if snapshot is None else snapshot
-        n_cells, tokens, last = self._n_cells, list(self._tokens), self._last_logits
-        auto, ctxq = self._auto, self._ctx_queries
-        self._auto, self._ctx_queries = None, None
+        n_cells, tokens, last, nll = self._n_cells, list(self._tokens), self._last_logits, self._nll
+        auto, ctxq, recording = self._auto, self._ctx_queries, self._recording
+        self._auto, self._ctx_queries, self._recording = None, None, False
         try:
             yield self
         finally:
-            self._auto, self._ctx_queries = auto, ctxq
+            self._auto, self._ctx_queries, self._recording, self._nll = auto, ctxq, recording, nll
             # the blob is this context's own state: no second copy is taken to roll back to
             self.write_state(blob, n_cells, old=blob)
             self._tokens, self._last_logits = tokens, last
@@ -457,29 +480,55 @@ class Session:
             else:
                 _native.state_set(self.ctx, snapshot)
 
+    def record_surprisal(self) -> None:
+        """From now on, record each token's surprisal as the session reads it: every prefill (and
+        generated token) asks llama.cpp for every token's logits, in pieces of :data:`NLL_PIECE`
+        tokens, and :meth:`token_nll` returns what was recorded instead of reading the text again
+        (``span_score="cache+surprisal"``, the table's pick of ``compact(memory=)`` for some models
+        and targets: :func:`pyllamaam.memory.wants_surprisal`). It costs a fraction of each prefill
+        (the output layer on every token) where a later read costs a whole prefill and more.
+
+        Turn it on before the first prefill: the record counts only from the text's first token on.
+        Tokens read after a compaction are recorded given the compacted cache, as the model read them."""
+        if self._tokens:
+            raise ConfigError("record_surprisal() must come before the first prefill: the record starts at the "
+                              f"text's first token, and {len(self._tokens)} tokens were read without it")
+        self._recording = True
+
+    def _read_nll(self, ids: np.ndarray, pos0: int, before: np.ndarray | None,
+                  capture: dict[int, list[np.ndarray]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Decode ``ids`` at positions ``pos0``.. with every token's logits, in pieces of
+        :data:`NLL_PIECE` (llama.cpp keeps that many rows of n_vocab floats); returns each token's
+        negative log-likelihood (float32; the first given the logits ``before`` it, 0 without) and
+        the logits after the last token."""
+        nll = np.zeros(len(ids), np.float32)
+        step = min(self.n_batch, NLL_PIECE)
+        for s in range(0, len(ids), step):
+            m = min(step, len(ids) - s)
+            logits = _native.decode(self.ctx, ids[s : s + m], pos0 + s, step, True, capture)
+            if before is not None:
+                nll[s] = _nll_rows(before[None].copy(), ids[s : s + 1])[0]
+            before = logits[-1].copy()
+            nll[s + 1 : s + m] = _nll_rows(logits[:-1], ids[s + 1 : s + m])
+        return nll, before
+
     def token_nll(self, n: int | None = None) -> np.ndarray:
         """The surprisal of the session's text: the negative log-likelihood (nats, float32 [n]) of
         each of the first ``n`` :attr:`tokens` (all by default) given the tokens before it; the
-        first token scores 0. The tokens are read again from the start in a scratch pass (a
-        prefill's work plus the output layer on every token); the session is unchanged."""
+        first token scores 0. What :meth:`record_surprisal` recorded where it covers them; else the
+        tokens are read again from the start in a scratch pass (a prefill's work plus the output
+        layer on every token) and the session is unchanged."""
         toks = np.asarray(self._tokens if n is None else self._tokens[:n], dtype=np.int32)
+        if len(self._nll) >= len(toks):
+            return self._nll[: len(toks)].copy()
         if len(toks) > self.n_ctx:
             raise ConfigError(f"{len(toks)} tokens do not fit in the {self.n_ctx} cells of the context to read again")
-        out = np.zeros(len(toks), np.float32)
         if len(toks) < 2:
-            return out
+            return np.zeros(len(toks), np.float32)
         with self.scratch():
             if not _native.seq_rm(self.ctx, 0, -1):
                 raise PyllamaamError("llama.cpp could not clear the cache for a scratch read of the text")
-            for s in range(0, len(toks) - 1, self.n_batch):  # row i of a chunk predicts token s + i + 1
-                m = min(self.n_batch, len(toks) - 1 - s)
-                logits = _native.decode(self.ctx, toks[s : s + m], s, self.n_batch, True)
-                top = logits.max(axis=1)
-                np.subtract(logits, top[:, None], out=logits)
-                target = logits[np.arange(m), toks[s + 1 : s + m + 1]]
-                np.exp(logits, out=logits)
-                out[s + 1 : s + m + 1] = np.log(logits.sum(axis=1)) - target
-        return out
+            return self._read_nll(toks, 0, None)[0]
 
     def score(self, text: str | Sequence[int]) -> float:
         """Mean negative log-likelihood per token of ``text`` given the current state (nats)."""
@@ -848,4 +897,5 @@ class Session:
             raise StateError(f"the saved state has {h['n_cells']} cells, n_ctx is {self.n_ctx}")
         self.write_state(saved.blob, int(h["n_cells"]))
         self._tokens = [int(t) for t in h["tokens"]]
+        self._nll = np.zeros(0, np.float32)  # not recorded: token_nll reads the text again
         self._last_logits = saved.logits

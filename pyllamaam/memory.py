@@ -36,7 +36,8 @@ TABLE = Path(__file__).with_name("memory_table.json")
 #: repeat pass over the candidates): on Qwen2.5-0.5B at 16x, 16 of 36 tuning answers against the
 #: default's 13 and `sentences`' 14 (each fell through to the default on one document).
 #: "surprisal-sentences": ranked by the cache's scores and each token's surprisal together
-#: (``span_score="cache+surprisal"``: the text read again, about one more prefill): SmolLM2-135M
+#: (``span_score="cache+surprisal"``: the text read again, about one more prefill, unless the session
+#: recorded it while reading, :meth:`Session.record_surprisal`): SmolLM2-135M
 #: at 8x / 16x 30 / 20 of 81 tuning answers (best other 23 / 17), Qwen2.5-0.5B at 16x 19 of 36.
 METHODS: dict[str, dict[str, Any] | None] = {
     "full": None,
@@ -206,6 +207,14 @@ def _choice(session: Any, target: float, task: bool) -> Choice:
     if session.memory_layout not in ("kv", "iswa", "hybrid"):
         choice = Choice(session.kv_type_k, session.kv_type_v, choice.method, choice.measured_at, choice.model)
     return choice
+
+
+def wants_surprisal(session: Any, memory: float, task: bool = False) -> bool:
+    """Whether ``compact(memory=memory)`` on ``session`` would rank sentences by each token's
+    surprisal: then :meth:`Session.record_surprisal` before the prefill spares it reading the text
+    again (the CLI, the server and the cost bench turn it on where this says so)."""
+    choice = _choice(session, check_target(memory), task)
+    return (METHODS.get(choice.method) or {}).get("span_score") == "cache+surprisal"
 
 
 def compact_with(session: Any, method: str, options: dict[str, Any], **size: Any) -> tuple[Any, dict | None]:

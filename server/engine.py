@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pyllamaam.errors import CompactionError, ConfigError, StateError
+from pyllamaam.memory import wants_surprisal
 
 from .errors import ApiError, ClientGone, NotFound
 from .metrics import Metrics
@@ -238,7 +239,11 @@ class SessionManager:
         return session
 
     def _new_session(self, slot: Slot) -> Any:
-        return self._setup(self.model.session(**self._session_opts()), slot)
+        session = self.model.session(**self._session_opts())
+        memory = self.settings.compact_memory
+        if memory and hasattr(session, "record_surprisal") and wants_surprisal(session, memory):
+            session.record_surprisal()  # the auto-compaction's pick ranks sentences by surprisal
+        return self._setup(session, slot)
 
     def _load_session(self, path: Path, slot: Slot) -> Any:
         # the cache types and attention path come from the file: compact(memory=) may have moved

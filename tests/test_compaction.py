@@ -680,3 +680,37 @@ def test_token_nll_reads_the_text_again_and_leaves_the_session_as_it_was(tiny_mo
             want.append(np.log(np.exp(p - p.max()).sum()) + p.max() - p[t])
             ref.prefill([t])
     np.testing.assert_allclose(nll[1:], want, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3", "hybrid"])
+def test_recorded_surprisal_is_the_text_read_again_without_reading_it(tiny_models, kind):
+    toks = _ids(130, 4)
+    with tiny_models[kind].session(n_ctx=256, n_batch=32) as ref:
+        ref.prefill(toks)
+        want = ref.token_nll()
+    with tiny_models[kind].session(n_ctx=256, n_batch=32) as s:
+        s.record_surprisal()
+        s.prefill(toks[:70])  # in several prefills, the pieces not aligned to the first read's
+        with s.scratch():  # a scratch pass is not text: not recorded
+            s.prefill(_ids(20, 9))
+        s.prefill(toks[70:120])
+        for t in toks[120:]:  # one token at a time, as generation feeds them
+            s.prefill([t])
+        blob = s.snapshot()
+
+        def read_again():
+            raise AssertionError("the text was read again")
+
+        s.scratch = read_again
+        got = s.token_nll()
+        assert got.shape == (130,) and got[0] == 0 and s.snapshot() == blob
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+        np.testing.assert_array_equal(s.token_nll(50), got[:50])
+        del s.scratch
+        if kind == "llama":  # dropped tokens leave the record; a token after them is read again
+            assert s.drop_last(10)
+            np.testing.assert_array_equal(s.token_nll(), got[:120])
+            s.prefill(toks[120:])
+            np.testing.assert_allclose(s.token_nll(), want, rtol=1e-3, atol=1e-3)
+        with pytest.raises(ConfigError, match="before the first prefill"):
+            s.record_surprisal()

@@ -242,22 +242,27 @@ def test_repeat_sentences_fills_the_budget_with_sentences_the_repeat_pass_ranks(
         assert all(np.all(kv.bias[il][np.isfinite(kv.bias[il])] == 0) for il in range(len(kv.bias)))
 
 
-def test_surprisal_sentences_ranks_by_the_cache_and_the_text_read_again(smollm2, monkeypatch):
+@pytest.mark.parametrize("record", [False, True], ids=["read-again", "recorded"])
+def test_surprisal_sentences_ranks_by_the_cache_and_the_text_read_again(smollm2, monkeypatch, record):
     _table_picking(monkeypatch, "surprisal-sentences")
     from pyllamaam import queries as qsources
 
     passes, reads, collect = [], [], qsources.collect
     monkeypatch.setattr(qsources, "collect", lambda *a, **k: passes.append(a[1]) or collect(*a, **k))
     with smollm2.session(n_ctx=4096, n_threads=1) as s:
+        assert memory.wants_surprisal(s, 8)
+        if record:
+            s.record_surprisal()
         s.prefill(demo.document())
-        token_nll = s.token_nll
-        monkeypatch.setattr(s, "token_nll", lambda n=None: reads.append(n) or token_nll(n))
+        read_nll = s._read_nll
+        monkeypatch.setattr(s, "_read_nll", lambda *a, **k: reads.append(a) or read_nll(*a, **k))
         rep = s.compact(memory=8)
         assert not rep.fell_back, rep.reason
         assert rep.memory["method"] == "surprisal-sentences" and "instead_of" not in rep.memory
         assert s.kv_bytes_f16() / s.kv_bytes() >= 8
-        # the text was read once for its surprisal, no repeat pass ran and nothing was fitted
-        assert len(reads) == 1 and passes == [] and rep.n_queries == 0
+        # the text was read once for its surprisal (not at all where the prefill recorded it), no
+        # repeat pass ran and nothing was fitted
+        assert len(reads) == (0 if record else 1) and passes == [] and rep.n_queries == 0
         kv = s.get_kv()
         assert all(np.all(kv.bias[il][np.isfinite(kv.bias[il])] == 0) for il in range(len(kv.bias)))
         # the demo's planted code is the least predictable sentence of its text: it is kept
@@ -373,6 +378,24 @@ def test_auto_compaction_by_memory_runs_past_n_ctx(smollm2):
         # each compaction leaves the cells it found in 8x fewer bytes than an f16 cache of them
         assert first.bytes_after * 8 <= first.cells_before * s.kv_bytes_f16(n_cells=1)
         assert (s.kv_type_k, s.kv_type_v) == (first.memory["kv_type_k"], first.memory["kv_type_v"])
+
+
+def test_auto_compaction_past_n_ctx_ranks_by_the_surprisal_recorded_while_reading(smollm2, monkeypatch):
+    """The text outgrows the context, so it cannot be read again: the surprisal recorded while
+    reading lets every automatic compaction run the table's pick instead of the default."""
+    import pydoc_data.topics as T
+
+    _table_picking(monkeypatch, "surprisal-sentences")
+    text = "\n\n".join(T.topics[k] for k in sorted(T.topics))[:4000]
+    with smollm2.session(n_ctx=512, n_threads=1) as s:
+        assert not memory.wants_surprisal(s, 8, task=True)  # the table has no question-aware pick
+        s.record_surprisal()
+        s.auto_compact(threshold=0.75, memory=8)
+        s.prefill(text)
+        reps = s.auto_reports
+        assert len(reps) >= 2 and s.n_cells <= 512 < s.n_past
+        assert not any(r.fell_back for r in reps), [r.reason for r in reps]
+        assert [r.memory["method"] for r in reps] == ["surprisal-sentences"] * len(reps)
 
 
 def test_auto_compaction_refuses_a_target_the_types_alone_reach(smollm2, monkeypatch):
