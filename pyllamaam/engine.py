@@ -23,8 +23,8 @@ from .kv import KVState, build_seq_state, parse_seq_state
 
 #: tokens per llama_decode while every token's logits are wanted (surprisal): llama.cpp's output
 #: buffer holds that many rows of n_vocab floats (Qwen2.5: 39 MB at 64), and on 2 CPU threads
-#: pieces of 64 read faster than of 512 (2K tokens: SmolLM2-135M 1.07x / 1.17x, Qwen2.5-0.5B 1.24x /
-#: 1.55x of a plain prefill's time)
+#: pieces of 64 read faster than of 512 (2K tokens: SmolLM2-135M 1.06-1.17x / 1.17-1.23x,
+#: Qwen2.5-0.5B 1.24x / 1.55x of a plain prefill's time)
 NLL_PIECE = 64
 
 
