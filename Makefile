@@ -91,6 +91,7 @@ memory-table: setup
 	$(QA_TABLE) --models gemma3-270m --methods full --caches f16,q8_0,q4_0,q8_0/q4_0
 	$(QA_TABLE) --models gemma3-270m --methods snapkv,kvzip,chunkkv --caches f16 --memories 2,4,8,16
 	$(QA_TABLE) --models gemma3-270m --methods question --caches f16,q8_0/q4_0 --memories 8,32
+	$(QA_TABLE) --models gemma3-270m --methods surprisal-sentences --caches q8_0/q4_0 --memories 8,16
 	$(QA_TABLE) --models gemma3-270m --methods default,sentences --caches f16,q8_0/q4_0,q4_0 --memories 2,4,8,16 \
 		--write-memory-table pyllamaam/memory_table.json
 
