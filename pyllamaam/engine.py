@@ -489,7 +489,8 @@ class Session:
         (the output layer on every token) where a later read costs a whole prefill and more.
 
         Turn it on before the first prefill: the record counts only from the text's first token on.
-        Tokens read after a compaction are recorded given the compacted cache, as the model read them."""
+        Tokens read after a compaction are recorded given the compacted cache, as the model read them.
+        :meth:`save` keeps the record and the mode, and a restored session goes on recording."""
         if self._tokens:
             raise ConfigError("record_surprisal() must come before the first prefill: the record starts at the "
                               f"text's first token, and {len(self._tokens)} tokens were read without it")
@@ -871,6 +872,9 @@ class Session:
             "n_past": self.n_past,
             "tokens": self._tokens,
         }
+        if self._recording:  # the surprisal recorded so far, and the mode: both come back on restore
+            header["record_surprisal"] = True
+            header["token_nll"] = [float(x) for x in self._nll]
         return statefile.write(path, header, self.snapshot(), self._last_logits)
 
     def restore(self, path: str | os.PathLike) -> None:
@@ -895,7 +899,13 @@ class Session:
             )
         if h["n_cells"] > self.n_ctx:
             raise StateError(f"the saved state has {h['n_cells']} cells, n_ctx is {self.n_ctx}")
+        try:  # the surprisal recorded before the save (none: token_nll reads the text again)
+            nll = np.asarray(h.get("token_nll", []), dtype=np.float32)
+        except (TypeError, ValueError) as err:
+            raise StateError(f"{path}: its recorded surprisal is not a list of numbers") from err
+        if nll.ndim != 1 or len(nll) > len(h["tokens"]):
+            raise StateError(f"{path}: its recorded surprisal does not match its tokens")
         self.write_state(saved.blob, int(h["n_cells"]))
         self._tokens = [int(t) for t in h["tokens"]]
-        self._nll = np.zeros(0, np.float32)  # not recorded: token_nll reads the text again
+        self._recording, self._nll = bool(h.get("record_surprisal", False)), nll
         self._last_logits = saved.logits

@@ -714,3 +714,19 @@ def test_recorded_surprisal_is_the_text_read_again_without_reading_it(tiny_model
             np.testing.assert_allclose(s.token_nll(), want, rtol=1e-3, atol=1e-3)
         with pytest.raises(ConfigError, match="before the first prefill"):
             s.record_surprisal()
+
+
+
+def test_a_saved_session_keeps_its_recorded_surprisal(tiny_models, tmp_path):
+    toks = _ids(100, 6)
+    with tiny_models["llama"].session(n_ctx=256) as ref:
+        ref.prefill(toks)
+        want = ref.token_nll()
+    with tiny_models["llama"].session(n_ctx=256) as s:
+        s.record_surprisal()
+        s.prefill(toks[:60])
+        path = s.save(tmp_path / "rec.pllam")
+    with tiny_models["llama"].load_session(path) as r:
+        r.prefill(toks[60:])  # the record and the mode come back: the rest is recorded too
+        r.scratch = None  # a read of the text again would fail
+        np.testing.assert_allclose(r.token_nll(), want, rtol=1e-3, atol=1e-3)
