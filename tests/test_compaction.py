@@ -730,3 +730,14 @@ def test_a_saved_session_keeps_its_recorded_surprisal(tiny_models, tmp_path):
         r.prefill(toks[60:])  # the record and the mode come back: the rest is recorded too
         r.scratch = None  # a read of the text again would fail
         np.testing.assert_allclose(r.token_nll(), want, rtol=1e-3, atol=1e-3)
+    from pyllamaam import statefile
+    from pyllamaam.errors import StateError
+
+    saved = statefile.read(path)
+    bad = statefile.write(tmp_path / "bad.pllam", {**saved.header, "token_nll": [0.0] * 61}, saved.blob, saved.logits)
+    with tiny_models["llama"].session(n_ctx=256) as s:
+        s.prefill(toks[:5])
+        blob = s.snapshot()
+        with pytest.raises(StateError, match="does not match its tokens"):
+            s.restore(bad)
+        assert s.snapshot() == blob and s.tokens == toks[:5]

@@ -5,8 +5,9 @@ and over prefill seconds; decode tokens/s after r-fold compaction of N tokens vs
 holding the same number of cells (the physical limit); peak RSS of the process against the KV
 cache size. Where ``compact(memory=)`` ranks by surprisal, the session records it while reading
 (:meth:`~pyllamaam.engine.Session.record_surprisal`, as the CLI and the server do): stage
-``record`` is that prefill's seconds over a plain one's, counted in the compaction's cost. The session's ``n_threads`` sets the threads of its forward passes and of the
-compaction's array stages alike, so each row is one setting of the whole cost.
+``record`` is that prefill's seconds over a plain one's, counted in the compaction's cost. The
+session's ``n_threads`` sets the threads of its forward passes and of the compaction's array
+stages alike, so each row is one setting of the whole cost.
 """
 
 from __future__ import annotations
