@@ -777,12 +777,17 @@ class Session:
         cells, so the session runs past n_ctx; ``threshold=None`` turns it off. Reports of the
         automatic compactions accumulate in ``self.auto_reports``. ``memory=M`` in
         ``compact_options`` instead of ``ratio``: each compaction leaves the cells it found in
-        M times fewer bytes than an f16 cache of them (:meth:`compact`'s ``memory``)."""
-        from . import pipeline
+        M times fewer bytes than an f16 cache of them (:meth:`compact`'s ``memory``); where the
+        table's pick ranks by surprisal, an empty session records it from then on
+        (:meth:`record_surprisal`: past n_ctx the text cannot be read again)."""
+        from . import memory, pipeline
 
         self._auto = pipeline.auto_settings(self, threshold, ratio, compact_options)
         if self._auto is not None:
             self.auto_reports = []
+            target, task = compact_options.get("memory"), "task" in compact_options
+            if target is not None and not self._tokens and memory.wants_surprisal(self, target, task):
+                self._recording = True
 
     def compacts_before(self, n_tokens: int) -> bool:
         """True when feeding ``n_tokens`` more would first run an automatic compaction."""

@@ -388,9 +388,7 @@ def test_auto_compaction_past_n_ctx_ranks_by_the_surprisal_recorded_while_readin
     _table_picking(monkeypatch, "surprisal-sentences")
     text = "\n\n".join(T.topics[k] for k in sorted(T.topics))[:4000]
     with smollm2.session(n_ctx=512, n_threads=1) as s:
-        assert memory.wants_surprisal(s, 8)
-        s.record_surprisal()
-        s.auto_compact(threshold=0.75, memory=8)
+        s.auto_compact(threshold=0.75, memory=8)  # the pick ranks by surprisal: the session records it
         s.prefill(text)
         reps = s.auto_reports
         assert len(reps) >= 2 and s.n_cells <= 512 < s.n_past
