@@ -217,29 +217,33 @@ def wants_surprisal(session: Any, memory: float, task: bool = False) -> bool:
     return (METHODS.get(choice.method) or {}).get("span_score") == "cache+surprisal"
 
 
-def compact_with(session: Any, method: str, options: dict[str, Any], **size: Any) -> tuple[Any, dict | None]:
-    """``session.compact(**size)`` with the table's ``method`` (the caller's ``options`` win). A
+def compact_with(session: Any, method: str, options: dict[str, Any], defaults: dict[str, Any] | None = None,
+                 **size: Any) -> tuple[Any, dict | None]:
+    """``session.compact(**size)`` with the table's ``method`` (the caller's ``options`` win over
+    it, and it over ``defaults``: automatic compaction's span score where the method sets none). A
     method other than the default that fails its gates falls through to the default at the same
     size, as :func:`compact_to` and the QA suite's rows for the table both run it: on
     Qwen2.5-0.5B at 16x "sentences" failed its recall probe on one tuning document in four,
     where giving up the target left the full cache. Returns the report and, where the default
     ran instead, ``{"method": the one that fell through, "reason": why}`` (else None)."""
-    rep = session.compact(**size, **{**(METHODS.get(method) or {}), **options})
+    defaults = defaults or {}
+    rep = session.compact(**size, **{**defaults, **(METHODS.get(method) or {}), **options})
     if not rep.fell_back or method in ("default", "question"):
         return rep, None
     through = {"method": method, "reason": rep.reason}
-    return session.compact(**size, **options), through
+    return session.compact(**size, **{**defaults, **options}), through
 
 
 def compact_to(session: Any, memory: float, *, task: str | None = None, keep_first: int = 4, keep_last: int = 32,
-               of_cells: bool = False, **options: Any) -> Any:
+               of_cells: bool = False, defaults: dict[str, Any] | None = None, **options: Any) -> Any:
     """``Session.compact(memory=...)``: the cache left ``memory`` times smaller in bytes than the
     f16 full cache of the same positions, in the cache types and with the method the table picks
     (question-aware when ``task`` is given). Compaction runs first, in the session's own types
     (the fit on the less rounded cache); the move to the picked types follows. When either fails
     the cache is restored as it was and the report says why. ConfigError (nothing changed) when
     the budget cannot hold the sinks and the recent window. ``of_cells``: relative to an f16
-    cache of the cells in use instead of every position (automatic compaction)."""
+    cache of the cells in use instead of every position (automatic compaction); ``defaults``:
+    options the table's method overrides (:func:`compact_with`)."""
     from .errors import PyllamaamError
     from .report import CompactionReport
 
@@ -262,7 +266,7 @@ def compact_to(session: Any, memory: float, *, task: str | None = None, keep_fir
         # flash attention): fit the beta it will apply
         options = {"beta_dtype": "float16", **options}
     if cap < session.n_cells:
-        rep, through = compact_with(session, choice.method, options, target_cells=cap, task=task,
+        rep, through = compact_with(session, choice.method, options, defaults, target_cells=cap, task=task,
                                     keep_first=keep_first, keep_last=keep_last)
     else:  # the types alone reach the target
         rep = CompactionReport(method="none", queries="none", cells_before=n_cells, cells_after=n_cells)

@@ -389,11 +389,15 @@ def test_auto_compaction_past_n_ctx_ranks_by_the_surprisal_recorded_while_readin
     text = "\n\n".join(T.topics[k] for k in sorted(T.topics))[:4000]
     with smollm2.session(n_ctx=512, n_threads=1) as s:
         s.auto_compact(threshold=0.75, memory=8)  # the pick ranks by surprisal: the session records it
+        reads, token_nll = [], s.token_nll
+        monkeypatch.setattr(s, "token_nll", lambda n=None: reads.append(n) or token_nll(n))
         s.prefill(text)
         reps = s.auto_reports
         assert len(reps) >= 2 and s.n_cells <= 512 < s.n_past
         assert not any(r.fell_back for r in reps), [r.reason for r in reps]
         assert [r.memory["method"] for r in reps] == ["surprisal-sentences"] * len(reps)
+        # each ranked by surprisal (automatic compaction's own span score does not override the pick's)
+        assert len(reads) == len(reps) and max(reads) > s.n_ctx
 
 
 def test_auto_compaction_refuses_a_target_the_types_alone_reach(smollm2, monkeypatch):

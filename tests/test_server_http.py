@@ -322,3 +322,24 @@ def test_compact_by_memory_then_save_restore_and_talk(server):
     r = ask(c, [{"role": "user", "content": doc + "\nSay ok."}, {"role": "assistant", "content": "ok"},
                 {"role": "user", "content": "When was room 3 checked?"}], session="mem2", max_tokens=8)
     assert r.choices[0].message.content is not None
+
+
+def test_auto_compaction_by_memory_runs_the_table_pick_past_n_ctx(state_dir):
+    """With --compact-memory, a session past n_ctx compacts to the table's pick each time: where
+    that ranks by surprisal, the session recorded it while reading (the text no longer fits to be
+    read again), so no compaction falls through to the default."""
+    import pydoc_data.topics as T
+
+    from pyllamaam import memory
+
+    pick = memory.pick("smollm2-135m", 8, False)
+    srv = Server(state_dir, "--n-ctx", "512", "--compact-threshold", "0.75", "--compact-memory", "8")
+    try:
+        text = "\n\n".join(T.topics[k] for k in sorted(T.topics))[:3500]
+        r = ask(srv.client(), [{"role": "user", "content": text + "\nSay ok."}], session="long", max_tokens=4)
+        reps = (r.usage.model_extra or {}).get("compaction") or []
+        assert len(reps) >= 2 and not any(rep["fell_back"] for rep in reps), reps
+        assert all(rep["memory"]["method"] == pick.method and "instead_of" not in rep["memory"] for rep in reps)
+        assert r.usage.prompt_tokens > 512
+    finally:
+        srv.stop()

@@ -36,10 +36,11 @@ def auto_settings(
         from .. import memory
 
         memory.check_auto(session, options["memory"], "task" in options)
-    options = dict(options)
+    options, defaults = dict(options), {}
     if options.get("method", "am") == "am" and options.get("spans", 1) and not {"task", "span_score"} & set(options):
-        options["span_score"] = AUTO_SPAN_SCORE
-    return {"limit": int(threshold * session.n_ctx), "ratio": ratio, "options": options}
+        # under memory=, the table's method sets its own span score; the automatic one is its default
+        (defaults if options.get("memory") is not None else options)["span_score"] = AUTO_SPAN_SCORE
+    return {"limit": int(threshold * session.n_ctx), "ratio": ratio, "options": options, "defaults": defaults}
 
 
 def auto_prefill(session: Host, toks: list[int], auto: dict[str, Any]) -> int:
@@ -53,7 +54,8 @@ def auto_prefill(session: Host, toks: list[int], auto: dict[str, Any]) -> int:
                 from .. import memory
 
                 opts = {k: v for k, v in auto["options"].items() if k != "memory"}
-                rep = memory.compact_to(session, auto["options"]["memory"], of_cells=True, **opts)
+                rep = memory.compact_to(session, auto["options"]["memory"], of_cells=True,
+                                        defaults=auto.get("defaults"), **opts)
             else:
                 rep = compact(session, ratio=auto["ratio"], **auto["options"])
             session.auto_reports.append(rep)

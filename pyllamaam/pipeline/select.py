@@ -92,16 +92,18 @@ def cache_scores(kv: KVState, split: kvsplit.Split, layers) -> np.ndarray:
 
 def surprisal(session: Host, kv: KVState, split: kvsplit.Split) -> np.ndarray:
     """Per span cell, its token's negative log-likelihood given the text before it
-    (:meth:`~pyllamaam.engine.Session.token_nll`: the text read again)."""
+    (:meth:`~pyllamaam.engine.Session.token_nll`: as recorded while reading, else the text read
+    again)."""
     pos = kv.positions[split.span]
     n = int(pos.max()) + 1
     # not a ConfigError: the compaction falls back (and compact(memory=) to the default)
     if len(session.tokens) < n:
-        raise PyllamaamError("span_score='cache+surprisal' reads the text again: the session's tokens do not cover it")
-    if n > session.n_ctx:
-        raise PyllamaamError(f"span_score='cache+surprisal' reads the text again: its {n} tokens do not fit in "
-                             f"the {session.n_ctx} cells of the context")
-    return session.token_nll(n)[pos].astype(np.float64)
+        raise PyllamaamError("span_score='cache+surprisal' needs each token's surprisal: the session's tokens "
+                             "do not cover the text")
+    try:
+        return session.token_nll(n)[pos].astype(np.float64)
+    except ConfigError as err:  # not recorded, and too long to read again
+        raise PyllamaamError(f"span_score='cache+surprisal' reads the text again: {err}") from err
 
 
 def candidate_mask(session: Host, kv: KVState, user: kvsplit.Split, layers, chunk, share: float) -> np.ndarray:
