@@ -37,11 +37,14 @@ def _filler(model) -> list[int]:
 
 
 def _run(model, method: str) -> dict:
-    """``method``: "am" (the per-head fit, spans=0), "window" (eviction, the control) or
-    "default" (auto_compact's defaults)."""
-    extra = {"method": method, "queries": "repeat"} if method != "default" else {}
+    """``method``: "am" (the per-head fit, spans=0), "window" (eviction, the control),
+    "default" (auto_compact's defaults) or "memory=8" (auto_compact(memory=8): the table's pick,
+    in bytes)."""
+    extra = {"method": method, "queries": "repeat"} if method not in ("default", "memory=8") else {}
     if method == "am":
         extra["spans"] = 0.0
+    if method == "memory=8":
+        extra["memory"] = 8
     with model.session(n_ctx=N_CTX, n_threads=N_THREADS) as s:
         s.auto_compact(threshold=THRESHOLD, ratio=RATIO, keep_first=KEEP_FIRST, keep_last=KEEP_LAST, **extra)
         s.prefill(INTRO)
@@ -117,3 +120,14 @@ def test_the_default_keeps_the_fact_at_least_as_well_as_per_head_am(smollm2):
     _check_run(smollm2, default)
     assert all(r.method == "am" for r in default["reports"])
     assert default["word_nll"] <= am["word_nll"], (default["word_nll"], am["word_nll"])
+
+
+def test_auto_compaction_by_memory_keeps_the_fact_at_least_as_well_as_per_head_am(smollm2):
+    """The server's ``--compact-memory 8`` path: each compaction runs the table's pick for 8x fewer
+    bytes (SmolLM2: sentences ranked with the surprisal recorded while reading). Measured: 0.20
+    nats/token, per-head AM 0.81."""
+    mem, am = _run(smollm2, "memory=8"), _run(smollm2, "am")
+    reps = mem["reports"]
+    assert len(reps) >= 2 and not any(r.fell_back or "instead_of" in r.memory for r in reps), [r.memory for r in reps]
+    assert mem["n_cells"] <= N_CTX < mem["n_past"]
+    assert mem["word_nll"] <= am["word_nll"], (mem["word_nll"], am["word_nll"])
