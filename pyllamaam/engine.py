@@ -496,6 +496,12 @@ class Session:
                               f"text's first token, and {len(self._tokens)} tokens were read without it")
         self._recording = True
 
+    @property
+    def surprisal_recorded(self) -> bool:
+        """Whether the record of :meth:`record_surprisal` covers every token read so far (then
+        :meth:`token_nll` reads nothing again)."""
+        return len(self._nll) >= len(self._tokens)
+
     def _read_nll(self, ids: np.ndarray, pos0: int, before: np.ndarray | None,
                   capture: dict[int, list[np.ndarray]] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Decode ``ids`` at positions ``pos0``.. with every token's logits, in pieces of

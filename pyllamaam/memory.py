@@ -258,7 +258,7 @@ def compact_to(session: Any, memory: float, *, task: str | None = None, keep_fir
             f"memory={target:g} leaves room for {cap} cells of {k}/{v}, fewer than the {floor} that the "
             f"first {keep_first} and last {keep_last} cells and one compacted cell need"
         )
-    before = session.kv_bytes()
+    before, recorded = session.kv_bytes(), bool(getattr(session, "surprisal_recorded", False))
     blob, n_cells, types = session.snapshot(), session.n_cells, (session.kv_type_k, session.kv_type_v)
     through = None
     if kvtypes.needs_flash(v) and not session.flash_attn:
@@ -277,6 +277,9 @@ def compact_to(session: Any, memory: float, *, task: str | None = None, keep_fir
                   "measured_at": choice.measured_at}
     if through:
         rep.memory["instead_of"] = through
+    elif cap < n_cells and {**(defaults or {}), **(METHODS.get(choice.method) or {}), **options}.get(
+            "span_score") == "cache+surprisal":  # where the surprisal came from: the cost differs by a prefill
+        rep.memory["surprisal"] = "recorded" if recorded else "read again"
     if not rep.fell_back and (k, v) != types:
         clock = time.perf_counter()
         try:

@@ -43,7 +43,8 @@ class CompactionReport:
     bytes_f16 : bytes of an f16 K and V cache, without bias, of the whole context (one cell per
         position), as plain llama.cpp would hold it; ``bytes_ratio_f16`` = bytes_f16 / bytes_after.
     memory : for ``compact(memory=...)``: the target, the cache types moved to, the method and the
-        table entry (model, target measured) that chose them; None otherwise.
+        table entry (model, target measured) that chose them, where a pick ranked by surprisal got
+        it (``"surprisal"``: "recorded" or "read again"); None otherwise.
     """
 
     method: str
@@ -100,7 +101,9 @@ class CompactionReport:
         head = f"compaction {self.method} / queries {self.queries}"
         if self.memory:
             m = self.memory
-            head += f" / memory {m['target']:g}x: {m['kv_type_k']}/{m['kv_type_v']} cache"
+            head += f" / memory {m['target']:g}x: {m['kv_type_k']}/{m['kv_type_v']} cache, {m['method']}"
+            if m.get("surprisal"):
+                head += f" (surprisal {m['surprisal']})"
         if self.on_policy > 1:
             head += f" / on-policy in {self.on_policy} layer groups"
         if self.budgets != "uniform":

@@ -259,6 +259,8 @@ def test_surprisal_sentences_ranks_by_the_cache_and_the_text_read_again(smollm2,
         rep = s.compact(memory=8)
         assert not rep.fell_back, rep.reason
         assert rep.memory["method"] == "surprisal-sentences" and "instead_of" not in rep.memory
+        assert rep.memory["surprisal"] == ("recorded" if record else "read again") and s.surprisal_recorded == record
+        assert f"surprisal-sentences (surprisal {rep.memory['surprisal']})" in str(rep)
         assert s.kv_bytes_f16() / s.kv_bytes() >= 8
         # the text was read once for its surprisal (not at all where the prefill recorded it), no
         # repeat pass ran and nothing was fitted
@@ -358,6 +360,7 @@ def test_cli_compact_by_memory_then_ask(tmp_path):
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)
     assert report["memory"]["target"] == 8 and report["bytes_ratio_f16"] >= 8 and not report["fell_back"]
+    assert report["memory"].get("surprisal") in (None, "recorded")  # the CLI records what the pick ranks by
     res = subprocess.run([*run, "ask", str(out), "What is the locker code for the archivist?"],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
