@@ -209,12 +209,22 @@ def _choice(session: Any, target: float, task: bool) -> Choice:
     return choice
 
 
+def method_options(method: str, options: dict[str, Any], defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``Session.compact`` options of the table's ``method``: the caller's ``options`` win over
+    it, and it over ``defaults``."""
+    return {**(defaults or {}), **(METHODS.get(method) or {}), **options}
+
+
+def ranks_by_surprisal(options: dict[str, Any]) -> bool:
+    """Whether a compaction with these options ranks sentences by each token's surprisal."""
+    return options.get("span_score") == "cache+surprisal"
+
+
 def wants_surprisal(session: Any, memory: float, task: bool = False) -> bool:
     """Whether ``compact(memory=memory)`` on ``session`` would rank sentences by each token's
     surprisal: then :meth:`Session.record_surprisal` before the prefill spares it reading the text
     again (the CLI, the server and the cost bench turn it on where this says so)."""
-    choice = _choice(session, check_target(memory), task)
-    return (METHODS.get(choice.method) or {}).get("span_score") == "cache+surprisal"
+    return ranks_by_surprisal(method_options(_choice(session, check_target(memory), task).method, {}))
 
 
 def compact_with(session: Any, method: str, options: dict[str, Any], defaults: dict[str, Any] | None = None,
@@ -226,12 +236,11 @@ def compact_with(session: Any, method: str, options: dict[str, Any], defaults: d
     Qwen2.5-0.5B at 16x "sentences" failed its recall probe on one tuning document in four,
     where giving up the target left the full cache. Returns the report and, where the default
     ran instead, ``{"method": the one that fell through, "reason": why}`` (else None)."""
-    defaults = defaults or {}
-    rep = session.compact(**size, **{**defaults, **(METHODS.get(method) or {}), **options})
+    rep = session.compact(**size, **method_options(method, options, defaults))
     if not rep.fell_back or method in ("default", "question"):
         return rep, None
     through = {"method": method, "reason": rep.reason}
-    return session.compact(**size, **{**defaults, **options}), through
+    return session.compact(**size, **method_options("default", options, defaults)), through
 
 
 def compact_to(session: Any, memory: float, *, task: str | None = None, keep_first: int = 4, keep_last: int = 32,
@@ -277,8 +286,8 @@ def compact_to(session: Any, memory: float, *, task: str | None = None, keep_fir
                   "measured_at": choice.measured_at}
     if through:
         rep.memory["instead_of"] = through
-    elif cap < n_cells and {**(defaults or {}), **(METHODS.get(choice.method) or {}), **options}.get(
-            "span_score") == "cache+surprisal":  # where the surprisal came from: the cost differs by a prefill
+    elif cap < n_cells and ranks_by_surprisal(method_options(choice.method, options, defaults)):
+        # where the surprisal came from: the cost differs by a prefill
         rep.memory["surprisal"] = "recorded" if recorded else "read again"
     if not rep.fell_back and (k, v) != types:
         clock = time.perf_counter()

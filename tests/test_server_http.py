@@ -340,7 +340,7 @@ def test_auto_compaction_by_memory_runs_the_table_pick_past_n_ctx(state_dir):
         reps = (r.usage.model_extra or {}).get("compaction") or []
         assert len(reps) >= 2 and not any(rep["fell_back"] for rep in reps), reps
         assert all(rep["memory"]["method"] == pick.method and "instead_of" not in rep["memory"] for rep in reps)
-        if memory.METHODS[pick.method] and memory.METHODS[pick.method].get("span_score") == "cache+surprisal":
+        if memory.ranks_by_surprisal(memory.method_options(pick.method, {})):
             assert all(rep["memory"]["surprisal"] == "recorded" for rep in reps)
         assert r.usage.prompt_tokens > 512
     finally:

@@ -55,7 +55,7 @@ def auto_prefill(session: Host, toks: list[int], auto: dict[str, Any]) -> int:
 
                 opts = {k: v for k, v in auto["options"].items() if k != "memory"}
                 rep = memory.compact_to(session, auto["options"]["memory"], of_cells=True,
-                                        defaults=auto.get("defaults"), **opts)
+                                        defaults=auto["defaults"], **opts)
             else:
                 rep = compact(session, ratio=auto["ratio"], **auto["options"])
             session.auto_reports.append(rep)
