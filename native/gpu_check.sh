@@ -9,11 +9,15 @@
 #   doors.txt       llama_cpp.Llama and pyllamaam.load_model (with and without its libstdc++
 #                   preload) on the stand-in model; pyllamaam doctor
 #   bindings.txt    LD_DEBUG=bindings of the std:: symbols bound across libraries, both front doors
-#                   (pyllamaam without its preload)
-#   load_matrix.txt native/load_matrix.py -ngl 99 (when a door without the preload crashed)
+#                   (pyllamaam without its preload); only with GPU_CHECK_BINDINGS=1 or when
+#                   pyllamaam does not load
+#   load_matrix.txt native/load_matrix.py -ngl 99 (when pyllamaam does not load)
 #   pytest_gpu.txt  python -m pytest -m gpu tests/test_gpu.py
-#   bench_native.json  decode with the bias path vs the unpatched path, all layers on the GPU
-#   bench_4k.json, bench_16k.json  pyllamaam bench --device gpu (compaction/prefill, decode ratios)
+#   bench_native.json  decode with the bias path vs the unpatched path, all layers on the GPU, the
+#                   regular attention path then flash attention (two JSON objects)
+#   bench_cupy.json, bench_numpy.json  pyllamaam bench --device gpu at 1K (CuPy only: its kernels
+#                   compile on first use), 4K and 16K tokens, the attention passes of the array
+#                   stages on the GPU (arrays=auto) and on the CPU (arrays=numpy)
 # Each phase has a time limit, and a phase that would run past DEADLINE seconds is skipped.
 set -u
 O=${OUT:-/tmp/gpu_check}; mkdir -p "$O"
@@ -55,6 +59,7 @@ LOAD+=" s.prefill('The quick brown fox jumps over the lazy dog. ' * 8); print('o
 } > "$O/doors.txt" 2>&1
 cat "$O/doors.txt"
 
+if [ "${GPU_CHECK_BINDINGS:-0}" = 1 ] || ! grep -q "^pyllamaam rc=0" "$O/doors.txt"; then
 phase bindings
 {
   for d in llama_cpp pyllamaam; do
@@ -76,8 +81,9 @@ phase bindings
 } > "$O/bindings.txt" 2>&1
 rm -f /tmp/ldb.*
 head -c 3000 "$O/bindings.txt"
+fi
 
-if grep -q "preload rc=0" "$O/doors.txt"; then :; elif [ "$(left)" -gt 200 ]; then
+if grep -q "^pyllamaam rc=0" "$O/doors.txt"; then :; elif [ "$(left)" -gt 200 ]; then
   phase "load matrix"
   timeout 120 $PY native/load_matrix.py "$M" -ngl 99 > "$O/load_matrix.txt" 2>&1
   cat "$O/load_matrix.txt"
@@ -90,17 +96,42 @@ timeout $(( $(left) > 180 ? 180 : $(left) )) $PY -m pytest -q -m gpu tests/test_
   > "$O/pytest_gpu.txt" 2>&1
 echo "pytest rc=$?"; tail -15 "$O/pytest_gpu.txt"
 
-phase "bench native (bias path vs unpatched, decode)"
-[ "$(left)" -gt 60 ] && timeout 90 $PY -m pyllamaam bench native --model "$M" --n-tokens 4096 -ngl 99 \
-  > "$O/bench_native.json" 2>&1; tail -c 1500 "$O/bench_native.json"
-
-for n in 4096 16384; do
-  need=$([ $n = 4096 ] && echo 60 || echo 90)
-  if [ "$(left)" -lt $need ]; then phase "bench $n skipped: $(left) s left"; continue; fi
-  phase "bench --device gpu $n"
-  timeout $(( $(left) - 5 )) $PY -m pyllamaam bench --models "$M" --n-tokens $n --ratio 4 --device gpu \
-    --threads all --no-progress --out /tmp/bench_$n > /tmp/bench_$n.log 2>&1
-  echo "rc=$?"; cp /tmp/bench_$n/bench.json "$O/bench_$((n / 1024))k.json" 2>/dev/null || tail -20 /tmp/bench_$n.log
-  cat /tmp/bench_$n/bench.md 2>/dev/null | head -30
+phase "bench native (bias path vs unpatched, decode), regular then flash"
+: > "$O/bench_native.json"
+for fa in --no-flash-attn --flash-attn; do
+  [ "$(left)" -gt 60 ] && timeout 90 $PY -m pyllamaam bench native --model "$M" --n-tokens 4096 -ngl 99 $fa \
+    >> "$O/bench_native.json" 2>&1
 done
+grep -E '"(flash_attn|decode_ratio|decode_ratio_paired|decode_tps)"' "$O/bench_native.json"
+
+bench() {  # bench NAME SIZES NEED_SECONDS OPTS...
+  local name=$1 sizes=$2 need=$3; shift 3
+  if [ "$(left)" -lt "$need" ]; then phase "bench $name skipped: $(left) s left"; return; fi
+  phase "bench --device gpu $name $sizes"
+  timeout $(( $(left) - 5 )) $PY -m pyllamaam bench --models "$M" --n-tokens "$sizes" --ratio 4 --device gpu \
+    --threads all --no-progress --out /tmp/bench_$name "$@" > /tmp/bench_$name.log 2>&1
+  echo "rc=$?"; cp /tmp/bench_$name/bench.json "$O/bench_$name.json" 2>/dev/null || tail -20 /tmp/bench_$name.log
+  cat /tmp/bench_$name/bench.md 2>/dev/null | head -30
+}
+bench cupy 1024,4096,16384 70
+bench numpy 4096,16384 60 --opt arrays=numpy
+
+if [ "$(left)" -gt 45 ]; then
+  phase "profile: one compaction of 16K tokens, every layer on the GPU, arrays=auto, one array thread"
+  timeout $(( $(left) - 5 )) $PY - "$M" > "$O/profile.txt" 2>&1 <<'PYEOF'
+import cProfile, pstats, sys, time
+import pyllamaam
+from pyllamaam.evaluation import cost
+m = pyllamaam.load_model(sys.argv[1], n_gpu_layers=99)
+with m.session(n_ctx=16384 + 256) as s:
+    s.prefill(cost._text_tokens(m, 16384))
+    pr = cProfile.Profile()
+    pr.enable()
+    rep = s.compact(ratio=4, fit_threads=1)
+    pr.disable()
+    print(rep.arrays, rep.fell_back, rep.reason, {k: round(v, 3) for k, v in rep.seconds.items()})
+    pstats.Stats(pr).sort_stats("tottime").print_stats(30)
+PYEOF
+  head -60 "$O/profile.txt"
+fi
 phase done

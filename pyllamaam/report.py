@@ -45,6 +45,8 @@ class CompactionReport:
     memory : for ``compact(memory=...)``: the target, the cache types moved to, the method and the
         table entry (model, target measured) that chose them, where a pick ranked by surprisal got
         it (``"surprisal"``: "recorded" or "read again"); None otherwise.
+    arrays : where the attention passes of the array stages ran: "numpy" (the CPU) or "cupy" (a
+        CUDA GPU; option ``arrays``, :mod:`pyllamaam.compact.arrays`).
     """
 
     method: str
@@ -72,6 +74,7 @@ class CompactionReport:
     bytes_after: int = 0
     bytes_f16: int = 0
     memory: dict | None = None
+    arrays: str = "numpy"
 
     @property
     def verbatim_cells(self) -> int:

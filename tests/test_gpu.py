@@ -24,6 +24,7 @@ from test_native_bias import PATHS, SINK, _logits, _session, _with_duplicate, as
 
 import pyllamaam
 from pyllamaam import _native, devices, tiny
+from pyllamaam.compact import arrays, attend, attention_stats
 
 pytestmark = [pytest.mark.gpu, pytest.mark.native]
 
@@ -214,3 +215,53 @@ def test_compaction_on_the_gpu_verifies_without_fallback(gpu, name, flash):
         assert np.isfinite(s.eval_logits(m.tokenize(CONT))).all()
         s.generate(max_tokens=4)
         assert s.n_past == n_past + 4
+
+
+# --- the attention passes on the GPU through CuPy (option arrays) ---
+def _cupy():
+    cupy, why = arrays.cupy_status()
+    if cupy is None:
+        pytest.skip(why)
+    return cupy
+
+
+def test_the_attention_passes_on_cupy_match_numpy():
+    _cupy()
+    rng = np.random.default_rng(3)
+    H, T, n, d = 3, 700, 300, 64
+    K, V = rng.normal(size=(2, H, T, d)).astype(np.float32)
+    Q = rng.normal(size=(H, n, d)).astype(np.float32)
+    bias = rng.normal(scale=0.5, size=(H, T))
+    bias[:, ::7] = -np.inf
+    got = {}
+    for backend in ("numpy", "cupy"):
+        with arrays.use(backend):
+            assert arrays.name() == backend
+            st = attention_stats(K, V, Q, 0.125, bias, max_block=1 << 16)  # several blocks
+            got[backend] = (*(getattr(st, f) for f in ("shift", "mass", "output", "score_rms", "score_mean",
+                                                        "score_max")), *attend(K, V, Q, 0.125, bias, np.float32))
+    for a, b in zip(got["numpy"], got["cupy"], strict=True):
+        assert isinstance(b, np.ndarray)  # results come back to the host
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["llama", "device"])
+def test_compaction_on_the_gpu_runs_its_attention_passes_there(gpu, name):
+    m = gpu(name)
+    with m.session(n_ctx=1024) as s:
+        s.prefill(_document(name, m))
+        if ON_CPU:  # no GPU: auto stays on numpy
+            assert s.compact(ratio=4, **_gates(name)).arrays == "numpy"
+            return
+        _cupy()
+        full, reps, probes = (s.snapshot(), s.n_cells), {}, {}
+        for backend in ("auto", "numpy"):
+            s.write_state(*full)  # the same cache each time
+            reps[backend] = s.compact(ratio=4, arrays=backend, **_gates(name))
+            probes[backend] = s.eval_logits(m.tokenize(CONT))
+        assert reps["auto"].arrays == "cupy" and reps["numpy"].arrays == "numpy"
+        for rep in reps.values():
+            assert not rep.fell_back, rep.reason
+        assert reps["auto"].cells_after == reps["numpy"].cells_after
+        # the same compaction up to float32 sums in another order
+        assert kl(probes["numpy"], probes["auto"]) <= 0.05

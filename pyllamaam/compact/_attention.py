@@ -1,6 +1,7 @@
 """Chunked attention statistics over the full span: the one pass every method needs.
 
-Shapes follow the package convention (see ``pyllamaam.compact``): H KV heads, T keys,
+On the module of :func:`pyllamaam.compact.arrays.current` (numpy, or CuPy on a GPU); inputs and
+results are numpy. Shapes follow the package convention (see ``pyllamaam.compact``): H KV heads, T keys,
 n reference queries, d head dim. Logits are in post-scale units,
 ``logit = scale * q . k + bias``, exactly what llama.cpp adds its mask to.
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from .arrays import current, module_of, to_host
 
 #: Default cap on the elements of one logit block (all heads of a batch together).
 DEFAULT_MAX_BLOCK = 1 << 23
@@ -59,9 +62,10 @@ def logits(Q: np.ndarray, K: np.ndarray, scale: float, bias: np.ndarray | None) 
 
     Returns
     -------
-    ndarray, [H, n, T], dtype of ``Q @ K``.
+    ndarray, [H, n, T], dtype of ``Q @ K``; on the array module of ``Q`` (numpy or cupy).
     """
-    L = np.matmul(Q, K.transpose(0, 2, 1))
+    xp = module_of(Q)
+    L = xp.matmul(Q, K.transpose(0, 2, 1))
     L *= L.dtype.type(scale)
     if bias is not None:
         L += bias[:, None, :].astype(L.dtype, copy=False)
@@ -109,54 +113,55 @@ def attention_stats(
         raise ValueError(f"unknown score(s) {sorted(unknown)}")
     H, T, d = K.shape
     n = Q.shape[1]
+    xp = current()  # numpy, or cupy inside arrays.use("cupy"): the same operations
     f32 = np.float32
-    Qs = (Q * f32(scale)).astype(f32, copy=False)
-    Kt = np.ascontiguousarray(K.transpose(0, 2, 1), dtype=f32)  # [H, d, T]
-    Vf = V.astype(f32, copy=False) if output else None
-    bias = None if prior_bias is None else prior_bias.astype(f32, copy=False)[:, None, :]
-    shift = np.empty((H, n))
-    mass = np.empty((H, n))
-    out = np.empty((H, n, V.shape[2])) if output else None
-    sq = np.zeros((H, T)) if "rms" in scores else None
-    sm = np.zeros((H, T)) if "mean" in scores else None
-    mx = np.zeros((H, T)) if "max" in scores else None
+    Qs = (xp.asarray(Q) * f32(scale)).astype(f32, copy=False)
+    Kt = xp.ascontiguousarray(xp.asarray(K).transpose(0, 2, 1), dtype=f32)  # [H, d, T]
+    Vf = xp.asarray(V).astype(f32, copy=False) if output else None
+    bias = None if prior_bias is None else xp.asarray(prior_bias).astype(f32, copy=False)[:, None, :]
+    shift = xp.empty((H, n))
+    mass = xp.empty((H, n))
+    out = xp.empty((H, n, V.shape[2])) if output else None
+    sq = xp.zeros((H, T)) if "rms" in scores else None
+    sm = xp.zeros((H, T)) if "mean" in scores else None
+    mx = xp.zeros((H, T)) if "max" in scores else None
     # At most half the queries per block: with the O((n + T) d) arrays alongside, the
     # pass then stays under one full n x T float32 block per head whatever max_block.
     step = min(chunk_rows(H, T, max_block), max(1, (n + 1) // 2))
     for a in range(0, n, step):
         b = min(n, a + step)
-        E = np.matmul(Qs[:, a:b], Kt)  # [H, c, T] post-scale logits
+        E = xp.matmul(Qs[:, a:b], Kt)  # [H, c, T] post-scale logits
         if bias is not None:
             E += bias
         m = E.max(axis=2)
         E -= m[:, :, None]
-        np.exp(E, out=E)
+        xp.exp(E, out=E)
         z = E.sum(axis=2)  # float32 pairwise sum; >= 1
         shift[:, a:b] = m
         mass[:, a:b] = z
         rz = (1.0 / z)[:, None, :]  # [H, 1, c]
         if out is not None:
-            out[:, a:b] = np.matmul(E, Vf) * rz.transpose(0, 2, 1)
+            out[:, a:b] = xp.matmul(E, Vf) * rz.transpose(0, 2, 1)
         # Column sums of the softmax weights A = E / z as products with 1/z: one read
         # of E each instead of normalizing the block first.
         if sm is not None:
-            sm += np.matmul(rz, E)[:, 0]
+            sm += xp.matmul(rz, E)[:, 0]
         if mx is not None:
             # in place where nothing reads E after (the same products, no block-sized temporary)
-            A = np.multiply(E, rz.transpose(0, 2, 1), out=E if sq is None else None)
-            np.maximum(mx, A.max(axis=1), out=mx)
+            A = xp.multiply(E, rz.transpose(0, 2, 1), out=E if sq is None else None)
+            xp.maximum(mx, A.max(axis=1), out=mx)
             del A
         if sq is not None:
-            np.square(E, out=E)
-            sq += np.matmul(rz * rz, E)[:, 0]
+            xp.square(E, out=E)
+            sq += xp.matmul(rz * rz, E)[:, 0]
         del E  # before the next block is allocated: one block alive at a time
     return AttentionStats(
-        shift,
-        mass,
-        out,
-        None if sq is None else np.sqrt(sq / n),
-        None if sm is None else sm / n,
-        mx,
+        to_host(shift),
+        to_host(mass),
+        to_host(out),
+        None if sq is None else to_host(xp.sqrt(sq / n)),
+        None if sm is None else to_host(sm / n),
+        to_host(mx),
     )
 
 
@@ -187,11 +192,14 @@ def attend(
     log_mass : ndarray, float64, [H, n]
         ``log sum_k exp(logit_ik)``.
     """
-    L = logits(Q.astype(dtype, copy=False), K.astype(dtype, copy=False), scale, bias)
+    xp = current()
+    if bias is not None:
+        bias = xp.asarray(bias)
+    L = logits(xp.asarray(Q).astype(dtype, copy=False), xp.asarray(K).astype(dtype, copy=False), scale, bias)
     m = L.max(axis=2, keepdims=True)
     L -= m
-    E = np.exp(L, out=L)
+    E = xp.exp(L, out=L)
     z = E.sum(axis=2, keepdims=True, dtype=np.float64)
     E /= z.astype(dtype)
-    out = np.matmul(E, V.astype(dtype, copy=False))
-    return out.astype(np.float64, copy=False), np.log(z[:, :, 0]) + m[:, :, 0].astype(np.float64)
+    out = xp.matmul(E, xp.asarray(V).astype(dtype, copy=False))
+    return to_host(out.astype(np.float64, copy=False)), to_host(xp.log(z[:, :, 0]) + m[:, :, 0].astype(np.float64))

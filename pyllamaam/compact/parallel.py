@@ -9,6 +9,7 @@ cores instead; numpy and BLAS release the GIL.
 
 from __future__ import annotations
 
+import contextvars
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,5 +39,7 @@ def map_layers(fn: Callable[[X], Y], items: Iterable[X], workers: int | None = N
     with threadpool_limits(limits=1, user_api="blas"):
         if workers <= 1:
             return [fn(x) for x in items]
+        # each call in a copy of the caller's context (where the attention passes run: arrays.use)
+        contexts = [contextvars.copy_context() for _ in items]
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pyllamaam-fit") as pool:
-            return list(pool.map(fn, items))
+            return list(pool.map(lambda c, x: c.run(fn, x), contexts, items))

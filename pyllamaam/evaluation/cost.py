@@ -178,6 +178,7 @@ def bench_one(model: Any, n: int, spec: BenchSpec, n_threads: int | None = None)
         row["compaction_over_prefill"] = row["compaction_total_seconds"] / row["prefill_seconds"]
         row["cells_after"] = s.n_cells
         row["fell_back"] = rep.fell_back
+        row["arrays"] = rep.arrays
         row["kv_types"] = f"{s.kv_type_k}/{s.kv_type_v}"
         row["kv_mb_after"] = s.kv_bytes() / 2**20  # the cells in use, K, V and bias
         # the fresh session decodes in the same cache types and attention path as the compacted one
@@ -221,12 +222,13 @@ def run_bench(spec: BenchSpec, out: Path, progress: bool = True) -> dict[str, An
 
 def bench_markdown(rows: list[dict[str, Any]]) -> str:
     stages = list(dict.fromkeys(k for r in rows for k in r["compaction_seconds"]))
-    head = ["model", "N", "threads", "prefill tok/s", *[f"{s} s" for s in stages], "compaction s", "compaction/prefill",
-            "decode tok/s compacted", "decode tok/s fresh", "compacted/fresh", "KV MiB", "KV MiB after",
-            "peak RSS MiB"]
+    head = ["model", "N", "threads", "arrays", "prefill tok/s", *[f"{s} s" for s in stages], "compaction s",
+            "compaction/prefill", "decode tok/s compacted", "decode tok/s fresh", "compacted/fresh", "KV MiB",
+            "KV MiB after", "peak RSS MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        vals = [r.get("model", ""), str(r["n_tokens"]), str(r.get("threads", "")), f"{r['prefill_tok_s']:.1f}",
+        vals = [r.get("model", ""), str(r["n_tokens"]), str(r.get("threads", "")), r.get("arrays", ""),
+                f"{r['prefill_tok_s']:.1f}",
                 *[f"{r['compaction_seconds'].get(s, 0.0):.2f}" for s in stages],
                 f"{r['compaction_total_seconds']:.2f}", f"{r['compaction_over_prefill']:.2f}",
                 f"{r['decode_tok_s_compacted']:.1f}", f"{r['decode_tok_s_fresh']:.1f}",

@@ -35,6 +35,9 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # layers worked on at once by the array stages (select scores, fit, guards, verify errors),
     # each with a single-threaded BLAS; None: the session's n_threads
     "fit_threads": None,
+    # where the attention passes of the array stages run (pyllamaam.compact.arrays): "auto" (CuPy
+    # when the model has layers on a GPU and CuPy sees one, else numpy), "numpy" or "cupy"
+    "arrays": "auto",
     "budget_cap": 2.0,  # with budgets: largest head budget, in multiples of the uniform t
     # with budgets, what a head's budget is and how the cells stay shared by every head:
     # "fill" (fitted methods): budgets share uniform's total of fitted keys, and each head fills

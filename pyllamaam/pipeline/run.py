@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..compact import arrays
 from ..errors import ConfigError
 from ..progress import Progress, ProgressCallback
 from ..report import CompactionReport
@@ -41,14 +42,17 @@ def compact(
     plan = make_plan(session, ratio, target_cells, method, queries, keep_first, keep_last, budgets, task, options)
     c = Compaction(session, plan, (keep_first, keep_last, ratio, target_cells), _report(session, plan, method),
                    Progress(progress), verify)
+    backend = arrays.resolve(plan.pipe["arrays"], getattr(session.model, "n_gpu_layers", 0) > 0)
     extract.run(c)  # the rollback copy, its arrays, the split
     verify_stage.read(c)  # the full cache's logits on the probes the gates read again
+    c.rep.arrays = backend
     try:
-        queries_stage.run(c)
-        select.run(c)
-        fit.run(c)
-        write.run(c)
-        verify_stage.run(c)
+        with arrays.use(backend):
+            queries_stage.run(c)
+            select.run(c)
+            fit.run(c)
+            write.run(c)
+            verify_stage.run(c)
     except ConfigError:
         session.write_state(c.blob, c.n_cells0)
         raise
