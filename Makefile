@@ -45,6 +45,9 @@ test-fast: setup
 GPU_VENV  := .venv-cuda
 GPU_VPY   := $(GPU_VENV)/bin/python
 CUDA_ARCH := $(or $(CUDA_ARCHITECTURES),$(CMAKE_CUDA_ARCHITECTURES),native)
+# CuPy for the toolkit's major version (12 or 13: extras cuda12, cuda13), for option arrays
+CUDA_MAJOR = $(filter 12 13,$(shell nvcc --version 2>/dev/null | sed -n 's/.*release \([0-9]*\)\..*/\1/p'))
+comma := ,
 
 $(GPU_VPY):
 	$(PYTHON) -m venv $(GPU_VENV)
@@ -54,7 +57,7 @@ test-gpu: export PYLLAMAAM_DEVICE_MODEL := $(or $(PYLLAMAAM_DEVICE_MODEL),$(absp
 test-gpu: | $(GPU_VPY)
 	PYLLAMAAM_CUDA=1 PYLLAMAAM_CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=$(CUDA_ARCH) $(PYLLAMAAM_CMAKE_ARGS)" \
 		$(GPU_VPY) native/build.py
-	$(GPU_VPY) -m pip install -q -e '.[test]'
+	$(GPU_VPY) -m pip install -q -e '.[test$(if $(CUDA_MAJOR),$(comma)cuda$(CUDA_MAJOR))]'
 	$(GPU_VPY) -m pytest -q -m gpu
 
 # .device/: what the offline CUDA machine needs (../shared/device/README.md), with the pure-Python

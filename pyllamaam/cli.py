@@ -39,6 +39,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             info["bias_path"] = devices.bias_offload_isolated(n_gpu_layers=99)
         else:
             info["bias_path"] = {"offloaded": False, "reason": "no GPU device: attention and its bias run on the CPU"}
+        from .compact import arrays
+
+        cupy, why = arrays.cupy_status()  # where compact(arrays="auto") runs its attention passes offloaded
+        info["arrays"] = f"GPU sessions: {why}" if cupy is not None else f"numpy only: {why}"
     except PyllamaamError as err:
         info["library_error"] = str(err)
     info["models"] = [

@@ -56,6 +56,60 @@ def test_the_passes_and_the_worker_threads_use_the_module_chosen():
     assert arrays.current() is np  # the context ends with the block
 
 
+class OutOfMemoryError(Exception):  # named as CuPy's
+    pass
+
+
+class _Full(_Counting):
+    """An array module whose device is full: every product runs out of memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.freed = 0
+
+    def matmul(self, *a, **k):
+        raise OutOfMemoryError("out of memory allocating 1,073,741,824 bytes")
+
+    def get_default_memory_pool(self):
+        outer = self
+
+        class _Pool:
+            def free_all_blocks(self):
+                outer.freed += 1
+
+        return _Pool()
+
+
+def test_a_pass_that_runs_out_of_gpu_memory_runs_on_the_cpu(caplog):
+    rng = np.random.default_rng(1)
+    K, V = rng.normal(size=(2, 2, 40, 8)).astype(np.float32)
+    Q = rng.normal(size=(2, 20, 8)).astype(np.float32)
+    ref, ref_out = attention_stats(K, V, Q, 0.3), attend(K, V, Q, 0.3)
+    full = _Full()
+    token = arrays._current.set(full)
+    try:
+        with caplog.at_level("WARNING", logger="pyllamaam.arrays"):
+            st, out = attention_stats(K, V, Q, 0.3), attend(K, V, Q, 0.3)
+    finally:
+        arrays._current.reset(token)
+    np.testing.assert_array_equal(st.output, ref.output)
+    np.testing.assert_array_equal(out[0], ref_out[0])
+    assert full.freed == 2 and caplog.text.count("ran out of GPU memory") == 2
+
+
+def test_other_errors_of_a_pass_propagate():
+    class _Broken(_Counting):
+        def matmul(self, *a, **k):
+            raise RuntimeError("CUDA error: an illegal memory access")
+
+    token = arrays._current.set(_Broken())
+    try:
+        with pytest.raises(RuntimeError, match="illegal memory access"):
+            attend(np.ones((1, 4, 2), np.float32), np.ones((1, 4, 2), np.float32), np.ones((1, 3, 2), np.float32), 1.0)
+    finally:
+        arrays._current.reset(token)
+
+
 @pytest.mark.native
 def test_a_bad_choice_is_a_config_error_and_changes_nothing(tiny_models):
     m = tiny_models["llama"]

@@ -33,6 +33,11 @@ def test_doctor_reports_the_patched_build():
     assert any(m["name"] == "smollm2-135m" and m["installed"] for m in info["models"])
     assert any(d["type"] == "CPU" for d in info["devices"])
     assert "offloaded" in info["bias_path"]
+    from pyllamaam.compact import arrays
+
+    cupy, why = arrays.cupy_status()
+    assert info["arrays"].startswith("GPU sessions: CuPy" if cupy is not None else "numpy only:")
+    assert why in info["arrays"]
 
 
 LOADS_A_MODEL = ["demo", "compact f.txt -o f.pllam", "ask f.pllam q", "bench native", "budgets compute m"]

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import CONT, QUANTIZED, TEXT, kl, max_rel
+from conftest import CONT, QUANTIZED, TEXT, ids, kl, max_rel
 
 pytestmark = pytest.mark.native
 
@@ -211,3 +211,29 @@ def test_reused_cell_starts_with_bias_zero(tiny_models, flash):
         for il in after.layers:
             assert np.all(after.bias[il][new] == 0.0)
             assert np.all(after.bias[il][~new] == 3.0)
+
+
+def test_one_token_decode_of_flash_attention_reads_the_bias(tiny64):
+    """ggml-cpu decodes one token over >= 512 cells by splitting the cells across threads (patch
+    0005 lets that path take the bias path's heads layout): token by token, the flash path gives
+    the regular path's next-token distributions on a biased cache, and not the unbiased ones."""
+    toks, cont = ids(700), ids(4, seed=1)
+    runs = {}
+    for flash, biased in ((False, True), (True, True), (True, False)):
+        with tiny64.session(n_ctx=1024, flash_attn=flash, kv_type="f16", n_threads=2) as s:
+            s.prefill(toks)
+            st = s.get_kv()
+            if biased:
+                for il in st.layers:
+                    rng = np.random.default_rng(il)  # the same bias in each path
+                    b = rng.normal(0.0, 1.5, st.bias[il].shape)
+                    b[rng.random(b.shape) < 0.1] = -np.inf
+                    st.bias[il][:] = b
+            s.set_kv(st)
+            steps = []
+            for t in cont:  # one token per decode
+                s.prefill([t])
+                steps.append(s.logits())
+            runs[flash, biased] = np.stack(steps)
+    dev, effect = kl(runs[False, True], runs[True, True]), kl(runs[False, True], runs[True, False])
+    assert dev < 1e-3 and effect > 100 * dev, (dev, effect)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .arrays import current, module_of, to_host
+from .arrays import module_of, run, to_host
 
 #: Default cap on the elements of one logit block (all heads of a batch together).
 DEFAULT_MAX_BLOCK = 1 << 23
@@ -111,9 +111,13 @@ def attention_stats(
     unknown = set(scores) - set(SCORES)
     if unknown:
         raise ValueError(f"unknown score(s) {sorted(unknown)}")
+    return run(_attention_stats, K, V, Q, scale, prior_bias, max_block, scores, output)
+
+
+def _attention_stats(xp, K, V, Q, scale, prior_bias, max_block, scores, output) -> AttentionStats:
+    """:func:`attention_stats` on the array module ``xp`` (numpy or cupy: the same operations)."""
     H, T, d = K.shape
     n = Q.shape[1]
-    xp = current()  # numpy, or cupy inside arrays.use("cupy"): the same operations
     f32 = np.float32
     Qs = (xp.asarray(Q) * f32(scale)).astype(f32, copy=False)
     Kt = xp.ascontiguousarray(xp.asarray(K).transpose(0, 2, 1), dtype=f32)  # [H, d, T]
@@ -192,7 +196,11 @@ def attend(
     log_mass : ndarray, float64, [H, n]
         ``log sum_k exp(logit_ik)``.
     """
-    xp = current()
+    return run(_attend, K, V, Q, scale, bias, dtype)
+
+
+def _attend(xp, K, V, Q, scale, bias, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`attend` on the array module ``xp``."""
     if bias is not None:
         bias = xp.asarray(bias)
     L = logits(xp.asarray(Q).astype(dtype, copy=False), xp.asarray(K).astype(dtype, copy=False), scale, bias)

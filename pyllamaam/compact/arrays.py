@@ -21,14 +21,18 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from functools import cache
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from ..errors import ConfigError
+
+log = logging.getLogger("pyllamaam.arrays")
+R = TypeVar("R")
 
 #: The values option ``arrays`` takes.
 CHOICES = ("auto", "numpy", "cupy")
@@ -90,6 +94,23 @@ def use(name: str) -> Iterator[None]:
         _current.reset(token)
         cupy.cuda.Device().synchronize()
         cupy.get_default_memory_pool().free_all_blocks()
+
+
+def run(fn: Callable[..., R], *args: Any) -> R:
+    """``fn(xp, *args)`` on the array module of this context; a pass that runs out of GPU memory
+    (llama.cpp holds the model and the cache there) runs again on numpy, with a warning."""
+    xp = current()
+    if xp is np:
+        return fn(np, *args)
+    try:
+        return fn(xp, *args)
+    except Exception as err:
+        if type(err).__name__ != "OutOfMemoryError":
+            raise
+        with contextlib.suppress(Exception):
+            xp.get_default_memory_pool().free_all_blocks()
+        log.warning("an attention pass ran out of GPU memory (%s): it runs on the CPU", err)
+        return fn(np, *args)
 
 
 def current() -> ModuleType:
