@@ -101,7 +101,9 @@ class CompactionReport:
         return json.dumps(self.to_dict(), **kw)
 
     def __str__(self) -> str:
-        head = f"compaction {self.method} / queries {self.queries}"
+        # a method that ran no reference queries (whole sentences by the cache's own scores) names none
+        asked = self.n_queries or self.fell_back
+        head = f"compaction {self.method} / " + (f"queries {self.queries}" if asked else "no reference queries")
         if self.memory:
             m = self.memory
             head += f" / memory {m['target']:g}x: {m['kv_type_k']}/{m['kv_type_v']} cache, {m['method']}"
@@ -138,7 +140,8 @@ class CompactionReport:
             guards = "\n  head guards: " + ", ".join(f"{k} {v}" for k, v in self.guards.items())
         return (
             f"{head}\n  held-out attention error {err}; probe KL {kl}\n"
-            f"  {self.n_queries} reference queries; {times} (total {self.total_seconds:.2f}s){guards}"
+            f"  {self.n_queries} reference queries; {times} (total {self.total_seconds:.2f}s"
+            f"{'; attention passes on the GPU' if self.arrays == 'cupy' else ''}){guards}"
         )
 
 

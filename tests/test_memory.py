@@ -261,6 +261,7 @@ def test_surprisal_sentences_ranks_by_the_cache_and_the_text_read_again(smollm2,
         assert rep.memory["method"] == "surprisal-sentences" and "instead_of" not in rep.memory
         assert rep.memory["surprisal"] == ("recorded" if record else "read again") and s.surprisal_recorded == record
         assert f"surprisal-sentences (surprisal {rep.memory['surprisal']})" in str(rep)
+        assert rep.n_queries == 0 and "/ no reference queries" in str(rep) and "queries repeat" not in str(rep)
         assert s.kv_bytes_f16() / s.kv_bytes() >= 8
         # the text was read once for its surprisal (not at all where the prefill recorded it), no
         # repeat pass ran and nothing was fitted
