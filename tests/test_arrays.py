@@ -36,7 +36,11 @@ def test_the_choice():
     if cupy is None:
         with pytest.raises(ConfigError, match="arrays='cupy'.*(CuPy|CUDA)"):
             arrays.resolve("cupy", offloaded=True)
+        with pytest.raises(ConfigError, match="arrays='cupy'"), arrays.use("cupy"):
+            pass
         assert why
+    with arrays.use("numpy"):
+        assert arrays.current() is np and arrays.name() == "numpy"
 
 
 def test_the_passes_and_the_worker_threads_use_the_module_chosen():
