@@ -187,11 +187,16 @@ def test_flash_and_regular_paths_agree_with_biases(models, name):
     assert kl(la, lb) < 0.02 and kl(la, lb) < 0.25 * kl(la, unbiased)
 
 
+@pytest.mark.parametrize("free", ["seq_rm", "shift", "clear"])
 @pytest.mark.parametrize("flash", [False, True], ids=["regular", "flash"])
-def test_reused_cell_starts_with_bias_zero(tiny_models, flash):
+def test_reused_cell_starts_with_bias_zero(tiny_models, flash, free):
+    """The cache zeroes the bias of cells as they become free (the graph zeroes nothing), however
+    they are freed: removed, shifted before position 0, or the whole cache cleared without its data."""
+    import ctypes
+
     from pyllamaam import _native
 
-    m = tiny_models["llama"]
+    C, m = _native.lib().C, tiny_models["llama"]
     with m.session(n_ctx=64, flash_attn=flash) as s:
         n = _native.n_ctx(s.ctx)
         toks = (m.tokenize(TEXT * 4, add_bos=True))[:n]
@@ -200,14 +205,26 @@ def test_reused_cell_starts_with_bias_zero(tiny_models, flash):
         for il in st.layers:
             st.bias[il][:] = 3.0
         s.set_kv(st)
-        # free the last 4 cells (their storage keeps bias 3) and refill them with new tokens
-        assert _native.seq_rm(s.ctx, n - 4, -1)
-        s._n_cells -= 4
-        s._tokens = s._tokens[:-4]
-        s.prefill(toks[n - 4 :])
+        mem = C.llama_get_memory(ctypes.c_void_p(s.ctx))
+        # free cells (their storage held bias 3) and fill them with new tokens
+        if free == "seq_rm":  # the last 4
+            assert _native.seq_rm(s.ctx, n - 4, -1)
+            s._n_cells, s._tokens = s._n_cells - 4, s._tokens[:-4]
+            s.prefill(toks[n - 4 :])
+            new_pos = np.arange(n - 4, n)
+        elif free == "shift":  # the first 4, moved before position 0; new tokens come after the last
+            C.llama_memory_seq_add(mem, 0, 0, 4, -1000)
+            s._n_cells -= 4
+            s.prefill(toks[:4])
+            new_pos = np.arange(n, n + 4)
+        else:  # every cell, the data left as it was
+            C.llama_memory_clear(mem, False)
+            s._n_cells, s._tokens = 0, []
+            s.prefill(toks[:8])
+            new_pos = np.arange(8)
         after = s.get_kv()
-        new = np.isin(after.positions, np.arange(n - 4, n))
-        assert new.sum() == 4
+        new = np.isin(after.positions, new_pos)
+        assert new.sum() == len(new_pos)
         for il in after.layers:
             assert np.all(after.bias[il][new] == 0.0)
             assert np.all(after.bias[il][~new] == 3.0)
