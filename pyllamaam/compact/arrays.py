@@ -63,7 +63,7 @@ def resolve(choice: str, offloaded: bool) -> str:
     layers on a GPU (``offloaded``)."""
     if choice not in CHOICES:
         raise ConfigError(f"arrays must be one of {', '.join(map(repr, CHOICES))}, not {choice!r}")
-    if choice == "numpy":
+    if choice == "numpy" or (choice == "auto" and not offloaded):  # CPU sessions never import CuPy
         return "numpy"
     cupy, why = cupy_status()
     if choice == "cupy":
