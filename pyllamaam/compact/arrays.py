@@ -9,7 +9,7 @@ NNLS and least-squares solves on the kept keys, the bookkeeping) stays numpy.
 Option ``arrays`` of :meth:`Session.compact <pyllamaam.engine.Session.compact>`:
 
 - ``"auto"`` (the default): CuPy where the session's model has layers on a GPU and CuPy is
-  installed and sees a CUDA device, else numpy;
+  installed and sees a CUDA device, else numpy (and numpy for good once a CuPy pass has failed);
 - ``"numpy"``: always the CPU;
 - ``"cupy"``: CuPy, a :class:`~pyllamaam.errors.ConfigError` where it cannot run.
 
@@ -38,6 +38,8 @@ R = TypeVar("R")
 CHOICES = ("auto", "numpy", "cupy")
 
 _current: contextvars.ContextVar[ModuleType | None] = contextvars.ContextVar("pyllamaam_arrays", default=None)
+#: The first error of a CuPy pass in this process (not running out of memory): "auto" stays on numpy after it
+_failed: list[str] = []
 
 
 @cache
@@ -70,7 +72,7 @@ def resolve(choice: str, offloaded: bool) -> str:
         if cupy is None:
             raise ConfigError(f"arrays='cupy': {why}")
         return "cupy"
-    return "cupy" if offloaded and cupy is not None else "numpy"
+    return "cupy" if cupy is not None and not _failed else "numpy"
 
 
 @contextlib.contextmanager
@@ -92,24 +94,31 @@ def use(name: str) -> Iterator[None]:
         yield
     finally:
         _current.reset(token)
-        cupy.cuda.Device().synchronize()
-        cupy.get_default_memory_pool().free_all_blocks()
+        with contextlib.suppress(Exception):  # never in place of the block's own error
+            cupy.cuda.Device().synchronize()
+            cupy.get_default_memory_pool().free_all_blocks()
 
 
 def run(fn: Callable[..., R], *args: Any) -> R:
-    """``fn(xp, *args)`` on the array module of this context; a pass that runs out of GPU memory
-    (llama.cpp holds the model and the cache there) runs again on numpy, with a warning."""
+    """``fn(xp, *args)`` on the array module of this context. A pass that fails on the GPU runs
+    again on numpy, with a warning: one that ran out of memory (llama.cpp holds the model and the
+    cache there) just that once; after any other error ``arrays="auto"`` stays on numpy in this
+    process (:func:`resolve`)."""
     xp = current()
     if xp is np:
         return fn(np, *args)
     try:
         return fn(xp, *args)
     except Exception as err:
-        if type(err).__name__ != "OutOfMemoryError":
-            raise
         with contextlib.suppress(Exception):
             xp.get_default_memory_pool().free_all_blocks()
-        log.warning("an attention pass ran out of GPU memory (%s): it runs on the CPU", err)
+        if type(err).__name__ == "OutOfMemoryError":
+            log.warning("an attention pass ran out of GPU memory (%s): it runs on the CPU", err)
+        else:
+            if not _failed:
+                _failed.append(f"{type(err).__name__}: {err}")
+            log.warning("an attention pass failed on the GPU (%s: %s): it runs on the CPU, and arrays='auto' "
+                        "stays there in this process", type(err).__name__, err)
         return fn(np, *args)
 
 
