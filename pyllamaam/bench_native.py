@@ -58,7 +58,8 @@ class _Probe:
         return True
 
 
-def _context(model: Model, name: str, n_ctx: int, n_threads: int, probe: _Probe, flash_attn: bool) -> int:
+def _context(model: Model, name: str, n_ctx: int, n_threads: int, probe: _Probe, flash_attn: bool,
+             kv_types: tuple[str, str] = ("f16", "f16")) -> int:
     flags = 0 if name == "unpatched_path" else _native.FLAG_BIAS
     if name == "probe_callback":
         flags |= _native.FLAG_QUERY_PROBE
@@ -68,8 +69,8 @@ def _context(model: Model, name: str, n_ctx: int, n_threads: int, probe: _Probe,
         n_batch=512,
         n_threads=n_threads,
         flash_attn=flash_attn,
-        kv_type_k="f16",
-        kv_type_v="f16",
+        kv_type_k=kv_types[0],
+        kv_type_v=kv_types[1],
         flags=flags,
         probe=probe if name == "probe_callback" else None,
         probe_key=hash(name),
@@ -87,6 +88,8 @@ def run(
     n_threads: int | None = None,
     n_gpu_layers: int = 0,
     flash_attn: bool = False,
+    kv_type_k: str = "f16",
+    kv_type_v: str = "f16",
 ) -> dict[str, Any]:
     """Prefill ``n_tokens`` and decode ``n_decode`` in every configuration, interleaved step by
     step (one 512-token chunk or one decoded token per configuration in turn), so that a busy
@@ -97,7 +100,8 @@ def run(
     toks = _filler(model, n_tokens)
     n_ctx = n_tokens + n_decode + 16
     probe = _Probe()
-    ctxs = {name: _context(model, name, n_ctx, n_threads, probe, flash_attn) for name in CONFIGS}
+    kv_types = (kv_type_k, kv_type_v)
+    ctxs = {name: _context(model, name, n_ctx, n_threads, probe, flash_attn, kv_types) for name in CONFIGS}
     pre: dict[str, list[float]] = {k: [] for k in CONFIGS}
     dec: dict[str, list[float]] = {k: [] for k in CONFIGS}
     last: dict[str, np.ndarray] = {}
@@ -140,6 +144,7 @@ def run(
         "n_threads": n_threads,
         "n_gpu_layers": n_gpu_layers,
         "flash_attn": flash_attn,
+        "kv_types": f"{kv_type_k}/{kv_type_v}",
         "method": "interleaved step by step; prefill tokens/s from the summed chunk times, "
         "decode from the median step time; *_paired: median of per-step ratios",
         "queries_captured": {"capture": n_captured // n_layer, "probe_callback": probe.n_rows // n_layer},
@@ -166,7 +171,7 @@ def run(
 
 
 def main(quick: bool = False, model: str | None = None, n_tokens: int | None = None, **opts: Any) -> None:
-    """``opts``: ``n_gpu_layers``, ``flash_attn`` (see :func:`run`)."""
+    """``opts``: ``n_gpu_layers``, ``flash_attn``, ``kv_type_k``, ``kv_type_v`` (see :func:`run`)."""
     if quick:
         out = run(model, n_tokens=n_tokens or 512, n_decode=8, **opts)
     else:

@@ -186,9 +186,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return cli_bench_kernel.main(["--quick"] if args.quick else [])
     from . import bench_native
 
+    opts = _session_opts(args)
     bench_native.main(
         quick=args.quick, model=args.model, n_tokens=args.n_tokens, n_gpu_layers=args.n_gpu_layers,
-        flash_attn=bool(args.flash_attn),
+        flash_attn=bool(opts.get("flash_attn")), kv_type_k=opts.get("kv_type_k", "f16"),
+        kv_type_v=opts.get("kv_type_v", "f16"),
     )
     return 0
 
@@ -334,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None)
     p.add_argument("--n-tokens", type=int, default=None)
     _add_model_args(p)
+    _add_runtime_args(p)  # bench native: the cache types of every configuration
     p.set_defaults(fn=cmd_bench)
     return ap
 

@@ -58,6 +58,9 @@ def test_every_subcommand_that_loads_a_model_takes_the_gpu_flags(cmd):
     assert parser.parse_args([*cmd.split(), "-fa"]).flash_attn is True
     assert parser.parse_args([*cmd.split(), "--no-flash-attn"]).flash_attn is False
     assert parser.parse_args(cmd.split()).flash_attn is None
+    if cmd.startswith("bench"):  # every configuration in the cache types asked for
+        args = parser.parse_args([*cmd.split(), "-ctk", "q8_0", "-ctv", "q4_0"])
+        assert _session_opts(args) == {"kv_type_k": "q8_0", "kv_type_v": "q4_0", "flash_attn": True}
     if not cmd.startswith(("bench", "budgets")):
         assert _session_opts(parser.parse_args([*cmd.split(), "--flash-attn"]))["flash_attn"] is True
         assert "flash_attn" not in _session_opts(parser.parse_args(cmd.split()))
