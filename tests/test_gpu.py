@@ -20,7 +20,15 @@ from pydoc_data.topics import topics
 import numpy as np
 import pytest
 from conftest import CONT, kl
-from test_native_bias import PATHS, SINK, _logits, _session, _with_duplicate, assert_same
+from test_native_bias import (
+    PATHS,
+    SINK,
+    _logits,
+    _session,
+    _with_duplicate,
+    assert_same,
+    flash_vs_regular_token_by_token,
+)
 
 import pyllamaam
 from pyllamaam import _native, devices, tiny
@@ -150,26 +158,7 @@ def test_minus_inf_bias_equals_deleting_the_cell(gpu, name, path):
 def test_one_token_decode_reads_the_bias_in_both_paths(gpu):
     """Decoding token by token (the single-token layout of the flash path, CUDA's decode kernels)
     over 700 biased cells: flash gives the regular path's next-token distributions."""
-    m = gpu("llama")
-    toks = [int(t) for t in np.random.default_rng(0).integers(10, 500, 700)]
-    cont = [int(t) for t in np.random.default_rng(1).integers(10, 500, 4)]
-    runs = {}
-    for flash, biased in ((False, True), (True, True), (True, False)):
-        with m.session(n_ctx=1024, flash_attn=flash, kv_type="f16") as s:
-            s.prefill(toks)
-            st = s.get_kv()
-            for il in st.layers:
-                rng = np.random.default_rng(il)  # the same bias in each path
-                b = rng.normal(0.0, 1.5, st.bias[il].shape) if biased else np.zeros(st.bias[il].shape)
-                b[rng.random(b.shape) < 0.1] = -np.inf if biased else 0.0
-                st.bias[il][:] = b
-            s.set_kv(st)
-            steps = []
-            for t in cont:
-                s.prefill([t])
-                steps.append(s.logits())
-            runs[flash, biased] = np.stack(steps)
-    dev, effect = kl(runs[False, True], runs[True, True]), kl(runs[False, True], runs[True, False])
+    dev, effect = flash_vs_regular_token_by_token(gpu("llama"))
     assert dev < 1e-3 and effect > 100 * dev, (dev, effect)
 
 
