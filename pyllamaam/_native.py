@@ -80,6 +80,9 @@ API_VERSION = 2
 FLAG_BIAS = 1
 FLAG_QUERY_PROBE = 2
 
+# llama_kvc_check's codes this package reads (include/llama-kvc.h has them all)
+GATE_OK, GATE_NO_BIAS, GATE_GRAPH = 0, 3, 10
+
 LAYOUTS = {0: "none", 1: "kv", 2: "iswa", 3: "hybrid", 4: "recurrent", 5: "other"}
 
 LAYER_BIAS_CACHE, LAYER_SWA, LAYER_RECURRENT, LAYER_BIASED = 1, 2, 4, 8

@@ -8,6 +8,7 @@ that attention really uses when asked (no per-node callback: the graph marks q a
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -135,14 +136,16 @@ class Model:
         *,
         kv_type_k: str | None = None,
         kv_type_v: str | None = None,
+        bias_storage: bool = True,
     ) -> Session:
         """A new session (one llama.cpp context). ``kv_type`` sets the cache type of both K and V;
         ``kv_type_k`` / ``kv_type_v`` set one each (llama.cpp's ``-ctk`` / ``-ctv``; default f16):
         any name of :data:`pyllamaam.kvtypes.BY_NAME`. A quantized V needs ``flash_attn=True``, as in
-        llama.cpp."""
+        llama.cpp. ``bias_storage=False``: a context without the per-cell bias (llama.cpp's own
+        graphs and bytes); a compaction that fits biases moves the session to one that has it."""
         return Session(
             self, n_ctx=n_ctx, flash_attn=flash_attn, n_threads=n_threads, kv_type=kv_type, n_batch=n_batch,
-            kv_type_k=kv_type_k, kv_type_v=kv_type_v,
+            kv_type_k=kv_type_k, kv_type_v=kv_type_v, bias_storage=bias_storage,
         )
 
     def load_session(self, path: str | os.PathLike, **opts: Any) -> Session:
@@ -154,6 +157,7 @@ class Model:
         opts.setdefault("flash_attn", h["flash_attn"])
         if all(opts.get(k) is None for k in ("kv_type", "kv_type_k", "kv_type_v")):
             opts["kv_type_k"], opts["kv_type_v"] = statefile.kv_types(h)
+        opts.setdefault("bias_storage", statefile.bias_storage(h))
         s = self.session(**opts)
         try:
             s._restore(saved, path)
@@ -182,8 +186,13 @@ class Session:
         n_batch: int = 512,
         kv_type_k: str | None = None,
         kv_type_v: str | None = None,
+        bias_storage: bool = True,
     ) -> None:
         self.kv_type_k, self.kv_type_v = kvtypes.resolve(kv_type, kv_type_k, kv_type_v, flash_attn)
+        if not isinstance(bias_storage, bool):
+            raise ConfigError(f"bias_storage must be True or False, not {bias_storage!r}")
+        #: whether the context stores a bias per cell and KV head (compaction's fitted beta)
+        self.bias_storage = bias_storage
         if n_ctx < 16:
             raise ConfigError(f"n_ctx must be at least 16, not {n_ctx}")
         self.model = model
@@ -196,7 +205,7 @@ class Session:
         self._capturing = False  # the native capture mode
         self._ctx: int | None = None
         try:
-            self._ctx = self._new_context(flags=_native.FLAG_BIAS)
+            self._ctx = self._new_context(flags=self._flags)
         except NativeError as err:
             raise self._explain_refusal(err) from err
         self.n_ctx = _native.n_ctx(self._ctx)  # llama.cpp may round it up
@@ -208,6 +217,10 @@ class Session:
         # record_surprisal() is on and every token so far was recorded (else the text is read again)
         self._nll = np.zeros(0, np.float32)
         self.layers = [_native.layer_info(self._ctx, il) for il in range(model.n_layer)]
+
+    @property
+    def _flags(self) -> int:
+        return _native.FLAG_BIAS if self.bias_storage else 0
 
     def _new_context(self, flags: int, probe: Any = None, probe_key: int = 0) -> int:
         return _native.context_new(
@@ -261,11 +274,13 @@ class Session:
 
     def kv_bytes(
         self, detail: bool = False, n_cells: int | None = None, kv_type_k: str | None = None,
-        kv_type_v: str | None = None,
+        kv_type_v: str | None = None, bias_storage: bool | None = None,
     ) -> int | KVBytes:
         """Bytes of K, V and bias storage of the compactable cache's cells in use (``n_cells``:
-        that many instead; ``kv_type_k``/``kv_type_v``: in those types instead), from each layer's
-        row sizes; ``detail=True``: a :class:`KVBytes`."""
+        that many instead; ``kv_type_k``/``kv_type_v``: in those types instead; ``bias_storage``:
+        with or without the bias instead of as the context has it), from each layer's row sizes;
+        ``detail=True``: a :class:`KVBytes`."""
+        biased = self.bias_storage if bias_storage is None else bias_storage
         n = self._n_cells if n_cells is None else int(n_cells)
         tk = kvtypes.TYPES[kvtypes.BY_NAME[kv_type_k or self.kv_type_k]]
         tv = kvtypes.TYPES[kvtypes.BY_NAME[kv_type_v or self.kv_type_v]]
@@ -275,7 +290,7 @@ class Session:
             h = li["n_head_kv"]
             k += tk.row_bytes(h * li["head_dim_k"])
             v += tv.row_bytes(h * li["head_dim_v"])
-            b += 4 * h  # the bias: F32 per cell and KV head, in every layer of the compactable cache
+            b += 4 * h if biased else 0  # the bias: F32 per cell and KV head, in every compactable layer
         out = KVBytes(k=n * k, v=n * v, bias=n * b)
         return out if detail else out.total
 
@@ -335,11 +350,24 @@ class Session:
 
     @property
     def can_compact(self) -> bool:
-        return _native.gate(self.ctx)[0] == 0
+        return self._gate()[0] == _native.GATE_OK
 
     @property
     def gate_reason(self) -> str:
-        return _native.gate(self.ctx)[1]
+        return self._gate()[1]
+
+    def _gate(self) -> tuple[int, str]:
+        """llama.cpp's verdict on compacting this context. Without bias storage (on purpose) it can
+        be compacted where every compactable layer reads its cells as the biased path would: a
+        compaction that fits a bias moves the session to a context that stores one first."""
+        code, why = _native.gate(self.ctx)
+        if code != _native.GATE_NO_BIAS or self.bias_storage:
+            return code, why
+        for il in self.compact_layers():
+            if not math.isfinite(self.layers[il]["kq_scale"]):
+                return _native.GATE_GRAPH, (f"layer {il} of {self.model.arch} does not take the bias in its "
+                                            "attention (kq_b, sinks or a custom attention graph)")
+        return _native.GATE_OK, ""
 
     def compact_layers(self) -> list[int]:
         """Model layers whose cells live in the compactable (biased) cache."""
@@ -453,6 +481,7 @@ class Session:
         twin = self.model.session(
             n_ctx=self._n_cells + n_new + 1, flash_attn=flash_attn, n_threads=self.n_threads,
             kv_type_k=self.kv_type_k, kv_type_v=self.kv_type_v, n_batch=self.n_batch,
+            bias_storage=self.bias_storage,
         )
         try:
             twin._write_kv(kv)
@@ -609,7 +638,7 @@ class Session:
             return True
 
         key = id(nodes)
-        twin = self._new_context(flags=_native.FLAG_BIAS, probe=on_eval, probe_key=key)
+        twin = self._new_context(flags=self._flags, probe=on_eval, probe_key=key)
         try:
             _native.state_set(twin, self.snapshot())
             _native.decode(twin, np.asarray(toks, dtype=np.int32), self.n_past, self.n_batch, True)
@@ -714,23 +743,30 @@ class Session:
             **options,
         )
 
-    def retype(self, kv_type_k: str, kv_type_v: str | None = None, flash_attn: bool | None = None) -> None:
-        """Move the cache to other KV cache types (llama.cpp's ``-ctk``/``-ctv``; ``kv_type_v``
-        defaults to ``kv_type_k``), in place: a new context of those types receives the state,
-        moved into the basis they store (:mod:`pyllamaam.retype`), and the old context is freed
-        only once the new one predicts the next tokens as the old one did (mean KL <=
-        ``retype.MAX_KL`` on a probe of the session's last tokens). A quantized V turns flash
-        attention on; ``flash_attn`` sets it otherwise (None: as it is).
-        A plain cache, iSWA (both of its caches move) and hybrid (the attention cache moves) can.
-        Raises ConfigError for a bad type or another layout and StateError when the move fails its
-        check; the session is then unchanged."""
+    def retype(self, kv_type_k: str | None = None, kv_type_v: str | None = None, flash_attn: bool | None = None,
+               *, bias_storage: bool | None = None) -> None:
+        """Move the cache to other KV cache types (llama.cpp's ``-ctk``/``-ctv``; ``kv_type_k``
+        None: as it is; ``kv_type_v`` defaults to ``kv_type_k``), in place: a new context of those
+        types receives the state, moved into the basis they store (:mod:`pyllamaam.retype`), and
+        the old context is freed only once the new one predicts the next tokens as the old one did
+        (mean KL <= ``retype.MAX_KL`` on a probe of the session's last tokens). A quantized V turns
+        flash attention on; ``flash_attn`` sets it otherwise, ``bias_storage`` whether the new
+        context stores a bias per cell (None: as it is; a cache holding a non-zero bias cannot drop
+        it). A plain cache, iSWA (both of its caches move) and hybrid (the attention cache moves)
+        can. Raises ConfigError for a bad type or another layout and StateError when the move
+        fails its check; the session is then unchanged."""
         from . import retype as retype_
         from .pipeline import mean_kl
 
+        if kv_type_k is None:  # the types as they are
+            kv_type_k, kv_type_v = self.kv_type_k, kv_type_v or self.kv_type_v
         v_name = kv_type_v or kv_type_k
         flash = (self.flash_attn if flash_attn is None else bool(flash_attn)) or kvtypes.needs_flash(v_name)
         k, v = kvtypes.resolve(None, kv_type_k, v_name, flash)
-        if (k, v, flash) == (self.kv_type_k, self.kv_type_v, self.flash_attn):
+        biased = self.bias_storage if bias_storage is None else bias_storage
+        if not isinstance(biased, bool):
+            raise ConfigError(f"bias_storage must be True, False or None, not {bias_storage!r}")
+        if (k, v, flash, biased) == (self.kv_type_k, self.kv_type_v, self.flash_attn, self.bias_storage):
             return
         layout = self.memory_layout
         if layout not in ("kv", "iswa", "hybrid"):
@@ -739,16 +775,19 @@ class Session:
         if self._n_cells:
             src = (self.kv_type_k, self.kv_type_v)
             state = retype_.convert(self.get_kv(), src, (k, v))
+            if not biased and any(np.any(b != 0) for b in state.bias.values()):
+                raise StateError("the cache holds a fitted bias: a context without bias storage cannot hold it; "
+                                 "it is unchanged")
             if layout == "iswa":  # the sliding-window cache follows, in the same types (a hybrid's
                 # recurrent state is F32 whatever the cache types: it stays as it is)
                 state.tail = retype_.convert_section(state.tail, retype_.swa_heads(self.layers), src, (k, v),
-                                                     v_trans=not flash)
+                                                     v_trans=not flash, with_bias=None if biased else False)
         probe = self._tokens[-4:]
         before = self.eval_logits(probe) if state is not None and probe else None
-        old = (self._ctx, self.kv_type_k, self.kv_type_v, self.flash_attn)
-        self.kv_type_k, self.kv_type_v, self.flash_attn = k, v, flash
+        old = (self._ctx, self.kv_type_k, self.kv_type_v, self.flash_attn, self.bias_storage)
+        self.kv_type_k, self.kv_type_v, self.flash_attn, self.bias_storage = k, v, flash, biased
         try:
-            self._ctx = self._new_context(flags=_native.FLAG_BIAS)
+            self._ctx = self._new_context(flags=self._flags)
             if state is not None:
                 self._write_kv(state)
             if before is not None:
@@ -758,7 +797,7 @@ class Session:
         except (NativeError, StateError) as err:
             if self._ctx != old[0]:
                 _native.context_free(self._ctx)
-            self._ctx, self.kv_type_k, self.kv_type_v, self.flash_attn = old
+            self._ctx, self.kv_type_k, self.kv_type_v, self.flash_attn, self.bias_storage = old
             raise StateError(f"could not move the cache to {k}/{v}; it is unchanged: {err}") from err
         _native.context_free(old[0])
 
@@ -846,12 +885,15 @@ class Session:
                 raise StateError(f"set_kv: layer {il} has keys {k.shape} / values {v.shape}")
             if b.shape != k.shape[:2]:
                 raise StateError(f"set_kv: layer {il} bias has shape {b.shape}, expected {k.shape[:2]}")
+            if not self.bias_storage and np.any(b != 0):
+                raise StateError(f"set_kv: layer {il} has a non-zero bias and this session has no bias storage "
+                                 "(retype(bias_storage=True) first)")
             if not (np.isfinite(k).all() and np.isfinite(v).all()):
                 raise StateError(f"set_kv: layer {il} keys or values are not finite")
 
     def _write_kv(self, state: KVState, old: bytes | None = None) -> None:
         """Write ``state`` unchecked, in this context's V layout (KVState holds V untransposed)."""
-        blob = build_seq_state(dataclasses.replace(state, v_trans=not self.flash_attn))
+        blob = build_seq_state(dataclasses.replace(state, v_trans=not self.flash_attn), with_bias=self.bias_storage)
         self.write_state(blob, state.n_cells, old)
 
     def write_state(self, blob: bytes, n_cells: int, old: bytes | None = None) -> None:
@@ -879,6 +921,7 @@ class Session:
             "flash_attn": self.flash_attn,
             "kv_type_k": self.kv_type_k,
             "kv_type_v": self.kv_type_v,
+            "bias_storage": self.bias_storage,
             "n_cells": self._n_cells,
             "n_past": self.n_past,
             "tokens": self._tokens,
@@ -908,6 +951,9 @@ class Session:
                 f"{path}: saved with K/V cache types {k}/{v}, this session has {self.kv_type_k}/{self.kv_type_v}; "
                 "load it into a session of the same types (Model.load_session picks them from the file)"
             )
+        if statefile.bias_storage(h) and not self.bias_storage:
+            raise StateError(f"{path}: saved with bias storage, this session has none; load it into a session "
+                             "with bias storage (Model.load_session picks it from the file)")
         if h["n_cells"] > self.n_ctx:
             raise StateError(f"the saved state has {h['n_cells']} cells, n_ctx is {self.n_ctx}")
         try:  # the surprisal recorded before the save (none: token_nll reads the text again)

@@ -29,6 +29,7 @@ class Host(Protocol):
     flash_attn: bool  # whether attention runs as flash attention (V untransposed in the state)
     kv_type_k: str  # cache type of K
     kv_type_v: str  # cache type of V
+    bias_storage: bool  # whether the context stores a bias per cell and KV head
     auto_reports: list[Any]  # reports of the automatic compactions, appended to as they run
 
     @property
@@ -85,7 +86,7 @@ class Host(Protocol):
     def set_kv(self, state: KVState, old: bytes | None = None) -> None:
         """Check and write ``state`` back (restoring ``old`` if refused)."""
     def kv_bytes(self, detail: bool = False, n_cells: int | None = None, kv_type_k: str | None = None,
-                 kv_type_v: str | None = None) -> Any:
+                 kv_type_v: str | None = None, bias_storage: bool | None = None) -> Any:
         """Bytes of the cache in its types."""
     def kv_bytes_f16(self, n_cells: int | None = None) -> int:
         """Bytes of the same cells in an f16 cache."""

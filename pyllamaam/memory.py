@@ -191,8 +191,9 @@ def check_auto(session: Any, memory: float, task: bool) -> None:
     """Refuse a target that automatic compaction cannot shrink a cache by: the picked types alone
     would already hold every cell in the budget, so the cells would never drop below the limit."""
     choice = _choice(session, check_target(memory), task)
-    shrink = session.kv_bytes_f16(n_cells=1) / (memory * session.kv_bytes(n_cells=1, kv_type_k=choice.kv_type_k,
-                                                                            kv_type_v=choice.kv_type_v))
+    biased = _fits(session, choice.method, {}, None, None)
+    shrink = session.kv_bytes_f16(n_cells=1) / (memory * session.kv_bytes(
+        n_cells=1, kv_type_k=choice.kv_type_k, kv_type_v=choice.kv_type_v, bias_storage=biased))
     if shrink >= 1:
         raise ConfigError(f"memory={memory:g} is reached by the {choice.kv_type_k}/{choice.kv_type_v} cache types "
                           "alone: automatic compaction needs a larger target to drop cells")
@@ -228,19 +229,42 @@ def wants_surprisal(session: Any, memory: float, task: bool = False) -> bool:
 
 
 def compact_with(session: Any, method: str, options: dict[str, Any], defaults: dict[str, Any] | None = None,
-                 **size: Any) -> tuple[Any, dict | None]:
+                 through_cells: int | None = None, **size: Any) -> tuple[Any, dict | None]:
     """``session.compact(**size)`` with the table's ``method`` (the caller's ``options`` win over
     it, and it over ``defaults``: automatic compaction's span score where the method sets none). A
     method other than the default that fails its gates falls through to the default at the same
     size, as :func:`compact_to` and the QA suite's rows for the table both run it: on
     Qwen2.5-0.5B at 16x "sentences" failed its recall probe on one tuning document in four,
     where giving up the target left the full cache. Returns the report and, where the default
-    ran instead, ``{"method": the one that fell through, "reason": why}`` (else None)."""
+    ran instead, ``{"method": the one that fell through, "reason": why}`` (else None).
+    ``through_cells``: the default's ``target_cells`` instead (its fit stores a bias per cell)."""
     rep = session.compact(**size, **method_options(method, options, defaults))
     if not rep.fell_back or method in ("default", "question"):
         return rep, None
     through = {"method": method, "reason": rep.reason}
+    if through_cells is not None:
+        size = {**size, "target_cells": through_cells}
     return session.compact(**size, **method_options("default", options, defaults)), through
+
+
+def _fits(session: Any, method: str, options: dict[str, Any], defaults: dict[str, Any] | None,
+          task: str | None, **where: Any) -> bool:
+    """Whether the table's ``method`` (``"full"``: none) fits a bias per cell: else the cache moves
+    to a context without bias storage, as llama.cpp's own (its bytes then hold K and V only)."""
+    from .pipeline.plan import fits_bias
+
+    if METHODS.get(method) is None:
+        return False
+    return fits_bias(session, task=task, **where, **method_options(method, options, defaults))
+
+
+def holds_bias(session: Any) -> bool:
+    """Whether the session's cache holds a non-zero bias (a fitted compaction's beta)."""
+    import numpy as np
+
+    if not getattr(session, "bias_storage", True) or not session.n_cells or not session.can_compact:
+        return False
+    return any(bool(np.any(b != 0)) for b in session.get_kv().bias.values())
 
 
 def compact_to(session: Any, memory: float, *, task: str | None = None, keep_first: int = 4, keep_last: int = 32,
@@ -260,7 +284,15 @@ def compact_to(session: Any, memory: float, *, task: str | None = None, keep_fir
     choice = _choice(session, target, task is not None)
     k, v = choice.kv_type_k, choice.kv_type_v
     budget = session.kv_bytes_f16(n_cells=session.n_cells if of_cells else None) / target
-    cap = cells_for(budget, session.kv_bytes(n_cells=1, kv_type_k=k, kv_type_v=v))
+    # a cache left without a fitted bias moves to a context without bias storage (K and V only)
+    cap_fit, cap_free = (cells_for(budget, session.kv_bytes(n_cells=1, kv_type_k=k, kv_type_v=v, bias_storage=b))
+                         for b in (True, False))
+    if cap_free >= session.n_cells:  # the types alone reach the target: no fit
+        biased = holds_bias(session)
+    else:
+        biased = _fits(session, choice.method, options, defaults, task, keep_first=keep_first,
+                       keep_last=keep_last) or holds_bias(session)
+    cap = cap_fit if biased else cap_free
     floor = min_cells(keep_first, keep_last)
     if cap < floor:
         raise ConfigError(
@@ -275,8 +307,8 @@ def compact_to(session: Any, memory: float, *, task: str | None = None, keep_fir
         # flash attention): fit the beta it will apply
         options = {"beta_dtype": "float16", **options}
     if cap < session.n_cells:
-        rep, through = compact_with(session, choice.method, options, defaults, target_cells=cap, task=task,
-                                    keep_first=keep_first, keep_last=keep_last)
+        rep, through = compact_with(session, choice.method, options, defaults, through_cells=cap_fit,
+                                    target_cells=cap, task=task, keep_first=keep_first, keep_last=keep_last)
     else:  # the types alone reach the target
         rep = CompactionReport(method="none", queries="none", cells_before=n_cells, cells_after=n_cells)
     # "method": the table's name for the compaction that ran (none: the types alone); "instead_of":
@@ -289,14 +321,16 @@ def compact_to(session: Any, memory: float, *, task: str | None = None, keep_fir
     elif cap < n_cells and ranks_by_surprisal(method_options(choice.method, options, defaults)):
         # where the surprisal came from: the cost differs by a prefill
         rep.memory["surprisal"] = "recorded" if recorded else "read again"
-    if not rep.fell_back and (k, v) != types:
+    biased = biased or through is not None  # the default's fit stores a bias
+    if not rep.fell_back and ((k, v) != types or biased != getattr(session, "bias_storage", True)):
         clock = time.perf_counter()
         try:
-            session.retype(k, v)
+            session.retype(k, v, bias_storage=biased)
         except PyllamaamError as err:
             session.write_state(blob, n_cells)  # the cache as it was, in its own types
             rep.fell_back, rep.reason, rep.verbatim = True, str(err), []
             rep.cells_after = n_cells
         rep.seconds["retype"] = time.perf_counter() - clock  # the move counts in the compaction's cost
+    rep.memory["bias_storage"] = getattr(session, "bias_storage", True)
     rep.bytes_before, rep.bytes_after, rep.bytes_f16 = before, session.kv_bytes(), session.kv_bytes_f16()
     return rep

@@ -86,12 +86,13 @@ def swa_heads(layers: list[dict]) -> dict[int, int]:
 
 
 def convert_section(buf: bytes, n_head_kv: dict[int, int], src: tuple[str, str], dst: tuple[str, str],
-                    v_trans: bool) -> bytes:
+                    v_trans: bool, with_bias: bool | None = None) -> bytes:
     """The cache section at the start of ``buf`` (an iSWA state's sliding-window cache, whose
     layers and KV heads ``n_head_kv`` gives) moved as :func:`convert` moves the first, with V in
-    the destination's layout ``v_trans``; the bytes after it are kept as they are."""
+    the destination's layout ``v_trans`` and a bias section where ``with_bias`` (None: as it has
+    one; StateError where a non-zero bias would be dropped); the bytes after it are kept as they are."""
     st, has_bias, rest = parse_section(buf, list(n_head_kv), n_head_kv)
     if st.n_cells == 0:
         return buf
     moved = dataclasses.replace(convert(st, src, dst), v_trans=v_trans)
-    return section_bytes(moved, has_bias) + rest
+    return section_bytes(moved, has_bias if with_bias is None else with_bias) + rest

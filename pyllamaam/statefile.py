@@ -126,3 +126,11 @@ def kv_types(header: dict[str, Any]) -> tuple[str, str]:
     """The (K, V) cache types a session was saved with (files before kv_type_k/v hold kv_type)."""
     both = header.get("kv_type", "f16")
     return header.get("kv_type_k", both), header.get("kv_type_v", both)
+
+
+def bias_storage(header: dict[str, Any]) -> bool:
+    """Whether the saved context stored a bias per cell (files without the key did)."""
+    value = header.get("bias_storage", True)
+    if not isinstance(value, bool):
+        raise StateError(f"the saved header's bias_storage is not true or false: {value!r}")
+    return value

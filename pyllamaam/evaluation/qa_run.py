@@ -245,7 +245,7 @@ def _run_cell(s, model, d: _Doc, method: str, size: dict[str, Any], spec: QASpec
     kw = {k: v for k, v in {**kw, **spec.options}.items() if k != "memory"}  # memory= comes in size
 
     def reset() -> None:  # the cache as it was (compact(memory=) moves it to other types)
-        s.retype(*setup)
+        s.retype(*setup, bias_storage=True)
         s.write_state(blob, n)
 
     if kw.pop("task", False):  # one compaction per question, each from the full cache

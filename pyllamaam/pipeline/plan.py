@@ -124,6 +124,20 @@ def make_plan(session, ratio, target_cells, method, queries, keep_first, keep_la
     return Plan(layers, selector, fits, qspec, given, task, budgets, pipe, qopts, options, fill, shared)
 
 
+def writes_bias(plan: Plan) -> bool:
+    """Whether the compaction may write a non-zero bias: a fit does; whole sentences filling the
+    whole budget (``spans=1``), a question's sentences and the evictions keep cells as they are."""
+    return bool(plan.fits and not plan.shared and plan.pipe["spans"] < 1)
+
+
+def fits_bias(session: Host, method: str = "am", queries: Any = None, keep_first: int = 4, keep_last: int = 32,
+              budgets: Any = None, task: str | None = None, **options: Any) -> bool:
+    """:func:`writes_bias` of the plan that ``compact(...)`` with these arguments would make;
+    nothing runs and the session is untouched."""
+    options = {k: v for k, v in options.items() if k not in ("verify", "progress", "ratio", "target_cells")}
+    return writes_bias(make_plan(session, 2.0, None, method, queries, keep_first, keep_last, budgets, task, options))
+
+
 def default_queries(session: Host, fits: bool, keep_last: int) -> str:
     """The query source of ``queries=None``: ``"repeat"`` for fitted methods; for the eviction
     baselines, which fit nothing, the context's last tokens read again (``"tail"``: SnapKV's

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..compact import arrays
-from ..errors import ConfigError
+from ..errors import ConfigError, StateError
 from ..progress import Progress, ProgressCallback
 from ..report import CompactionReport
 from . import extract, fit, select, write
 from . import queries as queries_stage
 from . import verify as verify_stage
-from .plan import make_plan, uniform
+from .plan import make_plan, uniform, writes_bias
 from .refs import ReferenceQueries
 from .state import Compaction
 
@@ -40,6 +40,15 @@ def compact(
 ) -> CompactionReport:
     """Compact ``session``'s cache in place; see :meth:`Session.compact` and :mod:`pyllamaam.progress`."""
     plan = make_plan(session, ratio, target_cells, method, queries, keep_first, keep_last, budgets, task, options)
+    if not getattr(session, "bias_storage", True) and writes_bias(plan):
+        try:  # the fit's beta needs a context that stores it; the cells move there first
+            session.retype(bias_storage=True)
+        except StateError as err:  # the session is unchanged
+            rep = _report(session, plan, method)
+            rep.fell_back, rep.cells_after, rep.reason = True, session.n_cells, str(err)
+            rep.bytes_after = rep.bytes_before
+            log.warning("compaction fell back, cache unchanged: %s", err)
+            return rep
     c = Compaction(session, plan, (keep_first, keep_last, ratio, target_cells), _report(session, plan, method),
                    Progress(progress), verify)
     backend = arrays.resolve(plan.pipe["arrays"], getattr(session.model, "n_gpu_layers", 0) > 0)
