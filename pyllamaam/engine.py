@@ -174,6 +174,7 @@ class Session:
     _ctx_queries: Any = None
     _auto: dict[str, Any] | None = None
     _recording = False
+    _maybe_biased = False  # a non-zero bias was written since the context was made (holds_bias reads it)
 
     def __init__(
         self,
@@ -895,6 +896,8 @@ class Session:
         """Write ``state`` unchecked, in this context's V layout (KVState holds V untransposed)."""
         blob = build_seq_state(dataclasses.replace(state, v_trans=not self.flash_attn), with_bias=self.bias_storage)
         self.write_state(blob, state.n_cells, old)
+        if self.bias_storage and not self._maybe_biased:
+            self._maybe_biased = any(bool(np.any(b != 0)) for b in state.bias.values())
 
     def write_state(self, blob: bytes, n_cells: int, old: bytes | None = None) -> None:
         """Write a :meth:`snapshot` of this session that holds ``n_cells`` compactable cells; on
@@ -963,6 +966,7 @@ class Session:
         if nll.ndim != 1 or len(nll) > len(h["tokens"]):
             raise StateError(f"{path}: its recorded surprisal does not match its tokens")
         self.write_state(saved.blob, int(h["n_cells"]))
+        self._maybe_biased = self._maybe_biased or (self.bias_storage and statefile.bias_storage(h))
         self._tokens = [int(t) for t in h["tokens"]]
         self._recording, self._nll = bool(h.get("record_surprisal", False)), nll
         self._last_logits = saved.logits

@@ -115,3 +115,17 @@ def test_an_iswa_cache_moves_into_and_out_of_bias_storage(tiny_models):
         s.retype("bf16", "f32", bias_storage=True)  # the tiny heads are 16 wide
         assert s.bias_storage and s.can_compact
         assert s.generate(probe, max_tokens=3) is not None
+
+
+def test_a_cache_holding_a_fitted_bias_keeps_its_storage_under_a_memory_target(smollm2, monkeypatch):
+    _table_picking(monkeypatch, "sentences")
+    with smollm2.session(n_ctx=4096, n_threads=1) as s:
+        assert not memory.holds_bias(s)  # nothing written yet: no read of the cache
+        s.prefill(demo.document())
+        rep = s.compact(ratio=2)  # the default: fitted
+        assert not rep.fell_back, rep.reason
+        assert memory.holds_bias(s)
+        rep = s.compact(memory=8)  # whole sentences keep some fitted cells: their bias stays
+        assert not rep.fell_back, rep.reason
+        assert s.bias_storage and rep.memory["bias_storage"] and s.kv_bytes(detail=True).bias > 0
+        assert s.kv_bytes_f16() / s.kv_bytes() >= 8

@@ -290,6 +290,7 @@ def _run_cell(s, model, d: _Doc, method: str, size: dict[str, Any], spec: QASpec
         rec["fell_through"] = through["reason"]
     if rep.memory:
         rec["picked"] = f"{rep.memory['kv_type_k']}/{rep.memory['kv_type_v']} {rep.memory['method']}"
+        rec["bias_storage"] = rep.memory.get("bias_storage", True)
     reset()
     return rec
 
