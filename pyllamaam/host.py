@@ -88,5 +88,8 @@ class Host(Protocol):
     def kv_bytes(self, detail: bool = False, n_cells: int | None = None, kv_type_k: str | None = None,
                  kv_type_v: str | None = None, bias_storage: bool | None = None) -> Any:
         """Bytes of the cache in its types."""
+    def retype(self, kv_type_k: str | None = None, kv_type_v: str | None = None, flash_attn: bool | None = None,
+               *, bias_storage: bool | None = None) -> None:
+        """Move the cache to another context (types, flash attention, bias storage), unchanged on failure."""
     def kv_bytes_f16(self, n_cells: int | None = None) -> int:
         """Bytes of the same cells in an f16 cache."""

@@ -83,7 +83,7 @@ def test_the_session_is_what_the_pipeline_takes_it_for():
 
     names = set(Host.__annotations__) | {n for n in vars(Host) if not n.startswith("__")}
     names -= {"_is_protocol", "_is_runtime_protocol", "_abc_impl"}
-    instance = {"model", "layers", "n_ctx", "n_threads", "flash_attn", "kv_type_k", "kv_type_v",
+    instance = {"model", "layers", "n_ctx", "n_threads", "flash_attn", "kv_type_k", "kv_type_v", "bias_storage",
                 "auto_reports"}  # set in __init__ (auto_reports by auto_compact)
     missing = sorted(n for n in names - instance if not hasattr(Session, n))
     assert not missing, f"Session lacks {missing}"
