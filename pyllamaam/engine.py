@@ -776,7 +776,7 @@ class Session:
         if self._n_cells:
             src = (self.kv_type_k, self.kv_type_v)
             state = retype_.convert(self.get_kv(), src, (k, v))
-            if not biased and any(np.any(b != 0) for b in state.bias.values()):
+            if not biased and state.holds_bias():
                 raise StateError("the cache holds a fitted bias: a context without bias storage cannot hold it; "
                                  "it is unchanged")
             if layout == "iswa":  # the sliding-window cache follows, in the same types (a hybrid's
@@ -897,7 +897,7 @@ class Session:
         blob = build_seq_state(dataclasses.replace(state, v_trans=not self.flash_attn), with_bias=self.bias_storage)
         self.write_state(blob, state.n_cells, old)
         if self.bias_storage and not self._maybe_biased:
-            self._maybe_biased = any(bool(np.any(b != 0)) for b in state.bias.values())
+            self._maybe_biased = state.holds_bias()
 
     def write_state(self, blob: bytes, n_cells: int, old: bytes | None = None) -> None:
         """Write a :meth:`snapshot` of this session that holds ``n_cells`` compactable cells; on

@@ -67,6 +67,10 @@ class KVState:
     def n_cells(self) -> int:
         return int(self.positions.shape[0])
 
+    def holds_bias(self) -> bool:
+        """Whether any cell of any layer has a non-zero bias (a fit's beta; -inf counts)."""
+        return any(bool(np.any(b != 0)) for b in self.bias.values())
+
     def subset(self, idx: np.ndarray) -> KVState:
         """The cells ``idx`` (indices into this state), in that order."""
         idx = np.asarray(idx, dtype=np.int64)

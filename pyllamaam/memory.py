@@ -261,13 +261,11 @@ def _fits(session: Any, method: str, options: dict[str, Any], defaults: dict[str
 def holds_bias(session: Any) -> bool:
     """Whether the session's cache holds a non-zero bias (a fitted compaction's beta): read from the
     cache where one may have been written (``Session._maybe_biased``), else False at no cost."""
-    import numpy as np
-
     if not getattr(session, "bias_storage", True) or not getattr(session, "_maybe_biased", True):
         return False
     if not session.n_cells or not session.can_compact:
         return False
-    return any(bool(np.any(b != 0)) for b in session.get_kv().bias.values())
+    return session.get_kv().holds_bias()
 
 
 def compact_to(session: Any, memory: float, *, task: str | None = None, keep_first: int = 4, keep_last: int = 32,
