@@ -44,7 +44,8 @@ class CompactionReport:
         position), as plain llama.cpp would hold it; ``bytes_ratio_f16`` = bytes_f16 / bytes_after.
     memory : for ``compact(memory=...)``: the target, the cache types moved to, the method and the
         table entry (model, target measured) that chose them, where a pick ranked by surprisal got
-        it (``"surprisal"``: "recorded" or "read again"); None otherwise.
+        it (``"surprisal"``: "recorded" or "read again"), and whether the cache kept its bias
+        storage (``"bias_storage"``: False where nothing fitted holds a bias); None otherwise.
     arrays : where the attention passes of the array stages ran: "numpy" (the CPU) or "cupy" (a
         CUDA GPU; option ``arrays``, :mod:`pyllamaam.compact.arrays`).
     """
@@ -109,6 +110,8 @@ class CompactionReport:
             head += f" / memory {m['target']:g}x: {m['kv_type_k']}/{m['kv_type_v']} cache, {m['method']}"
             if m.get("surprisal"):
                 head += f" (surprisal {m['surprisal']})"
+            if m.get("bias_storage") is False:
+                head += ", no bias storage"
         if self.on_policy > 1:
             head += f" / on-policy in {self.on_policy} layer groups"
         if self.budgets != "uniform":

@@ -69,6 +69,7 @@ def test_a_memory_target_without_a_fit_spends_the_bias_bytes_on_cells(smollm2, m
         assert not rep.fell_back, rep.reason
         fitted = method == "default"
         assert s.bias_storage == rep.memory["bias_storage"] == fitted
+        assert ("no bias storage" in str(rep)) == (not fitted)
         assert (s.kv_bytes(detail=True).bias > 0) == fitted
         assert s.kv_bytes_f16() / s.kv_bytes() >= 8
         assert s.n_cells == memory.cells_for(budget, per_cell[fitted])
