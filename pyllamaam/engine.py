@@ -886,9 +886,6 @@ class Session:
                 raise StateError(f"set_kv: layer {il} has keys {k.shape} / values {v.shape}")
             if b.shape != k.shape[:2]:
                 raise StateError(f"set_kv: layer {il} bias has shape {b.shape}, expected {k.shape[:2]}")
-            if not self.bias_storage and np.any(b != 0):
-                raise StateError(f"set_kv: layer {il} has a non-zero bias and this session has no bias storage "
-                                 "(retype(bias_storage=True) first)")
             if not (np.isfinite(k).all() and np.isfinite(v).all()):
                 raise StateError(f"set_kv: layer {il} keys or values are not finite")
 
