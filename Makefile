@@ -81,6 +81,8 @@ memory-table: setup
 		--memories 4,8,16,32
 	$(QA_TABLE) --models smollm2-135m --seeds 1,2,3,4,5,6,7,8,9 --methods surprisal-sentences --caches q8_0/q4_0 \
 		--memories 8,16,32
+	$(QA_TABLE) --models smollm2-135m --seeds 1,2,3,4,5,6,7,8,9 --methods surprisal-sentences --caches q4_0 \
+		--memories 16,32
 	$(QA_TABLE) --models smollm2-135m --methods question --caches f16,q8_0/q4_0 --memories 8,32
 	$(QA_TABLE) --models smollm2-135m --methods snapkv,kvzip,chunkkv --caches q8_0/q4_0 --memories 4,8,16,32
 	$(QA_TABLE) --models qwen2.5-0.5b --methods full --caches f16,q8_0,q4_0,q8_0/q4_0
@@ -95,6 +97,7 @@ memory-table: setup
 	$(QA_TABLE) --models gemma3-270m --methods snapkv,kvzip,chunkkv --caches f16 --memories 2,4,8,16
 	$(QA_TABLE) --models gemma3-270m --methods question --caches f16,q8_0/q4_0 --memories 8,32
 	$(QA_TABLE) --models gemma3-270m --methods surprisal-sentences --caches q8_0/q4_0 --memories 8,16
+	$(QA_TABLE) --models gemma3-270m --methods surprisal-sentences --caches q4_0 --memories 8,16
 	$(QA_TABLE) --models gemma3-270m --methods default,sentences --caches f16,q8_0/q4_0,q4_0 --memories 2,4,8,16 \
 		--write-memory-table pyllamaam/memory_table.json
 
