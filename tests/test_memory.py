@@ -179,12 +179,13 @@ def test_the_fallback_pools_what_most_models_measured():
     assert (fb["cache"], fb["method"], fb["models"], fb["of_full"]) == ("q8_0", "default", 2, 0.6)
 
 
-def test_the_shipped_table_covers_the_default_model():
+def test_the_shipped_table_covers_the_bundled_models():
     t = memory.load_table()
-    assert "smollm2-135m" in t["models"] and t["source"]
-    assert t["fallback"]["agnostic"] and t["fallback"]["task"]  # any other GGUF gets a pick
-    targets = sorted(e["memory"] for e in t["models"]["smollm2-135m"]["agnostic"])
-    assert targets[0] <= 4 and targets[-1] >= 16
+    assert t["source"] and t["fallback"]["agnostic"] and t["fallback"]["task"]  # any other GGUF gets a pick
+    for name in ("smollm2-135m", "qwen2.5-0.5b", "gemma3-270m"):  # measured at every target from 4x to 32x
+        targets = {e["memory"] for e in t["models"][name]["agnostic"]}
+        assert {4.0, 8.0, 16.0, 32.0} <= targets, (name, targets)
+        assert {e["memory"] for e in t["models"][name]["task"]} >= {8.0, 32.0}
 
 
 @pytest.mark.parametrize("target", [4, 8, 16])
