@@ -434,10 +434,13 @@ def test_qa_summary_groups_memory_cells_by_target_and_draws_the_frontier():
               cell(2, "default", "q8_0", 4, 2.21, [True, False], 4.0)]
     cells += [cell(1, "default", "f16", 4, 4.1, [False, False], 4.0), {"key": "x", "model": "m", "n_tokens": 1000,
               "seed": 1, "method": "default", "ratio": 0.0, "memory": 32, "questions": [], "skipped": "too small"}]
+    # an eviction that fell back answered from the full cache at 2.5x: it fills no 4x column
+    cells += [{**cell(s, "snapkv", "q8_0", 4, 1.0, [True, True], 2.5), "fell_back": True} for s in (1, 2)]
     rows = qa_run.summarize(cells)
-    q8 = [r for r in rows if r["cache"] == "q8_0"]
+    q8 = [r for r in rows if r["cache"] == "q8_0" and r["method"] == "default"]
     assert len(q8) == 1 and q8[0]["documents"] == 2 and q8[0]["accuracy"] == 0.75 and q8[0]["of_full"] == 0.75
     assert not any(r["memory"] == 32 for r in rows)  # skipped: the budget cannot hold the sinks and window
     md = qa_memory.table(rows)
     assert "| 4x |" in md and "0.75 (0.75) [q8_0, 4.0x]" in md and "0.50 (0.50) [q4_0, 3.6x]" in md
+    assert "| best eviction | – |" in md and "[q8_0, 2.5x]" not in md
     assert qa_memory.frontier([(1.0, 1.0), (3.6, 0.5), (4.0, 0.75), (4.0, 0.0)]) == [(1.0, 1.0), (4.0, 0.75)]
