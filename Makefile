@@ -94,9 +94,10 @@ memory-table: setup
 	$(QA_TABLE) --models qwen2.5-0.5b --seeds 1,2,3,4 --methods default,sentences,surprisal-sentences \
 		--caches q8_0/q4_0,q4_0 --memories 32
 	$(QA_TABLE) --models qwen2.5-0.5b --methods question --caches f16,q8_0/q4_0 --memories 8,32
-	$(QA_TABLE) --models qwen2.5-0.5b --methods snapkv,kvzip,chunkkv --caches q8_0/q4_0 --memories 4,8,16
+	$(QA_TABLE) --models qwen2.5-0.5b --methods snapkv,kvzip,chunkkv --caches q8_0/q4_0 --memories 4,8,16,32
 	$(QA_TABLE) --models gemma3-270m --methods full --caches f16,q8_0,q4_0,q8_0/q4_0
 	$(QA_TABLE) --models gemma3-270m --methods snapkv,kvzip,chunkkv --caches f16 --memories 2,4,8,16
+	$(QA_TABLE) --models gemma3-270m --methods snapkv,kvzip,chunkkv --caches q8_0/q4_0 --memories 32
 	$(QA_TABLE) --models gemma3-270m --methods question --caches f16,q8_0/q4_0 --memories 8,32
 	$(QA_TABLE) --models gemma3-270m --methods surprisal-sentences --caches q8_0/q4_0 --memories 8,16
 	$(QA_TABLE) --models gemma3-270m --methods surprisal-sentences --caches q4_0 --memories 8,16
