@@ -313,3 +313,22 @@ def test_an_iswa_session_repeats_on_a_flash_copy_with_its_window(gemma3_270m):
         for il in own:
             rel = np.linalg.norm(own[il] - twin_q[il], axis=-1) / np.linalg.norm(own[il], axis=-1)
             assert np.median(rel) < 0.05, (il, float(np.median(rel)))
+
+
+def test_cells_by_bytes_budget_a_cache_without_bias_in_k_and_v_only(tmp_path):
+    """The QA suite's byte budget is the one compact(memory=) gives: an eviction baseline fits no
+    bias, so its cells are counted in K and V only and fill the budget with more cells than the
+    default, whose fit stores a bias per cell and KV head."""
+    spec = qa_run.QASpec(models=["smollm2-135m"], n_tokens=[512], seeds=[1], methods=["snapkv", "default"],
+                         caches=["q8_0/q4_0"], memories=[8.0], n_threads=2)
+    cells = {c["method"]: c for c in qa_run.load(qa_run.run_qa(spec, tmp_path, progress=False))}
+    snap, fit = cells["snapkv"], cells["default"]
+    assert snap["bias_storage"] is False and fit["bias_storage"] is True
+    assert not snap["fell_back"] and not fit["fell_back"]
+    f16 = snap["kv_bytes"] * snap["bytes_ratio"]
+    assert fit["kv_bytes"] * fit["bytes_ratio"] == pytest.approx(f16)
+    assert snap["bytes_ratio"] >= 8.0 and fit["bytes_ratio"] >= 8.0
+    per_cell = snap["kv_bytes"] / snap["cells"]  # K and V of one cell in q8_0-K/q4_0-V
+    assert (snap["cells"] + 1) * per_cell > f16 / 8  # the budget is full
+    assert snap["cells"] > fit["cells"]
+    assert fit["kv_bytes"] / fit["cells"] > per_cell  # the default's cells carry their bias

@@ -222,9 +222,15 @@ def _run_document(model, model_name, n, seed, cells, spec):
                     yield {**rec, "memory": cell.memory, "ratio": s.n_cells / out["cells"], **out}
                     continue
                 if cell.memory:  # as many cells as fit in the f16 full cache's bytes / memory
-                    cap = memory.cells_for(d.f16_bytes / cell.memory, s.kv_bytes(n_cells=1))
-                    rec.update(memory=cell.memory, ratio=s.n_cells / max(cap, 1))
+                    # as compact(memory=): a cache left without a fitted bias (eviction, whole
+                    # sentences) holds K and V only, so its budget and bytes count no bias storage
+                    biased = _fits_bias(s, cell.method, spec)
+                    budget = d.f16_bytes / cell.memory
+                    cap = memory.cells_for(budget, s.kv_bytes(n_cells=1, bias_storage=biased))
+                    rec.update(memory=cell.memory, ratio=s.n_cells / max(cap, 1), bias_storage=biased)
                     size = {"target_cells": cap}
+                    if not biased:  # a table method falling through to the default fits a bias
+                        size["through_cells"] = memory.cells_for(budget, s.kv_bytes(n_cells=1, bias_storage=True))
                     if cap < memory.min_cells():  # the first and last cells alone take more
                         yield {**rec, "questions": [], "skipped": f"{cap} cells fit in the budget"}
                         continue
@@ -239,6 +245,8 @@ def _run_cell(s, model, d: _Doc, method: str, size: dict[str, Any], spec: QASpec
     """One method compacting to ``size`` (``ratio=``, ``target_cells=`` or ``memory=``) on the
     document in session ``s``, which is left as it was."""
     blob, n, setup = s.snapshot(), len(d.toks), (s.kv_type_k, s.kv_type_v, s.flash_attn)
+    size = dict(size)
+    through_cells = size.pop("through_cells", None)  # set where the method stores no bias
     kw = QA_METHODS[method]
     if kw is None:
         return {**_score(s, model, d), "cells": s.n_cells, **_bytes(s, d, bias=False)}
@@ -276,14 +284,16 @@ def _run_cell(s, model, d: _Doc, method: str, size: dict[str, Any], spec: QASpec
     kw = {k: v for k, v in kw.items() if not (capture and k.startswith("repeat_"))}
     if "target_cells" in size and method in memory.METHODS:  # as compact(memory=) runs a method it picks
         mine = {k: v for k, v in kw.items() if k not in (memory.METHODS[method] or {})}
-        rep, through = memory.compact_with(s, method, mine, **size)
+        rep, through = memory.compact_with(s, method, mine, through_cells=through_cells, **size)
     else:
         rep, through = s.compact(**size, **kw), None
     stages = dict(rep.seconds)
     stages["queries"] = stages.get("queries", 0.0) + capture
     scored = _score(s, model, d)
     _mark_kept(scored["questions"], d.where, rep.verbatim)
-    rec = {**scored, "cells": s.n_cells, **_bytes(s, d), "compaction_seconds": rep.total_seconds + capture,
+    # K and V only where the budget left out the bias (unless the default's fit ran instead)
+    biased = through_cells is None or through is not None
+    rec = {**scored, "cells": s.n_cells, **_bytes(s, d, bias=biased), "compaction_seconds": rep.total_seconds + capture,
            "stages": stages, "fell_back": rep.fell_back, "reason": rep.reason}
     through = through or (rep.memory or {}).get("instead_of")
     if through:  # the picked method failed its gates: the default ran
@@ -293,6 +303,20 @@ def _run_cell(s, model, d: _Doc, method: str, size: dict[str, Any], spec: QASpec
         rec["bias_storage"] = rep.memory.get("bias_storage", True)
     reset()
     return rec
+
+
+def _fits_bias(s, method: str, spec: QASpec) -> bool:
+    """Whether ``method`` (a :data:`QA_METHODS` name) leaves a fitted bias in the cache of session
+    ``s``: the question-aware ones are taken to (their plan depends on the question)."""
+    from ..pipeline.plan import fits_bias
+
+    kw = QA_METHODS[method]
+    if kw is None:
+        return False
+    if kw.get("task") or kw.get("memory"):
+        return True
+    opts = {k: v for k, v in {**kw, **spec.options}.items() if not k.startswith("repeat_")}
+    return fits_bias(s, **opts)
 
 
 def _bytes(s, d: _Doc, bias: bool = True) -> dict[str, Any]:
