@@ -165,8 +165,10 @@ def _answer(session: Any, prompt: str, max_tokens: int) -> str:
 
 def cmd_ask(args: argparse.Namespace) -> int:
     """Answer questions from a saved (compacted) session; the file is never modified."""
-    from . import catalog
+    from . import catalog, statefile
 
+    if args.model is None:  # the model the file was saved with (else the default, refused by name)
+        args.model = statefile.model_file(args.session)
     model = _load_model(args)
     template = catalog.qa_template(model.path)
     types = {k: v for k, v in _session_opts(args).items() if k != "flash_attn"}  # flash: the file's
@@ -306,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ask", help="ask questions of a saved session")
     p.add_argument("session")
     p.add_argument("question", nargs="+")
-    p.add_argument("--model", default=None)
+    p.add_argument("--model", default=None, help="default: the model the session was saved with")
     p.add_argument("--max-tokens", type=int, default=64)
     _add_model_args(p, flash=False)  # flash attention: the saved session's
     _add_runtime_args(p)

@@ -917,6 +917,9 @@ class Session:
             raise PyllamaamError("nothing to save: the session is empty")
         header = {
             "model": self.model.fingerprint(),
+            # where the weights came from, for tools that load them again (`pyllamaam ask`): a
+            # catalog name, else the GGUF file's path; the fingerprint still decides on restore
+            "model_file": catalog.name_of(self.model.path) or str(Path(self.model.path).resolve()),
             "n_ctx": self.n_ctx,
             "flash_attn": self.flash_attn,
             "kv_type_k": self.kv_type_k,

@@ -116,6 +116,18 @@ def check_model(saved: Saved, fingerprint: dict[str, Any], path: str | os.PathLi
         )
 
 
+def model_file(path: str | os.PathLike) -> str | None:
+    """The model a saved session names (a catalog name, or the GGUF path it was saved from), where
+    that model can be loaded here; None for a file written before sessions named it, or a path
+    that is gone. Raises StateError for a file that is not a readable saved session."""
+    from .catalog import CATALOG
+
+    name = read(path).header.get("model_file")
+    if not isinstance(name, str):
+        return None
+    return name if name in CATALOG or Path(name).is_file() else None
+
+
 def _describe(fp: Any) -> str:
     if not isinstance(fp, dict):
         return "unknown"

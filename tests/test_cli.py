@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import pyllamaam
+
 pytestmark = pytest.mark.native
 
 
@@ -137,6 +139,30 @@ def test_compact_then_ask_from_the_saved_file(tiny_dir, tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("Q: ") == 2
     assert out.read_bytes() == before
+    # without --model: the GGUF the session was saved with, not the default model
+    res = subprocess.run([*run, "ask", str(out), "first?", "--max-tokens", "4"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("Q: ") == 1
+    assert out.read_bytes() == before
+
+
+def test_a_saved_session_names_its_model(tiny_dir, gemma3_270m, tmp_path):
+    from pyllamaam import statefile, tiny
+
+    with gemma3_270m.session(n_ctx=256) as s:  # a catalog model: its name, which loads anywhere
+        s.prefill("The lighthouse keeper wrote in his log every evening.")
+        assert statefile.model_file(s.save(tmp_path / "g.pllam")) == "gemma3-270m"
+    src = tiny.tiny_model_path("llama", tiny_dir)
+    moved = tmp_path / "moved.gguf"
+    moved.write_bytes(src.read_bytes())
+    with pyllamaam.load_model(str(moved)) as m, m.session(n_ctx=256) as s:  # any other GGUF: its path
+        s.prefill("The lighthouse keeper wrote in his log every evening.")
+        saved = s.save(tmp_path / "t.pllam")
+    assert statefile.model_file(saved) == str(moved.resolve())
+    moved.unlink()  # gone: nothing to load, `ask` falls back to the default (refused by fingerprint)
+    assert statefile.model_file(saved) is None
+    res = subprocess.run([sys.executable, "-m", "pyllamaam", "ask", str(saved), "q?"], capture_output=True, text=True)
+    assert res.returncode != 0 and "was saved with another model" in res.stderr and "Traceback" not in res.stderr
 
 
 CODE = "67767"
