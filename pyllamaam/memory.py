@@ -69,6 +69,15 @@ def cells_for(budget_bytes: float, bytes_per_cell: int) -> int:
     return int(budget_bytes // bytes_per_cell)
 
 
+def budget_cells(session: Any, budget_bytes: float, kv_type_k: str | None = None,
+                 kv_type_v: str | None = None) -> tuple[int, int]:
+    """Cells of ``session``'s cache (in ``kv_type_k``/``kv_type_v`` instead, where given) that fit
+    in ``budget_bytes``: with bias storage (a fitted cache) and without it (K and V only)."""
+    fit, free = (cells_for(budget_bytes, session.kv_bytes(n_cells=1, kv_type_k=kv_type_k, kv_type_v=kv_type_v,
+                                                         bias_storage=b)) for b in (True, False))
+    return fit, free
+
+
 def min_cells(keep_first: int = 4, keep_last: int = 32) -> int:
     """The fewest cells a compaction can leave: the verbatim first and last cells and one more."""
     return keep_first + keep_last + 1
@@ -286,8 +295,7 @@ def compact_to(session: Any, memory: float, *, task: str | None = None, keep_fir
     k, v = choice.kv_type_k, choice.kv_type_v
     budget = session.kv_bytes_f16(n_cells=session.n_cells if of_cells else None) / target
     # a cache left without a fitted bias moves to a context without bias storage (K and V only)
-    cap_fit, cap_free = (cells_for(budget, session.kv_bytes(n_cells=1, kv_type_k=k, kv_type_v=v, bias_storage=b))
-                         for b in (True, False))
+    cap_fit, cap_free = budget_cells(session, budget, k, v)
     if cap_free >= session.n_cells:  # the types alone reach the target: no fit
         biased = holds_bias(session)
     else:

@@ -225,12 +225,12 @@ def _run_document(model, model_name, n, seed, cells, spec):
                     # as compact(memory=): a cache left without a fitted bias (eviction, whole
                     # sentences) holds K and V only, so its budget and bytes count no bias storage
                     biased = _fits_bias(s, cell.method, spec)
-                    budget = d.f16_bytes / cell.memory
-                    cap = memory.cells_for(budget, s.kv_bytes(n_cells=1, bias_storage=biased))
+                    cap_fit, cap_free = memory.budget_cells(s, d.f16_bytes / cell.memory)
+                    cap = cap_fit if biased else cap_free
                     rec.update(memory=cell.memory, ratio=s.n_cells / max(cap, 1), bias_storage=biased)
                     size = {"target_cells": cap}
                     if not biased:  # a table method falling through to the default fits a bias
-                        size["through_cells"] = memory.cells_for(budget, s.kv_bytes(n_cells=1, bias_storage=True))
+                        size["through_cells"] = cap_fit
                     if cap < memory.min_cells():  # the first and last cells alone take more
                         yield {**rec, "questions": [], "skipped": f"{cap} cells fit in the budget"}
                         continue
